@@ -1,0 +1,103 @@
+"""The `edgebundle` command. Heavy imports happen inside the subcommands."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EdgebundleError
+from .progress import Progress
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .families import FAMILIES
+    from .formats import FORMATS
+    from .targets import DEFAULT_PYTHON, LAMBDA_GLIBC, TARGETS
+
+    p = argparse.ArgumentParser(prog="edgebundle", description=(
+        "Compile a PyTorch / Hugging Face model with Apache TVM into self-contained bundles "
+        "for AWS Lambda, containers and edge devices - no PyTorch at run time."))
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="compile a model for one or more targets and write bundles")
+    b.add_argument("model", help="Hugging Face model directory, or a hub id present in the local HF cache")
+    b.add_argument("--target", action="append", choices=list(TARGETS),
+                   help="target to build for (repeatable; default x86_64)")
+    b.add_argument("--format", action="append", choices=list(FORMATS), default=[],
+                   help="bundle format to write per target (repeatable; default: none, only model.so/model.json)")
+    b.add_argument("--out", required=True, type=Path, help="output directory")
+    b.add_argument("--family", choices=list(FAMILIES), help="override the family detected from config.json")
+    b.add_argument("--task", help="override the task (e.g. feature-extraction, text-classification)")
+    b.add_argument("--name", help="model name recorded in manifests (default: the directory name or hub id)")
+    b.add_argument("--seq-len", type=int, default=128, help="text models: fixed sequence length (default 128)")
+    b.add_argument("--python", default=DEFAULT_PYTHON, choices=list(LAMBDA_GLIBC),
+                   help=f"Python version of the Lambda bundle (default {DEFAULT_PYTHON}; "
+                        "3.10/3.11 give local-test bundles only)")
+    b.add_argument("--cpu", help="LLVM CPU name to compile for (default: the target's, e.g. haswell)")
+    b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    b.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    i = sub.add_parser("invoke", help="run a lambda.zip locally the way AWS Lambda runs it")
+    i.add_argument("bundle", type=Path, help="path to a lambda.zip")
+    i.add_argument("--event", action="append", type=Path, required=True,
+                   help="JSON event file (repeatable; all run in one warm sandbox, in order)")
+    i.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    n = sub.add_parser("inspect", help="describe a built target directory (OUT/<target>)")
+    n.add_argument("target_dir", type=Path)
+    n.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    n.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def cmd_build(args) -> int:
+    from .build import build
+
+    build(args.model, targets=args.target or ["x86_64"], formats=args.format, out=args.out,
+          family=args.family, task=args.task, name=args.name,
+          options={"seq_len": args.seq_len, "python": args.python, "cpu": args.cpu},
+          progress=Progress(quiet=args.quiet))
+    return 0
+
+
+def cmd_invoke(args) -> int:
+    from .errors import InvokeError
+    from .lambda_local import invoke_zip
+
+    if not args.bundle.is_file():
+        raise InvokeError("no such bundle", where=str(args.bundle), hint="pass OUT/<target>/lambda.zip")
+    events = []
+    for path in args.event:
+        try:
+            events.append(path.read_bytes())
+        except OSError as e:
+            raise InvokeError(f"cannot read event file: {e.strerror}", where=str(path)) from None
+    return invoke_zip(args.bundle, events, progress=Progress(quiet=args.quiet))
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import describe
+
+    print(describe(args.target_dir, as_json=args.json))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect}[args.command](args)
+    except EdgebundleError as e:
+        if args.debug:
+            raise
+        print(e.render(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""torch module -> Relax IRModule (once per build) -> one compiled library per target."""
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CompileError, ValidationError
+from .families import ModelSpec
+from .targets import TargetSpec
+
+
+def _torch_inputs(arrays: dict, spec: ModelSpec):
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(arrays[i.name])) for i in spec.inputs)
+
+
+def to_relax(spec: ModelSpec):
+    """torch.export with a symbolic batch dimension, then TVM's Relax frontend."""
+    import torch
+    from torch.export import Dim
+
+    # torch.export specialises a dimension of size 1: trace with the largest batch.
+    arrays = max(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape[0])
+    example = _torch_inputs(arrays, spec)
+    batch = Dim("batch", min=1, max=spec_max_batch())
+    dynamic = {i.name: {0: batch} for i in spec.inputs if i.shape and i.shape[0] == "batch"}
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(spec.module, example, dynamic_shapes=dynamic)
+    except Exception as e:
+        raise CompileError(f"torch.export failed for {spec.architecture}: {type(e).__name__}: {e}",
+                           where="torch.export",
+                           hint="the model's forward must be traceable; rerun with --debug for the trace") from e
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        mod = from_exported_program(ep)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise CompileError(f"TVM cannot import this model: {msg[-1] if msg else type(e).__name__}",
+                           where="tvm.relax.frontend.torch.from_exported_program",
+                           hint="an operator is probably unsupported by TVM 0.27's torch frontend; "
+                                "--debug shows which") from e
+    return mod
+
+
+def spec_max_batch() -> int:
+    from .families.base import MAX_BATCH
+
+    return MAX_BATCH
+
+
+def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path) -> None:
+    """tvm.compile for one target and export one self-contained .so (weights embedded)."""
+    import tvm
+
+    try:
+        ex = tvm.compile(mod, target=tvm.target.Target(tvm_target))
+    except Exception as e:
+        raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
+                           where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e
+    kwargs = {}
+    if target.cross_compiler:
+        from tvm.support import cc
+
+        kwargs["fcompile"] = cc.cross_compiler(target.cross_compiler)
+    out_so.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_so.with_suffix(".so.partial")
+    try:
+        ex.export_library(str(tmp), **kwargs)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
+                           where=str(out_so), hint="rerun with --debug for the linker output") from e
+    tmp.replace(out_so)
+
+
+def reference_outputs(spec: ModelSpec) -> list[list[np.ndarray]]:
+    import torch
+
+    refs = []
+    with torch.no_grad():
+        for arrays in spec.validation_inputs:
+            out = spec.module(*_torch_inputs(arrays, spec))
+            refs.append([o.detach().cpu().numpy() for o in out])
+    return refs
+
+
+def validate(model, spec: ModelSpec, refs: list[list[np.ndarray]], where: str) -> dict:
+    """Run the compiled module through runtime/ on every validation input set and compare
+    with PyTorch; raise ValidationError with a per-output table when off."""
+    atol, rtol = spec.tolerance["atol"], spec.tolerance["rtol"]
+    worst: dict[str, float] = {}
+    rows, failed = [], False
+    for n, (arrays, ref) in enumerate(zip(spec.validation_inputs, refs)):
+        try:
+            ours = model.run(arrays)
+        except Exception as e:
+            raise ValidationError(f"the compiled module failed on validation input {n}: {e}", where=where,
+                                  hint="rerun with --debug; " + traceback.format_exc(limit=1).strip()) from e
+        for out_spec, r in zip(spec.outputs, ref):
+            o = ours[out_spec.name]
+            if o.shape != r.shape:
+                raise ValidationError(f"output {out_spec.name} has shape {o.shape}, PyTorch gives {r.shape}",
+                                      where=where)
+            diff = float(np.max(np.abs(o.astype(np.float64) - r))) if r.size else 0.0
+            bound = atol + rtol * float(np.max(np.abs(r))) if r.size else atol
+            ok = np.isfinite(diff) and diff <= bound
+            failed |= not ok
+            worst[out_spec.name] = max(worst.get(out_spec.name, 0.0), diff)
+            rows.append(f"  input set {n} (batch {r.shape[0]})  {out_spec.name:<20} max|diff| {diff:.3e}"
+                        f"  allowed {bound:.3e}  {'ok' if ok else 'FAIL'}")
+    if failed:
+        raise ValidationError(
+            "the compiled module disagrees with PyTorch:\n" + "\n".join(rows), where=where,
+            hint="this is a compiler or schedule bug; report it with the model config")
+    return {"max_abs_diff": worst, "atol": atol, "rtol": rtol, "input_sets": len(refs)}

@@ -1,0 +1,115 @@
+"""A small ELF reader: machine type and the GLIBC symbol versions a shared library needs.
+
+Pure Python so that audits also work for foreign architectures without binutils for them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+from pathlib import Path
+
+from .errors import BundleError
+
+MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 40: "arm", 243: "riscv"}
+_SHT_GNU_VERNEED = 0x6FFFFFFE
+
+
+@dataclasses.dataclass
+class ElfInfo:
+    path: str
+    machine: int
+    needed_versions: set
+
+    @property
+    def machine_name(self) -> str:
+        return MACHINES.get(self.machine, f"e_machine={self.machine}")
+
+    @property
+    def glibc(self) -> tuple | None:
+        vs = [_vtuple(v[6:]) for v in self.needed_versions if v.startswith("GLIBC_") and v[6:7].isdigit()]
+        return max(vs) if vs else None
+
+
+def _vtuple(s: str) -> tuple:
+    return tuple(int(p) for p in s.split(".") if p.isdigit())
+
+
+def vstr(v: tuple | None) -> str:
+    return ".".join(map(str, v)) if v else "none"
+
+
+def is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def read_elf(path: Path) -> ElfInfo:
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF":
+        raise ValueError(f"{path} is not an ELF file")
+    is64, little = data[4] == 2, data[5] == 1
+    e = "<" if little else ">"
+    machine = struct.unpack_from(e + "H", data, 18)[0]
+    if is64:
+        shoff = struct.unpack_from(e + "Q", data, 0x28)[0]
+        shentsize, shnum = struct.unpack_from(e + "HH", data, 0x3A)
+        sh_fmt = e + "IIQQQQIIQQ"
+    else:
+        shoff = struct.unpack_from(e + "I", data, 0x20)[0]
+        shentsize, shnum = struct.unpack_from(e + "HH", data, 0x2E)
+        sh_fmt = e + "IIIIIIIIII"
+    sections = [struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)]
+    versions = set()
+    for sh in sections:
+        # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
+        if sh[1] != _SHT_GNU_VERNEED:
+            continue
+        strtab = sections[sh[6]]
+        str_off = strtab[4]
+        off, count = sh[4], sh[7]
+        for _ in range(count):
+            _ver, cnt, _file, aux, nxt = struct.unpack_from(e + "HHIII", data, off)
+            a = off + aux
+            for _ in range(cnt):
+                _hash, _flags, _other, name, anext = struct.unpack_from(e + "IHHII", data, a)
+                end = data.index(b"\0", str_off + name)
+                versions.add(data[str_off + name:end].decode())
+                a += anext
+                if not anext:
+                    break
+            off += nxt
+            if not nxt:
+                break
+    return ElfInfo(str(path), machine, versions)
+
+
+def audit_tree(root: Path, *, machine: int, max_glibc: str | None, what: str) -> dict:
+    """Check every ELF file under root: right machine, GLIBC within the platform's.
+    Returns {relative path: glibc needed}; raises BundleError listing every offender."""
+    wrong_machine, too_new, report = [], [], {}
+    limit = _vtuple(max_glibc) if max_glibc else None
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()):
+        if not is_elf(path):
+            continue
+        info = read_elf(path)
+        rel = str(path.relative_to(root))
+        report[rel] = vstr(info.glibc)
+        if info.machine != machine:
+            wrong_machine.append(f"{rel} is {info.machine_name}")
+        if limit and info.glibc and info.glibc > limit:
+            too_new.append(f"{rel} needs GLIBC {vstr(info.glibc)}")
+    problems = []
+    if wrong_machine:
+        problems.append(f"{len(wrong_machine)} librar{'y' if len(wrong_machine) == 1 else 'ies'} built for "
+                        f"the wrong machine (expected {MACHINES.get(machine, machine)}): " + "; ".join(wrong_machine))
+    if too_new:
+        problems.append(f"the platform has glibc {max_glibc}, but " + "; ".join(too_new))
+    if problems:
+        raise BundleError("ELF audit failed: " + " | ".join(problems), where=what,
+                          hint="rebuild for the right target / a newer platform (e.g. --python 3.13 on Lambda)")
+    return report
+
+
+def max_glibc_of(report: dict) -> str:
+    vs = [_vtuple(v) for v in report.values() if v != "none"]
+    return vstr(max(vs)) if vs else "none"

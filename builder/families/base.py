@@ -1,0 +1,96 @@
+"""What a model family hands to the compiler: a torch module with named inputs and outputs,
+example inputs, and what the runtime needs to turn requests into tensors and back."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelSourceError, UnsupportedModelError
+
+# The batch dimension is symbolic in every compiled module; requests larger than this are
+# refused by the runtime before they can exhaust a Lambda's memory.
+MAX_BATCH = 32
+
+
+@dataclasses.dataclass
+class TensorSpec:
+    name: str
+    shape: list  # ints, or str for a symbolic dimension ("batch")
+    dtype: str
+    range: list | None = None  # [low, high) for integer inputs that index tables
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.range is not None:
+            d["range"] = list(self.range)
+        return d
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    family: str
+    task: str
+    architecture: str
+    module: Any  # torch.nn.Module returning a tuple in `outputs` order
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    # Several input sets (different batch sizes, padding) the build validates against torch.
+    validation_inputs: list[dict]
+    tolerance: dict  # {"atol": float, "rtol": float}: |ours - torch| <= atol + rtol * max|torch|
+    preprocessing: dict
+    postprocessing: dict
+    labels: list[str] | None = None
+    # name -> bytes or source Path: files shipped next to model.so (tokenizer.json, ...)
+    files: dict = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class Family:
+    """One model family. Subclasses fill in the class attributes and `load`."""
+
+    name: str = ""
+    description: str = ""
+    tasks: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()
+    tolerance = {"atol": 1e-4, "rtol": 1e-4}
+
+    def matches(self, config: dict) -> bool:
+        archs = config.get("architectures") or []
+        return any(a in self.architectures for a in archs) or (
+            not archs and config.get("model_type") in self.model_types
+        )
+
+    def default_task(self, config: dict, model_dir: Path) -> str:
+        raise NotImplementedError
+
+    def load(self, model_dir: Path, config: dict, task: str, options: dict) -> ModelSpec:
+        raise NotImplementedError
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelSourceError(f"{what} not found", where=str(path),
+                               hint="point MODEL at a Hugging Face model directory") from None
+    except json.JSONDecodeError as e:
+        raise ModelSourceError(f"{what} is not valid JSON: {e}", where=str(path)) from None
+
+
+def check_task(family: Family, task: str) -> None:
+    if task not in family.tasks:
+        raise UnsupportedModelError(
+            f"task {task!r} is not supported by the {family.name} family",
+            hint=f"use one of: {', '.join(family.tasks)}",
+        )
+
+
+def id2label(config: dict) -> list[str] | None:
+    mapping = config.get("id2label")
+    if not mapping:
+        return None
+    items = sorted(((int(k), v) for k, v in mapping.items()))
+    return [v for _, v in items]

@@ -1,0 +1,514 @@
+"""Run a Lambda zip locally the way AWS Lambda runs it.
+
+The zip is unpacked into a task directory and started with the real runtime client
+(``awslambdaric``, the library AWS ships in its Python base images) under the bundle's
+own Python version and architecture, isolated from the host's packages, against a small
+Runtime API server here. So a bundle that works here imports only what the zip holds,
+with the interpreter ABI Lambda will use, through the same request/response protocol.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import http.server
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import TextIO
+
+from .cache import cache_dir
+from .errors import BundleError, InvokeError
+from .progress import QUIET, Progress
+from . import sandbox, wheels
+
+# The runtime client and its dependencies, pinned so every local run uses the same code.
+# simplejson and snapshot-restore-py are awslambdaric 4.2.2's only requirements
+# (simplejson>=3.20.1, snapshot-restore-py>=1.0.0); both have cp311/cp313 manylinux
+# wheels for x86_64 and aarch64 (snapshot-restore-py is pure Python).
+AWSLAMBDARIC_REQUIREMENTS = (
+    "awslambdaric==4.2.2",
+    "simplejson==4.3.0",
+    "snapshot-restore-py==1.0.0",
+)
+
+RUNTIME_API_PREFIX = "/2018-06-01/runtime"
+# Lambda's synchronous payload limits (request 6 MB, response 6 MB + framing).
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
+MAX_RESPONSE_BYTES = 6291556
+_ACCOUNT = "000000000000"
+_DEFAULT_REGION = "us-east-1"
+
+# Runs inside the sandboxed interpreter, started with -I -S: its sys.path holds only the
+# standard library. Lambda's order is the task first, then the stdlib, the runtime last,
+# so a bundle's own copy of a module shadows the runtime's, as there.
+_BOOTSTRAP = """\
+import sys
+task_root, ric_dir, handler = sys.argv[1:4]
+sys.path[:] = [task_root, *sys.path, ric_dir]
+sys.argv = ["/var/runtime/bootstrap", handler]
+del task_root, ric_dir
+from awslambdaric.__main__ import main
+main(sys.argv)
+"""
+
+
+# ---------------------------------------------------------------- bundle metadata
+
+
+def read_lambda_json(zip_path: Path) -> dict:
+    """The bundle's ``lambda.json``, checked; InvokeError naming the zip when unusable."""
+    where = str(zip_path)
+    hint = "rebuild the bundle with edgebundle (lambda.json is written at the zip's root)"
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            raw = zf.read("lambda.json")
+    except FileNotFoundError:
+        raise InvokeError("the Lambda zip does not exist", where=where, hint="check the path") from None
+    except zipfile.BadZipFile:
+        raise InvokeError("not a zip file", where=where, hint=hint) from None
+    except KeyError:
+        raise InvokeError("lambda.json is missing from the zip's root", where=where, hint=hint) from None
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise InvokeError(f"lambda.json is not valid JSON: {e}", where=f"{where}:lambda.json", hint=hint) from None
+    if not isinstance(meta, dict):
+        raise InvokeError("lambda.json is not a JSON object", where=f"{where}:lambda.json", hint=hint)
+    problems = []
+    if not isinstance(meta.get("python"), str):
+        problems.append('"python" (e.g. "3.13")')
+    if meta.get("architecture") not in ("x86_64", "arm64"):
+        problems.append('"architecture" ("x86_64" or "arm64")')
+    handler = meta.get("handler")
+    if not isinstance(handler, str) or "." not in handler.strip("."):
+        problems.append('"handler" ("module.function")')
+    memory = meta.get("memory_mb", 128)
+    if not isinstance(memory, int) or isinstance(memory, bool) or not 128 <= memory <= 10240:
+        problems.append('"memory_mb" (128-10240)')
+    if problems:
+        raise InvokeError(
+            "lambda.json lacks or has an invalid " + ", ".join(problems),
+            where=f"{where}:lambda.json",
+            hint=hint,
+        )
+    return meta
+
+
+def _unzip(zip_path: Path, dest: Path) -> None:
+    with zipfile.ZipFile(zip_path) as zf:
+        for info in zf.infolist():
+            rel = PurePosixPath(info.filename)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise InvokeError(f"zip entry escapes the task directory: {info.filename}", where=str(zip_path))
+            target = dest.joinpath(*rel.parts)
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(target, mode | 0o400)
+
+
+# ---------------------------------------------------------------- runtime client
+
+
+def awslambdaric_dir(python_version: str, arch: str, progress: Progress = QUIET) -> Path:
+    """An importable directory with awslambdaric and its deps for that Python and arch."""
+    arch = sandbox.normalize_arch(arch)
+    key = hashlib.sha256("\n".join(AWSLAMBDARIC_REQUIREMENTS).encode()).hexdigest()[:12]
+    final = cache_dir() / "awslambdaric" / f"{python_version}-{arch}-{key}"
+    if final.is_dir():
+        return final
+    wheel_arch = {"x86_64": "x86_64", "arm64": "aarch64"}[arch]
+    whls = wheels.fetch_wheels(
+        list(AWSLAMBDARIC_REQUIREMENTS),
+        python_version=python_version,
+        platforms=wheels.manylinux_platforms(wheel_arch),
+        progress=progress,
+    )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=final.parent))
+    try:
+        for whl in whls:
+            wheels.unpack_wheel(whl, build)
+        os.chmod(build, 0o755)
+        try:
+            os.rename(build, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return final
+
+
+# ---------------------------------------------------------------- Runtime API server
+
+
+class _RuntimeAPI:
+    """The Lambda Runtime API, enough of it for one function instance.
+
+    The server threads talk to the driver (``invoke_zip``) through two queues: invocations
+    go out through ``pending`` (a blocked ``/next`` takes one), and everything the runtime
+    reports comes back through ``notes`` as tuples, together with the process's exit
+    (posted by a watcher thread), so the driver waits on exactly one thing.
+    """
+
+    def __init__(self, function_arn: str, timeout_s: float):
+        self.function_arn = function_arn
+        self.timeout_s = timeout_s
+        self.pending: queue.Queue = queue.Queue()
+        self.notes: queue.Queue = queue.Queue()
+        self.open_ids: set[str] = set()
+        self.lock = threading.Lock()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.server.api = self  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="lambda-runtime-api", daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        # Unblock a /next still waiting so its thread ends with the server.
+        self.pending.put(None)
+        self.server.shutdown()
+        self.server.server_close()
+
+    def enqueue(self, body: bytes) -> str:
+        request_id = str(uuid.uuid4())
+        with self.lock:
+            self.open_ids.add(request_id)
+        self.pending.put((request_id, body, int((time.time() + self.timeout_s) * 1000)))
+        return request_id
+
+    def close_id(self, request_id: str) -> bool:
+        with self.lock:
+            if request_id in self.open_ids:
+                self.open_ids.discard(request_id)
+                return True
+            return False
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    # HTTP/1.1 so the runtime client can keep its connection and use Expect: 100-continue.
+    protocol_version = "HTTP/1.1"
+    # Without it every small response waits for the client's delayed ACK (~40-90 ms).
+    disable_nagle_algorithm = True
+
+    def log_message(self, format, *args):  # noqa: A002 - signature fixed by the base class
+        pass
+
+    @property
+    def api(self) -> _RuntimeAPI:
+        return self.server.api  # type: ignore[attr-defined]
+
+    def _send(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def _send_json(self, code: int, obj: dict) -> None:
+        self._send(code, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_GET(self):
+        if self.path != f"{RUNTIME_API_PREFIX}/invocation/next":
+            return self._send_json(404, {"errorType": "NotFound", "errorMessage": self.path})
+        self.api.notes.put(("next", time.perf_counter()))
+        item = self.api.pending.get()
+        if item is None:
+            self.api.pending.put(None)  # for any other waiter
+            self.close_connection = True
+            return self._send_json(503, {"errorType": "ShuttingDown", "errorMessage": "runtime is shutting down"})
+        request_id, body, deadline_ms = item
+        now = int(time.time())
+        self._send(
+            200,
+            body,
+            {
+                "Content-Type": "application/json",
+                "Lambda-Runtime-Aws-Request-Id": request_id,
+                "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+                "Lambda-Runtime-Invoked-Function-Arn": self.api.function_arn,
+                "Lambda-Runtime-Trace-Id": f"Root=1-{now:08x}-{secrets.token_hex(12)};"
+                f"Parent={secrets.token_hex(8)};Sampled=0",
+            },
+        )
+
+    def do_POST(self):
+        body = self._read_body()
+        parts = self.path[len(RUNTIME_API_PREFIX):].strip("/").split("/")
+        if self.path.startswith(RUNTIME_API_PREFIX + "/") and parts == ["init", "error"]:
+            self.api.notes.put(("init_error", body, self.headers.get("Lambda-Runtime-Function-Error-Type")))
+            return self._send_json(202, {"status": "OK"})
+        if (
+            self.path.startswith(RUNTIME_API_PREFIX + "/")
+            and len(parts) == 3
+            and parts[0] == "invocation"
+            and parts[2] in ("response", "error")
+        ):
+            request_id = parts[1]
+            if not self.api.close_id(request_id):
+                return self._send_json(
+                    400, {"errorType": "InvalidRequestID", "errorMessage": f"no open invocation {request_id}"}
+                )
+            self.api.notes.put((parts[2], request_id, body))
+            return self._send_json(202, {"status": "OK"})
+        self._send_json(404, {"errorType": "NotFound", "errorMessage": self.path})
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _one_line_json(body: bytes) -> str:
+    """The body as one line of JSON: itself when it is JSON, else a JSON string of it."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        json.loads(text)
+    except ValueError:
+        return json.dumps(text, ensure_ascii=False)
+    # Raw CR/LF cannot occur inside JSON strings, so outside them they are whitespace.
+    return text.replace("\r", " ").replace("\n", " ").strip()
+
+
+class _LogPump(threading.Thread):
+    """Copies the function's stdout+stderr (its logs) to ours, keeping a tail for errors."""
+
+    def __init__(self, stream, sink: TextIO, keep: int = 40):
+        super().__init__(name="lambda-logs", daemon=True)
+        self.stream = stream
+        self.sink = sink
+        self.tail: collections.deque[str] = collections.deque(maxlen=keep)
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            # awslambdaric separates a traceback's lines with CR so CloudWatch keeps them
+            # in one record; on a terminal they must be lines again.
+            text = raw.decode("utf-8", errors="replace").rstrip("\n").replace("\r", "\n")
+            self.tail.extend(text.splitlines() or [""])
+            try:
+                self.sink.write(text + "\n")
+                self.sink.flush()
+            except (OSError, ValueError):
+                pass
+
+    def text(self) -> str:
+        return "\n    ".join(self.tail) if self.tail else "(no output)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        # Its own process group: whatever the function started goes too.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def invoke_zip(
+    zip_path: Path | str,
+    events: list[bytes],
+    *,
+    progress: Progress = QUIET,
+    out: TextIO | None = None,
+    timeout_s: float = 900,
+    err: TextIO | None = None,
+) -> int:
+    """Run ``zip_path`` as Lambda would and send it ``events`` one after another.
+
+    One warm process answers all events (one cold start). Each answer is printed to
+    ``out`` (default stdout) as one JSON document per line: the handler's result, or
+    Lambda's error object ``{"errorType", "errorMessage", ...}`` when it raised. The
+    function's logs and the timings (``init: X ms``, ``invoke N: Y ms``) go to ``err``
+    (default stderr). Returns 0 when every event was answered without error, 1 when a
+    handler raised, 2 when the function failed to initialise (its init error object is
+    printed). A crash, a timeout or a broken bundle raises InvokeError.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    zip_path = Path(zip_path)
+    meta = read_lambda_json(zip_path)
+    python_version, arch, handler = meta["python"], meta["architecture"], meta["handler"]
+    memory_mb = meta.get("memory_mb", 128)
+    if meta.get("deployable") is False:
+        progress.warn(f"{zip_path} is marked not deployable to AWS Lambda (see lambda.json); running it locally anyway")
+    for i, ev in enumerate(events, 1):
+        try:
+            json.loads(ev)
+        except ValueError as e:
+            raise InvokeError(
+                f"event {i} is not valid JSON ({e}); Lambda accepts only JSON payloads",
+                where=f"event {i}: {ev[:80]!r}",
+                hint='pass a JSON document, e.g. {"inputs": "a sentence"}',
+            ) from None
+
+    ric = awslambdaric_dir(python_version, arch, progress)
+    task = Path(tempfile.mkdtemp(prefix="edgebundle-task-"))
+    api: _RuntimeAPI | None = None
+    proc: subprocess.Popen | None = None
+    try:
+        _unzip(zip_path, task)
+        library_path = [task, task / "lib"]
+        argv, paths = sandbox.python_command(python_version, arch, progress, library_path=library_path)
+        name = str(meta.get("name") or "edgebundle-local")
+        region = str(meta.get("region") or _DEFAULT_REGION)
+        api = _RuntimeAPI(f"arn:aws:lambda:{region}:{_ACCOUNT}:function:{name}", timeout_s)
+        api.start()
+        task_root = paths.to_sandbox(task)
+        env = {
+            # What Lambda's python runtimes set; nothing of ours (no PYTHONPATH, no HOME
+            # with caches, no proxies) so the function sees what it will see there.
+            "AWS_LAMBDA_RUNTIME_API": api.address,
+            "LAMBDA_TASK_ROOT": task_root,
+            "LAMBDA_RUNTIME_DIR": paths.to_sandbox(ric),
+            "_HANDLER": handler,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_python{python_version}",
+            "AWS_LAMBDA_FUNCTION_NAME": name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + secrets.token_hex(16),
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+            "TZ": ":UTC",
+            "LANG": "en_US.UTF-8",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LD_LIBRARY_PATH": ":".join(paths.to_sandbox(p) for p in library_path),
+            "HOME": "/tmp",
+        }
+        env.update(sandbox.EMULATOR_ENV.get(sandbox.normalize_arch(arch), {}))
+        cmd = [*argv, "-c", _BOOTSTRAP, task_root, paths.to_sandbox(ric), handler]
+
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=task,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pump = _LogPump(proc.stdout, err)
+        pump.start()
+        threading.Thread(
+            target=lambda p=proc: api.notes.put(("exit", p.wait())), name="lambda-exit", daemon=True
+        ).start()
+
+        def crashed(when: str, rc: int) -> InvokeError:
+            pump.join(timeout=2)
+            return InvokeError(
+                f"the function's process exited with code {rc} {when}; its last output:\n    {pump.text()}",
+                where=f"{zip_path} (handler {handler}, Python {python_version}, {arch})",
+                hint="see the log above; on Lambda this shows as Runtime.ExitError",
+            )
+
+        def timed_out(when: str) -> InvokeError:
+            _stop(proc)
+            pump.join(timeout=2)
+            return InvokeError(
+                f"no answer {when} within {timeout_s:g} s; the function's last output:\n    {pump.text()}",
+                where=f"{zip_path} (handler {handler})",
+                hint="the handler hangs or is too slow; Lambda would stop it at its timeout too",
+            )
+
+        def next_note(deadline: float, when: str):
+            try:
+                return api.notes.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                raise timed_out(when) from None
+
+        # Init: from process start until the runtime first asks for work (or reports).
+        deadline = t0 + timeout_s
+        while True:
+            note = next_note(deadline, "during init")
+            if note[0] == "next":
+                print(f"init: {(note[1] - t0) * 1000:.0f} ms", file=err, flush=True)
+                break
+            if note[0] == "init_error":
+                print(_one_line_json(note[1]), file=out, flush=True)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                pump.join(timeout=2)
+                return 2
+            if note[0] == "exit":
+                raise crashed("during init", note[1])
+
+        status = 0
+        for i, event in enumerate(events, 1):
+            if len(event) > MAX_REQUEST_BYTES:
+                status = 1
+                print(json.dumps({
+                    "errorType": "RequestTooLargeException",
+                    "errorMessage": f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the InvokeFunction operation",
+                }), file=out, flush=True)
+                continue
+            t1 = time.perf_counter()
+            request_id = api.enqueue(event)
+            deadline = t1 + timeout_s
+            while True:
+                note = next_note(deadline, f"to event {i}")
+                if note[0] in ("response", "error") and note[1] == request_id:
+                    break
+                if note[0] == "exit":
+                    raise crashed(f"while handling event {i}", note[1])
+            print(f"invoke {i}: {(time.perf_counter() - t1) * 1000:.1f} ms", file=err, flush=True)
+            body = note[2]
+            if note[0] == "error":
+                status = 1
+            elif len(body) > MAX_RESPONSE_BYTES:
+                status = 1
+                body = json.dumps({
+                    "errorType": "Function.ResponseSizeTooLarge",
+                    "errorMessage": "Response payload size exceeded maximum allowed payload size "
+                    f"({MAX_RESPONSE_BYTES} bytes).",
+                }).encode()
+            print(_one_line_json(body), file=out, flush=True)
+        return status
+    finally:
+        if proc is not None:
+            _stop(proc)
+        if api is not None:
+            api.close()
+        shutil.rmtree(task, ignore_errors=True)

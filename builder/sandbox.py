@@ -1,0 +1,302 @@
+"""A Python interpreter of a given version and architecture with nothing from the host in it.
+
+Bundles target Lambda's Python (3.13 by default) while the build host runs whatever it
+runs (3.11 here). Importing a bundle with the host interpreter would both use the wrong
+ABI for its wheels and silently pick up host packages (numpy, torch) the zip lacks, so
+local runs go through a Debian root filesystem whose Python matches the bundle's.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .cache import cache_dir
+from .errors import BundleError, ToolMissingError
+from .progress import QUIET, Progress
+
+# Debian ships exactly one python3 per release; these are the versions we can emulate.
+SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+
+# Canonical names are Lambda's ("x86_64", "arm64"); the others are what uname, Debian
+# and toolchains call the same thing.
+_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
+_DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
+_GNU_TRIPLET = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+_LOADER = {"x86_64": "lib64/ld-linux-x86-64.so.2", "arm64": "lib/ld-linux-aarch64.so.1"}
+
+# A build directory older than this is left over from a killed build, not a running one.
+_STALE_BUILD_S = 6 * 3600
+
+
+def normalize_arch(arch: str) -> str:
+    try:
+        return _ARCH_ALIASES[arch]
+    except KeyError:
+        raise BundleError(
+            f"unknown architecture {arch!r}",
+            hint=f"use one of {sorted(set(_ARCH_ALIASES.values()))}",
+        ) from None
+
+
+def host_arch() -> str:
+    return _ARCH_ALIASES.get(platform.machine(), platform.machine())
+
+
+def suite_for(python_version: str) -> str:
+    try:
+        return SUITES[python_version]
+    except KeyError:
+        raise BundleError(
+            f"cannot emulate Python {python_version} locally",
+            where="local sandbox (Debian root filesystem)",
+            hint="local runs can emulate Python "
+            + ", ".join(f"{v} (Debian {s})" for v, s in SUITES.items())
+            + "; build the bundle for one of those or run it on AWS",
+        ) from None
+
+
+def _sandbox_root() -> Path:
+    root = cache_dir() / "sandbox"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def rootfs_path(python_version: str, arch: str = "x86_64") -> Path:
+    """Where the root filesystem for this Python and arch lives (whether or not built)."""
+    return _sandbox_root() / f"{suite_for(python_version)}-{normalize_arch(arch)}"
+
+
+def _sweep_stale_builds(root: Path) -> None:
+    now = time.time()
+    for d in root.glob(".build-*"):
+        try:
+            if now - d.stat().st_mtime > _STALE_BUILD_S:
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _run_logged(cmd: list[str], log: Path, what: str, hint: str) -> None:
+    with open(log, "ab") as fh:
+        fh.write(("$ " + " ".join(cmd) + "\n").encode())
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    if rc != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise BundleError(
+            f"{what} failed (exit {rc}):\n    " + "\n    ".join(tail),
+            where=" ".join(cmd),
+            hint=hint,
+        )
+
+
+def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress = QUIET) -> Path:
+    """A Debian root filesystem holding ``python{python_version}`` for ``arch``; built once.
+
+    The build happens in a scratch directory renamed into place only when complete, so a
+    build interrupted at any point is never mistaken for a usable one.
+    """
+    arch = normalize_arch(arch)
+    suite = suite_for(python_version)
+    final = rootfs_path(python_version, arch)
+    python = final / "usr" / "bin" / f"python{python_version}"
+    if python.exists():
+        return final
+
+    debootstrap = shutil.which("debootstrap") or next(
+        (p for p in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.path.exists(p)), None
+    )
+    if debootstrap is None:
+        raise ToolMissingError(
+            "debootstrap is not installed",
+            where=f"local sandbox for Python {python_version} ({arch})",
+            hint="apt-get install debootstrap",
+        )
+    if os.geteuid() != 0:
+        raise ToolMissingError(
+            "building the local sandbox needs root (debootstrap creates device nodes and chroots)",
+            where=f"local sandbox for Python {python_version} ({arch})",
+            hint="run once as root, or set EDGEBUNDLE_CACHE to a cache where the sandbox was already built",
+        )
+    foreign = arch != host_arch()
+    if foreign and arch == "arm64" and shutil.which("dpkg-deb") is None:
+        raise ToolMissingError("dpkg-deb is not installed", where="arm64 sandbox", hint="apt-get install dpkg")
+
+    root = _sandbox_root()
+    _sweep_stale_builds(root)
+    build = Path(tempfile.mkdtemp(prefix=f".build-{suite}-{arch}-", dir=root))
+    log = root / f"{build.name}.log"
+    hint = (
+        "the sandbox is downloaded from deb.debian.org: check network access to it; "
+        f"the full log is in {log}"
+    )
+    try:
+        with progress.step(f"create Debian {suite} {arch} sandbox for Python {python_version} (once)"):
+            cmd = [debootstrap, "--variant=minbase", "--include=python3,libstdc++6", f"--arch={_DEB_ARCH[arch]}"]
+            if foreign:
+                # A foreign second stage would need the target's binaries to run; instead
+                # the packages are only unpacked (no maintainer scripts), which is all a
+                # Python interpreter under qemu-user needs.
+                cmd.append("--foreign")
+            _run_logged(cmd + [suite, str(build)], log, f"debootstrap {suite} ({arch})", hint)
+            if foreign:
+                debs = sorted((build / "var" / "cache" / "apt" / "archives").glob("*.deb"))
+                if not debs:
+                    raise BundleError(f"debootstrap --foreign left no packages in {build}", hint=hint)
+                for deb in debs:
+                    _run_logged(["dpkg-deb", "-x", str(deb), str(build)], log, f"unpacking {deb.name}", hint)
+            # The packages are unpacked by now; their archives would only add ~40 MB.
+            for deb in (build / "var" / "cache" / "apt" / "archives").glob("*.deb"):
+                deb.unlink()
+            built_python = build / "usr" / "bin" / f"python{python_version}"
+            if not built_python.exists():
+                raise BundleError(
+                    f"the Debian {suite} sandbox has no python{python_version}",
+                    where=str(build),
+                    hint=f"Debian {suite} may have moved to another Python; update SUITES in {__name__}",
+                )
+            if not foreign:
+                _check_isolated(_loader_argv(build, python_version, arch), build, log, hint)
+            # mkdtemp made it private; the sandboxed process may run as another user.
+            os.chmod(build, 0o755)
+            try:
+                os.rename(build, final)
+            except OSError:
+                # Another process finished the same sandbox first; theirs is as good as ours.
+                if not python.exists():
+                    raise
+        log.unlink(missing_ok=True)
+    finally:
+        if build.exists():
+            shutil.rmtree(build, ignore_errors=True)
+    return final
+
+
+@dataclass(frozen=True)
+class PathMap:
+    """Translates host paths into what the sandboxed process sees.
+
+    ``root`` is None when the process sees the host's file system, which every current way
+    of starting it does (host interpreter, the rootfs's own loader, qemu-user); then paths
+    pass unchanged. Under a chroot only files under ``root`` would be visible, at
+    ``path - root``.
+    """
+
+    root: Path | None = None
+
+    def to_sandbox(self, host_path: str | os.PathLike) -> str:
+        p = Path(host_path).resolve()
+        if self.root is None:
+            return str(p)
+        try:
+            return "/" + str(p.relative_to(self.root.resolve()))
+        except ValueError:
+            raise BundleError(
+                f"{p} is outside the sandbox root {self.root}",
+                hint="copy it under the sandbox root first",
+            ) from None
+
+
+def python_command(
+    python_version: str,
+    arch: str = "x86_64",
+    progress: Progress = QUIET,
+    *,
+    library_path: Sequence[str | os.PathLike] = (),
+) -> tuple[list[str], PathMap]:
+    """argv prefix that runs Python ``python_version`` for ``arch`` isolated (``-I -S``).
+
+    Append ``-c code`` or a script; translate any path handed to the process with the
+    returned PathMap. The environment is the caller's to set. ``library_path`` lists extra
+    directories for shared libraries (Lambda's LD_LIBRARY_PATH has /var/task and
+    /var/task/lib): the caller also puts them in LD_LIBRARY_PATH, which the rootfs loader
+    ignores in favour of its --library-path, so they are added there too.
+    """
+    arch = normalize_arch(arch)
+    if python_version == "%d.%d" % sys.version_info[:2] and arch == host_arch():
+        # -I drops PYTHONPATH, user site and the script's directory; -S drops site-packages.
+        return [sys.executable, "-I", "-S"], PathMap(None)
+
+    rootfs = ensure_rootfs(python_version, arch, progress)
+    python = rootfs / "usr" / "bin" / f"python{python_version}"
+
+    if arch != host_arch():
+        if arch == "arm64":
+            qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+            if qemu is None:
+                raise ToolMissingError(
+                    "qemu-aarch64 is not installed (needed to run arm64 Python here)",
+                    where=f"local sandbox for Python {python_version} (arm64)",
+                    hint="apt-get install qemu-user",
+                )
+            # qemu's -L makes the guest see the rootfs for its loader and libraries while
+            # paths the program opens stay host paths, like the loader branch below.
+            # QEMU_CPU=neoverse-n1 is set by the caller's environment (see EMULATOR_ENV).
+            return [qemu, "-L", str(rootfs), str(python), "-I", "-S"], PathMap(None)
+        raise BundleError(f"cannot run {arch} code on a {host_arch()} host", hint="build on an x86_64 host")
+
+    # Same arch, other Python: start the rootfs's interpreter through the rootfs's own
+    # dynamic loader instead of chroot. Measured: the interpreter derives sys.prefix from
+    # argv[0] (<rootfs>/usr/bin/python3.X), so stdlib and lib-dynload come from the rootfs
+    # and -I -S leaves no host directory on sys.path; --library-path makes every library
+    # (libc included, which trixie needs newer than the host's) come from the rootfs.
+    # Unlike chroot it needs no root, no /dev or /proc in the rootfs, and no copying of
+    # the task into the rootfs. Its limit: sys.executable cannot be exec'd directly
+    # (the host loader would pick the host's older glibc), so a handler that spawns
+    # sys.executable fails here although it would work on Lambda.
+    return _loader_argv(rootfs, python_version, arch, library_path), PathMap(None)
+
+
+def _loader_argv(
+    rootfs: Path, python_version: str, arch: str, library_path: Sequence[str | os.PathLike] = ()
+) -> list[str]:
+    triplet = _GNU_TRIPLET[arch]
+    # The rootfs's own libraries first, as Lambda's system directories precede the task's.
+    libpath = ":".join([f"{rootfs}/usr/lib/{triplet}", f"{rootfs}/lib/{triplet}", *map(str, library_path)])
+    python = rootfs / "usr" / "bin" / f"python{python_version}"
+    return [str(rootfs / _LOADER[arch]), "--library-path", libpath, str(python), "-I", "-S"]
+
+
+_ISOLATION_PROBE = """
+import sys, json, ssl, ctypes
+json.dump({"prefix": sys.prefix, "path": sys.path, "version": "%d.%d" % sys.version_info[:2]}, sys.stdout)
+"""
+
+
+def _check_isolated(argv: list[str], rootfs: Path, log: Path, hint: str) -> None:
+    """Fail the build if the fresh rootfs's Python would see anything of the host's."""
+    import json
+
+    proc = subprocess.run(
+        argv + ["-c", _ISOLATION_PROBE], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/"
+    )
+    with open(log, "a") as fh:
+        fh.write(f"isolation probe: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}\n")
+    try:
+        info = json.loads(proc.stdout)
+    except ValueError:
+        info = None
+    root = str(rootfs)
+    if proc.returncode != 0 or info is None or not all(p.startswith(root + "/") for p in [info["prefix"], *info["path"]]):
+        raise BundleError(
+            "the sandbox's Python does not start isolated from the host:\n    "
+            + "\n    ".join((proc.stderr or proc.stdout).strip().splitlines()[-8:]),
+            where=" ".join(argv),
+            hint=hint,
+        )
+
+
+# Environment the emulated process needs on top of its own (Graviton2's CPU, so code using
+# instructions Lambda's arm64 lacks faults here too).
+EMULATOR_ENV = {"arm64": {"QEMU_CPU": "neoverse-n1"}}

@@ -1,0 +1,221 @@
+"""Third-party packages for a bundle, taken from manylinux wheels for the bundle's platform.
+
+Never from the host's site-packages: the host runs another Python (ABI) and possibly
+another architecture, and copying an installed x86 package into an arm64 bundle is the
+classic way such bundles break only once deployed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from .cache import cache_dir
+from .errors import BundleError, ToolMissingError
+from .progress import QUIET, Progress
+
+_LEGACY_MANYLINUX = {
+    # Old names pip only accepts verbatim: manylinux2014 == 2_17, 2010 == 2_12, 1 == 2_5.
+    "x86_64": ["manylinux2014", "manylinux_2_12", "manylinux2010", "manylinux_2_5", "manylinux1"],
+    "aarch64": ["manylinux2014"],
+}
+_WHEEL_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def manylinux_platforms(arch: str, max_glibc: str = "2.34") -> list[str]:
+    """pip ``--platform`` values for every manylinux wheel that runs on glibc ``max_glibc``.
+
+    pip matches a ``--platform`` tag exactly (manylinux_2_28 does not imply 2_17), so all
+    compatible tags are listed, newest first. Lambda python3.12+ (Amazon Linux 2023) has
+    glibc 2.34, hence the default.
+    """
+    try:
+        wheel_arch = _WHEEL_ARCH[arch]
+    except KeyError:
+        raise BundleError(f"no manylinux wheels for architecture {arch!r}", hint="use x86_64 or aarch64") from None
+    m = re.fullmatch(r"2\.(\d+)", max_glibc)
+    if not m or int(m.group(1)) < 17:
+        raise BundleError(f"unsupported glibc version {max_glibc!r}", hint="give 2.N with N >= 17")
+    tags = [f"manylinux_2_{n}_{wheel_arch}" for n in range(int(m.group(1)), 16, -1)]
+    return tags + [f"{legacy}_{wheel_arch}" for legacy in _LEGACY_MANYLINUX[wheel_arch]]
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 normalized project name (``Typing_Extensions`` -> ``typing-extensions``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_wheel_filename(whl: Path | str) -> tuple[str, str]:
+    """(canonical project name, version) from a wheel's file name."""
+    name = PurePosixPath(str(whl)).name
+    parts = name[: -len(".whl")].split("-") if name.endswith(".whl") else []
+    if len(parts) not in (5, 6):
+        raise BundleError(f"not a wheel file name: {name}", where=str(whl))
+    return canonical_name(parts[0]), parts[1]
+
+
+def wheel_name(whl: Path | str) -> str:
+    return parse_wheel_filename(whl)[0]
+
+
+def wheel_version(whl: Path | str) -> str:
+    return parse_wheel_filename(whl)[1]
+
+
+def _same_version(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        return False
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return False
+
+
+def _parse_pin(req: str) -> tuple[str, str]:
+    # Markers and extras mean nothing with --no-deps; anything but an exact pin would make
+    # bundles differ from build to build and defeat the cache.
+    m = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*([^\s;,]+)\s*", req)
+    if not m:
+        raise BundleError(
+            f"requirement {req!r} is not an exact pin",
+            where="wheels to vendor",
+            hint="pin every vendored package with ==, e.g. numpy==2.4.6",
+        )
+    return canonical_name(m.group(1)), m.group(2)
+
+
+def _cached_wheel(directory: Path, name: str, version: str) -> Path | None:
+    if not directory.is_dir():
+        return None
+    for whl in sorted(directory.glob("*.whl")):
+        try:
+            n, v = parse_wheel_filename(whl)
+        except BundleError:
+            continue
+        if n == name and _same_version(v, version):
+            return whl
+    return None
+
+
+def wheels_dir(python_version: str, platforms: list[str]) -> Path:
+    return cache_dir() / "wheels" / f"{python_version}-{platforms[0]}"
+
+
+def fetch_wheels(
+    requirements: list[str],
+    *,
+    python_version: str,
+    platforms: list[str],
+    progress: Progress = QUIET,
+) -> list[Path]:
+    """Wheel files for exact pins like ``numpy==2.4.6``, one per requirement, in order.
+
+    Downloaded once per (Python, platform) into the cache; later calls reuse them without
+    asking pip (so builds work offline once warm).
+    """
+    if not platforms:
+        raise BundleError("no target platform given for wheels", hint="use manylinux_platforms(arch)")
+    dest = wheels_dir(python_version, platforms)
+    out: list[Path] = []
+    for req in requirements:
+        name, version = _parse_pin(req)
+        whl = _cached_wheel(dest, name, version)
+        if whl is None:
+            whl = _download(req, name, version, dest, python_version, platforms, progress)
+        out.append(whl)
+    return out
+
+
+def _download(
+    req: str, name: str, version: str, dest: Path, python_version: str, platforms: list[str], progress: Progress
+) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    # pip writes into a scratch dir first so an interrupted download never leaves a
+    # truncated wheel that the cache lookup would later trust.
+    with tempfile.TemporaryDirectory(prefix=".pip-", dir=dest) as scratch:
+        cmd = [
+            sys.executable, "-m", "pip", "download",
+            "--no-deps", "--only-binary=:all:",
+            "--implementation", "cp", "--python-version", python_version,
+            *[arg for p in platforms for arg in ("--platform", p)],
+            "-d", scratch, f"{name}=={version}",
+        ]
+        env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+        with progress.step(f"download {name}=={version} (Python {python_version}, {platforms[0]})"):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            if "No module named pip" in proc.stderr:
+                raise ToolMissingError(
+                    f"pip is not available in {sys.executable}",
+                    where=f"downloading {req}",
+                    hint=f"{sys.executable} -m ensurepip",
+                )
+            tail = "\n    ".join(proc.stderr.strip().splitlines()[-8:])
+            raise BundleError(
+                f"pip could not download {req} for Python {python_version} on {platforms[0]}:\n    {tail}",
+                where=f"{req} (cp{python_version.replace('.', '')}, {platforms[0]})",
+                hint=(
+                    "check network access to PyPI; if that works, this version publishes no wheel "
+                    f"for CPython {python_version} on {platforms[0]}: pick one that does "
+                    f"(https://pypi.org/project/{name}/{version}/#files)"
+                ),
+            )
+        got = _cached_wheel(Path(scratch), name, version)
+        if got is None:
+            raise BundleError(
+                f"pip reported success for {req} but left no matching wheel",
+                where=f"{scratch}: {sorted(os.listdir(scratch))}",
+                hint="pass the project's exact name and version as on PyPI",
+            )
+        final = dest / got.name
+        os.replace(got, final)
+    return final
+
+
+def unpack_wheel(whl: Path, dest: Path) -> list[str]:
+    """Extract a wheel into ``dest`` as an importable tree; returns relative paths written.
+
+    ``.dist-info`` is kept (importlib.metadata needs it); bytecode is dropped (compiled for
+    whatever Python built the wheel, and regenerated as needed). ``*.data/purelib|platlib``
+    land at the top like pip installs them; scripts, headers and data files are not needed
+    to import the package and are left out.
+    """
+    whl = Path(whl)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    try:
+        zf = zipfile.ZipFile(whl)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise BundleError(f"cannot read wheel: {e}", where=str(whl), hint="delete it from the cache and retry") from None
+    with zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            rel = PurePosixPath(info.filename)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise BundleError(f"wheel entry escapes the target directory: {info.filename}", where=str(whl))
+            if "__pycache__" in rel.parts or rel.suffix == ".pyc":
+                continue
+            if rel.parts[0].endswith(".data") and len(rel.parts) > 2:
+                if rel.parts[1] not in ("purelib", "platlib"):
+                    continue
+                rel = PurePosixPath(*rel.parts[2:])
+            target = dest.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode & 0o111:
+                os.chmod(target, mode | 0o644)
+            written.append(str(rel))
+    return written

@@ -1,0 +1,82 @@
+"""Requests in, answers out: the event contract every handler (Lambda, container server,
+edge server) shares.
+
+Direct events: {"inputs": ..., "parameters": {...}} (task mode) or {"tensors": {...}}.
+HTTP events (Function URL, API Gateway v1/v2): the same JSON in the body, answered as
+{"statusCode", "headers", "body"}; bad input is a 400 with {"error": ...}.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sys
+import traceback
+
+from .errors import BadInput
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+def is_http_event(event) -> bool:
+    return isinstance(event, dict) and (
+        "requestContext" in event or "httpMethod" in event or "rawPath" in event
+    )
+
+
+def answer(model, request) -> dict | list:
+    """Answer one decoded request (direct invocation); raises BadInput."""
+    if not isinstance(request, dict):
+        raise BadInput(f"the request must be a JSON object with \"inputs\" or \"tensors\", got {type(request).__name__}")
+    if "tensors" in request and "inputs" in request:
+        raise BadInput('send either "inputs" (task mode) or "tensors" (tensor mode), not both')
+    if "tensors" in request:
+        out = model.run(request["tensors"])
+        return {"tensors": {name: value.tolist() for name, value in out.items()}}
+    if "inputs" in request:
+        return model.predict(request["inputs"], request.get("parameters"))
+    raise BadInput('missing "inputs" (task mode) or "tensors" (tensor mode); '
+                   f'the request has keys {sorted(request)}')
+
+
+def _http_method(event: dict) -> str:
+    ctx = event.get("requestContext") or {}
+    return (event.get("httpMethod") or (ctx.get("http") or {}).get("method") or "POST").upper()
+
+
+def _http_response(status: int, payload) -> dict:
+    return {"statusCode": status, "headers": dict(_JSON_HEADERS), "body": json.dumps(payload)}
+
+
+def handle_http(model, event: dict) -> dict:
+    method = _http_method(event)
+    if method == "GET":  # a health check / what-is-this probe
+        return _http_response(200, model.info())
+    if method != "POST":
+        return _http_response(405, {"error": f"method {method} not allowed; POST a JSON body"})
+    body = event.get("body")
+    try:
+        if body is None or body == "":
+            raise BadInput("the request body is empty; POST a JSON object")
+        if event.get("isBase64Encoded"):
+            try:
+                body = base64.b64decode(body, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadInput("the body is marked base64 but does not decode") from None
+        try:
+            request = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadInput(f"the body is not valid JSON: {e}") from None
+        return _http_response(200, answer(model, request))
+    except BadInput as e:
+        return _http_response(400, {"error": str(e)})
+    except Exception:  # never a stack trace to the client; the log keeps it
+        traceback.print_exc(file=sys.stderr)
+        return _http_response(500, {"error": "internal error while running the model; see the function's logs"})
+
+
+def handle(model, event):
+    """Entry point for any invocation: HTTP events never raise, direct ones raise BadInput."""
+    if is_http_event(event):
+        return handle_http(model, event)
+    return answer(model, event)

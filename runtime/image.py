@@ -1,0 +1,78 @@
+"""Image requests (base64 JPEG/PNG) -> normalised NCHW float32, as the model's
+preprocessor config says (the build translated it into the manifest)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import numpy as np
+
+from .errors import BadInput
+
+
+class ImageEncoder:
+    def __init__(self, pre: dict):
+        self.pre = pre
+
+    def check(self, images) -> list:
+        if isinstance(images, str):
+            images = [images]
+        if not isinstance(images, list) or not images:
+            raise BadInput('"inputs" must be a base64 image string or a non-empty list of them')
+        for i, im in enumerate(images):
+            if not isinstance(im, str):
+                raise BadInput(f'"inputs"[{i}] is {type(im).__name__}, expected a base64 string')
+        return images
+
+    def decode(self, data: str, index: int):
+        from PIL import Image, UnidentifiedImageError
+
+        if data.startswith("data:") and "," in data:  # data URL
+            data = data.split(",", 1)[1]
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadInput(f'"inputs"[{index}] is not valid base64') from None
+        Image.MAX_IMAGE_PIXELS = int(self.pre["max_pixels"])
+        try:
+            img = Image.open(io.BytesIO(raw))
+            if img.size[0] * img.size[1] > self.pre["max_pixels"]:
+                raise BadInput(f'"inputs"[{index}] is {img.size[0]}x{img.size[1]} pixels; '
+                               f'at most {self.pre["max_pixels"]} are accepted')
+            img.load()
+        except BadInput:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+            raise BadInput(f'"inputs"[{index}] is not a decodable image ({type(e).__name__}: {e})') from None
+        return img.convert("RGB")
+
+    def transform(self, img) -> np.ndarray:
+        pre = self.pre
+        resize = pre.get("resize")
+        if resize:
+            w, h = img.size
+            if "shortest_edge" in resize:
+                edge = resize["shortest_edge"]
+                if w <= h:
+                    size = (edge, int(edge * h / w))
+                else:
+                    size = (int(edge * w / h), edge)
+            else:
+                size = (resize["width"], resize["height"])
+            img = img.resize(size, resample=pre["resample"])
+        crop = pre.get("center_crop")
+        if crop:
+            w, h = img.size
+            ch, cw = crop["height"], crop["width"]
+            if w < cw or h < ch:  # pad like transformers' center_crop would, by resizing up
+                img = img.resize((max(w, cw), max(h, ch)), resample=pre["resample"])
+                w, h = img.size
+            top, left = (h - ch) // 2, (w - cw) // 2
+            img = img.crop((left, top, left + cw, top + ch))
+        arr = np.asarray(img, dtype=np.float32) * np.float32(pre["rescale"])
+        arr = (arr - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+
+    def __call__(self, images: list[str]) -> dict:
+        return {"pixel_values": np.stack([self.transform(self.decode(im, i)) for i, im in enumerate(images)])}

@@ -1,0 +1,37 @@
+"""Text requests -> token tensors, with the tokenizer.json the build configured to pad and
+truncate to the model's sequence length."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput
+
+
+class TextEncoder:
+    def __init__(self, model_dir: Path, pre: dict):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(model_dir / pre["tokenizer"]))
+        self.max_chars = int(pre["max_chars"])
+
+    def check(self, texts) -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts:
+            raise BadInput('"inputs" must be a string or a non-empty list of strings')
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise BadInput(f'"inputs"[{i}] is {type(t).__name__}, expected a string')
+            if len(t) > self.max_chars:
+                raise BadInput(f'"inputs"[{i}] has {len(t)} characters; this model accepts at most {self.max_chars}')
+        return texts
+
+    def __call__(self, texts: list[str]) -> dict:
+        enc = self.tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
