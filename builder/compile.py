@@ -27,8 +27,11 @@ def to_relax(spec: ModelSpec):
     example = _torch_inputs(arrays, spec)
     batch = Dim("batch", min=1, max=spec_max_batch())
     dynamic = {i.name: {0: batch} for i in spec.inputs if i.shape and i.shape[0] == "batch"}
+    import warnings
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             ep = torch.export.export(spec.module, example, dynamic_shapes=dynamic)
     except Exception as e:
         raise CompileError(f"torch.export failed for {spec.architecture}: {type(e).__name__}: {e}",
@@ -37,7 +40,9 @@ def to_relax(spec: ModelSpec):
     from tvm.relax.frontend.torch import from_exported_program
 
     try:
-        mod = from_exported_program(ep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mod = from_exported_program(ep)
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise CompileError(f"TVM cannot import this model: {msg[-1] if msg else type(e).__name__}",

@@ -9,6 +9,7 @@ with the interpreter ABI Lambda will use, through the same request/response prot
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import http.server
 import json
@@ -28,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from .cache import cache_dir
-from .errors import BundleError, InvokeError
+from .errors import InvokeError
 from .progress import QUIET, Progress
 from . import sandbox, wheels
 
@@ -159,6 +160,17 @@ def awslambdaric_dir(python_version: str, arch: str, progress: Progress = QUIET)
 # ---------------------------------------------------------------- Runtime API server
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # The function's process is killed on purpose (after the last event, on timeout or
+        # Ctrl-C) while its connection may still be open; that is no server error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class _RuntimeAPI:
     """The Lambda Runtime API, enough of it for one function instance.
 
@@ -175,8 +187,7 @@ class _RuntimeAPI:
         self.notes: queue.Queue = queue.Queue()
         self.open_ids: set[str] = set()
         self.lock = threading.Lock()
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.api = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, name="lambda-runtime-api", daemon=True)
 
@@ -275,8 +286,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         parts = self.path[len(RUNTIME_API_PREFIX):].strip("/").split("/")
         if self.path.startswith(RUNTIME_API_PREFIX + "/") and parts == ["init", "error"]:
+            # Acknowledge before telling the driver, which may then stop the process.
+            self._send_json(202, {"status": "OK"})
             self.api.notes.put(("init_error", body, self.headers.get("Lambda-Runtime-Function-Error-Type")))
-            return self._send_json(202, {"status": "OK"})
+            return
         if (
             self.path.startswith(RUNTIME_API_PREFIX + "/")
             and len(parts) == 3
@@ -288,8 +301,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._send_json(
                     400, {"errorType": "InvalidRequestID", "errorMessage": f"no open invocation {request_id}"}
                 )
-            self.api.notes.put((parts[2], request_id, body))
-            return self._send_json(202, {"status": "OK"})
+            arrived = time.perf_counter()
+            self._send_json(202, {"status": "OK"})
+            self.api.notes.put((parts[2], request_id, body, arrived))
+            return
         self._send_json(404, {"errorType": "NotFound", "errorMessage": self.path})
 
 
@@ -343,6 +358,28 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """SIGTERM/SIGHUP raise KeyboardInterrupt meanwhile, so cleanup runs as on Ctrl-C.
+
+    Only where nobody else handles them and only in the main thread (the only place a
+    Python signal handler can be installed); the previous handlers come back after.
+    """
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def invoke_zip(
     zip_path: Path | str,
     events: list[bytes],
@@ -366,8 +403,6 @@ def invoke_zip(
     err = err or sys.stderr
     zip_path = Path(zip_path)
     meta = read_lambda_json(zip_path)
-    python_version, arch, handler = meta["python"], meta["architecture"], meta["handler"]
-    memory_mb = meta.get("memory_mb", 128)
     if meta.get("deployable") is False:
         progress.warn(f"{zip_path} is marked not deployable to AWS Lambda (see lambda.json); running it locally anyway")
     for i, ev in enumerate(events, 1):
@@ -380,7 +415,17 @@ def invoke_zip(
                 hint='pass a JSON document, e.g. {"inputs": "a sentence"}',
             ) from None
 
-    ric = awslambdaric_dir(python_version, arch, progress)
+    ric = awslambdaric_dir(meta["python"], meta["architecture"], progress)
+    with _termination_as_interrupt():
+        return _run_warm(zip_path, meta, events, ric, progress, out, err, timeout_s)
+
+
+def _run_warm(
+    zip_path: Path, meta: dict, events: list[bytes], ric: Path, progress: Progress, out: TextIO, err: TextIO,
+    timeout_s: float,
+) -> int:
+    python_version, arch, handler = meta["python"], meta["architecture"], meta["handler"]
+    memory_mb = meta.get("memory_mb", 128)
     task = Path(tempfile.mkdtemp(prefix="edgebundle-task-"))
     api: _RuntimeAPI | None = None
     proc: subprocess.Popen | None = None
@@ -493,7 +538,7 @@ def invoke_zip(
                     break
                 if note[0] == "exit":
                     raise crashed(f"while handling event {i}", note[1])
-            print(f"invoke {i}: {(time.perf_counter() - t1) * 1000:.1f} ms", file=err, flush=True)
+            print(f"invoke {i}: {(note[3] - t1) * 1000:.1f} ms", file=err, flush=True)
             body = note[2]
             if note[0] == "error":
                 status = 1

@@ -32,6 +32,10 @@ _DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
 _GNU_TRIPLET = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 _LOADER = {"x86_64": "lib64/ld-linux-x86-64.so.2", "arm64": "lib/ld-linux-aarch64.so.1"}
 
+# Environment the emulated process needs on top of its own (Graviton2's CPU, so code using
+# instructions Lambda's arm64 lacks faults here too).
+EMULATOR_ENV = {"arm64": {"QEMU_CPU": "neoverse-n1"}}
+
 # A build directory older than this is left over from a killed build, not a running one.
 _STALE_BUILD_S = 6 * 3600
 
@@ -74,13 +78,36 @@ def rootfs_path(python_version: str, arch: str = "x86_64") -> Path:
     return _sandbox_root() / f"{suite_for(python_version)}-{normalize_arch(arch)}"
 
 
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            return [p for p in (line.split()[4] for line in fh) if p.startswith(prefix)]
+    except OSError:
+        return []
+
+
+def _remove_build(path: Path) -> None:
+    """Delete a (partial) rootfs, first unmounting what debootstrap may have left mounted.
+
+    In containers debootstrap bind-mounts the host's /dev nodes and mounts /proc and /sys
+    into the target; it unmounts them on exit, but a killed one does not, and deleting
+    through a mount would reach the host's files.
+    """
+    for point in sorted(_mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if _mounts_under(path):
+        return  # still mounted: better left behind than deleted through a mount
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _sweep_stale_builds(root: Path) -> None:
     now = time.time()
     for d in root.glob(".build-*"):
         try:
             if now - d.stat().st_mtime > _STALE_BUILD_S:
                 if d.is_dir():
-                    shutil.rmtree(d, ignore_errors=True)
+                    _remove_build(d)
                 else:
                     d.unlink()
         except FileNotFoundError:
@@ -114,9 +141,8 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
     if python.exists():
         return final
 
-    debootstrap = shutil.which("debootstrap") or next(
-        (p for p in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.path.exists(p)), None
-    )
+    # Root's PATH has the sbin directories, a user's often not.
+    debootstrap = shutil.which("debootstrap", path=os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"]))
     if debootstrap is None:
         raise ToolMissingError(
             "debootstrap is not installed",
@@ -166,8 +192,8 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
                     where=str(build),
                     hint=f"Debian {suite} may have moved to another Python; update SUITES in {__name__}",
                 )
-            if not foreign:
-                _check_isolated(_loader_argv(build, python_version, arch), build, log, hint)
+            if not foreign or (arch == "arm64" and _qemu()):
+                _check_isolated(_rootfs_argv(build, python_version, arch), build, arch, log, hint)
             # mkdtemp made it private; the sandboxed process may run as another user.
             os.chmod(build, 0o755)
             try:
@@ -179,7 +205,7 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
         log.unlink(missing_ok=True)
     finally:
         if build.exists():
-            shutil.rmtree(build, ignore_errors=True)
+            _remove_build(build)
     return final
 
 
@@ -229,22 +255,32 @@ def python_command(
         return [sys.executable, "-I", "-S"], PathMap(None)
 
     rootfs = ensure_rootfs(python_version, arch, progress)
-    python = rootfs / "usr" / "bin" / f"python{python_version}"
+    return _rootfs_argv(rootfs, python_version, arch, library_path), PathMap(None)
 
+
+def _qemu() -> str | None:
+    return shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+
+
+def _rootfs_argv(
+    rootfs: Path, python_version: str, arch: str, library_path: Sequence[str | os.PathLike] = ()
+) -> list[str]:
+    python = rootfs / "usr" / "bin" / f"python{python_version}"
     if arch != host_arch():
-        if arch == "arm64":
-            qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
-            if qemu is None:
-                raise ToolMissingError(
-                    "qemu-aarch64 is not installed (needed to run arm64 Python here)",
-                    where=f"local sandbox for Python {python_version} (arm64)",
-                    hint="apt-get install qemu-user",
-                )
-            # qemu's -L makes the guest see the rootfs for its loader and libraries while
-            # paths the program opens stay host paths, like the loader branch below.
-            # QEMU_CPU=neoverse-n1 is set by the caller's environment (see EMULATOR_ENV).
-            return [qemu, "-L", str(rootfs), str(python), "-I", "-S"], PathMap(None)
-        raise BundleError(f"cannot run {arch} code on a {host_arch()} host", hint="build on an x86_64 host")
+        if arch != "arm64":
+            raise BundleError(f"cannot run {arch} code on a {host_arch()} host", hint="use an x86_64 host")
+        qemu = _qemu()
+        if qemu is None:
+            raise ToolMissingError(
+                "qemu-aarch64 is not installed (needed to run arm64 Python here)",
+                where=f"local sandbox for Python {python_version} (arm64)",
+                hint="apt-get install qemu-user",
+            )
+        # qemu's -L makes the guest's loader and libraries come from the rootfs while the
+        # files the program opens by path stay the host's, like the loader branch below.
+        # The guest's loader honours LD_LIBRARY_PATH, so library_path needs nothing here.
+        # QEMU_CPU comes from the caller's environment (EMULATOR_ENV).
+        return [qemu, "-L", str(rootfs), str(python), "-I", "-S"]
 
     # Same arch, other Python: start the rootfs's interpreter through the rootfs's own
     # dynamic loader instead of chroot. Measured: the interpreter derives sys.prefix from
@@ -255,16 +291,15 @@ def python_command(
     # the task into the rootfs. Its limit: sys.executable cannot be exec'd directly
     # (the host loader would pick the host's older glibc), so a handler that spawns
     # sys.executable fails here although it would work on Lambda.
-    return _loader_argv(rootfs, python_version, arch, library_path), PathMap(None)
-
-
-def _loader_argv(
-    rootfs: Path, python_version: str, arch: str, library_path: Sequence[str | os.PathLike] = ()
-) -> list[str]:
+    if ":" in str(rootfs):
+        raise BundleError(
+            f"the sandbox path {rootfs} contains ':', which cannot be put in a library path",
+            hint="set EDGEBUNDLE_CACHE to a directory without ':'",
+        )
     triplet = _GNU_TRIPLET[arch]
-    # The rootfs's own libraries first, as Lambda's system directories precede the task's.
+    # The rootfs's own libraries first, as Lambda's system directories precede the task's;
+    # --library-path replaces LD_LIBRARY_PATH entirely, so library_path must go here.
     libpath = ":".join([f"{rootfs}/usr/lib/{triplet}", f"{rootfs}/lib/{triplet}", *map(str, library_path)])
-    python = rootfs / "usr" / "bin" / f"python{python_version}"
     return [str(rootfs / _LOADER[arch]), "--library-path", libpath, str(python), "-I", "-S"]
 
 
@@ -274,12 +309,16 @@ json.dump({"prefix": sys.prefix, "path": sys.path, "version": "%d.%d" % sys.vers
 """
 
 
-def _check_isolated(argv: list[str], rootfs: Path, log: Path, hint: str) -> None:
+def _check_isolated(argv: list[str], rootfs: Path, arch: str, log: Path, hint: str) -> None:
     """Fail the build if the fresh rootfs's Python would see anything of the host's."""
     import json
 
     proc = subprocess.run(
-        argv + ["-c", _ISOLATION_PROBE], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd="/"
+        argv + ["-c", _ISOLATION_PROBE],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **EMULATOR_ENV.get(arch, {})},
+        cwd="/",
     )
     with open(log, "a") as fh:
         fh.write(f"isolation probe: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}\n")
@@ -295,8 +334,3 @@ def _check_isolated(argv: list[str], rootfs: Path, log: Path, hint: str) -> None
             where=" ".join(argv),
             hint=hint,
         )
-
-
-# Environment the emulated process needs on top of its own (Graviton2's CPU, so code using
-# instructions Lambda's arm64 lacks faults here too).
-EMULATOR_ENV = {"arm64": {"QEMU_CPU": "neoverse-n1"}}

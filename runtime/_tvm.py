@@ -74,6 +74,27 @@ def load_tvm_runtime(model_dir: Path) -> str:
         + ". Set EDGEBUNDLE_LIBTVM_RUNTIME or install apache-tvm.")
 
 
+_ALIGN = 64
+
+
+def aligned(a):
+    """A C-contiguous copy of `a` whose data starts on a 64-byte boundary.
+
+    TVM's kernels are compiled for buffers with 64-byte alignment and use aligned vector
+    loads; numpy only guarantees 16 bytes for small arrays, and a misaligned input
+    segfaults inside the compiled code (seen with a 1x32 int64 input)."""
+    import numpy as np
+
+    a = np.asarray(a)
+    if a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0:
+        return a
+    raw = np.empty(a.nbytes + _ALIGN, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGN
+    out = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 class CompiledModule:
     """A Relax VM over model.so on one device."""
 
@@ -94,7 +115,7 @@ class CompiledModule:
         import numpy as np
         import tvm_ffi
 
-        args = [tvm_ffi.from_dlpack(np.ascontiguousarray(a)) for a in arrays]
+        args = [tvm_ffi.from_dlpack(aligned(a)) for a in arrays]
         out = self._main(*args)
         if not isinstance(out, (list, tuple)) and not hasattr(out, "__len__"):
             out = [out]

@@ -94,3 +94,11 @@ def id2label(config: dict) -> list[str] | None:
         return None
     items = sorted(((int(k), v) for k, v in mapping.items()))
     return [v for _, v in items]
+
+
+def quiet_transformers() -> None:
+    """Our progress lines say what is happening; transformers' bars and notices would bury them."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelSourceError, UnsupportedModelError
-from .base import Family, ModelSpec, TensorSpec, check_task, id2label, read_json
+from .base import Family, quiet_transformers, ModelSpec, TensorSpec, check_task, id2label, read_json
 
 # sentence-transformers concatenates pooled vectors in this order when several are on.
 _ST_POOLING_ORDER = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")
@@ -155,6 +155,7 @@ class BertFamily(Family):
         import torch
         import transformers
 
+        quiet_transformers()
         check_task(self, task)
         seq_len = int(options.get("seq_len") or 128)
         max_pos = int(config.get("max_position_embeddings", 512))
@@ -165,7 +166,9 @@ class BertFamily(Family):
         notes = []
         cls = transformers.BertModel if task == "feature-extraction" else transformers.BertForSequenceClassification
         try:
-            model = cls.from_pretrained(str(model_dir), dtype=torch.float32)
+            # Eager attention exports as plain matmul + softmax, which TVM's frontend and
+            # our schedules handle; SDPA's fused op adds a bool-mask path we gain nothing from.
+            model = cls.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
         except Exception as e:  # transformers raises many types for unreadable weights
             raise ModelSourceError(f"cannot load {cls.__name__} weights: {e}", where=str(model_dir)) from e
         model.eval()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelSourceError, UnsupportedModelError
-from .base import Family, ModelSpec, TensorSpec, check_task, id2label, read_json
+from .base import Family, quiet_transformers, ModelSpec, TensorSpec, check_task, id2label, read_json
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -95,6 +95,7 @@ class ResNetFamily(Family):
         import torch
         import transformers
 
+        quiet_transformers()
         check_task(self, task)
         notes: list[str] = []
         pre = image_preprocessing(model_dir, notes)
