@@ -29,7 +29,7 @@ DEFAULT_MEMORY_MB = 2048
 # test suites. Paths are matched per component.
 _PRUNE_DIRS = {"include", "3rdparty", "src", "tests", "__pycache__", "cmake"}
 _PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".cu")
-_PRUNE_NAMES = {"libtvm_ffi_testing.so"}
+_PRUNE_NAMES: set = set()  # tvm_ffi dlopens libtvm_ffi_testing.so at import: keep it
 
 
 def runtime_requirements(manifest: dict) -> list[str]:

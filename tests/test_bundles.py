@@ -1,0 +1,149 @@
+"""build -> lambda.zip -> invoke, the way Lambda runs it (python3.13 sandbox, awslambdaric)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+import reference
+from builder import elf
+from builder.errors import BundleError
+from builder.lambda_local import invoke_zip
+from builder.progress import Progress
+from builder.targets import TARGETS
+
+pytestmark = pytest.mark.slow
+
+
+def run_zip(zip_path, events: list) -> tuple[int, list]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = invoke_zip(zip_path, [json.dumps(e).encode() for e in events], out=out, err=err)
+    answers = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    assert len(answers) == len(events), err.getvalue()[-3000:]
+    return rc, answers
+
+
+def http(body: str, b64: bool = False) -> dict:
+    if b64:
+        body = base64.b64encode(body.encode()).decode()
+    return {"version": "2.0", "rawPath": "/", "requestContext": {"http": {"method": "POST"}},
+            "body": body, "isBase64Encoded": b64}
+
+
+def test_zip_layout_and_manifest(tiny_bert_build):
+    with zipfile.ZipFile(tiny_bert_build / "lambda.zip") as zf:
+        names = set(zf.namelist())
+        info = json.loads(zf.read("lambda.json"))
+    for required in ("handler.py", "runtime/__init__.py", "runtime/events.py", "model.so", "model.json",
+                     "tokenizer.json", "libtvm_runtime.so", "tvm_ffi/__init__.py", "numpy/__init__.py",
+                     "tokenizers/__init__.py"):
+        assert required in names, required
+    assert not any(n.startswith(("torch/", "tvm/", "transformers/", "builder/")) for n in names)
+    # cp313 extension modules: taken from the Lambda platform's wheels, not the 3.11 host.
+    assert any(n.startswith("numpy/_core/_multiarray_umath.cpython-313-x86_64") for n in names)
+    assert info["python"] == "3.13" and info["architecture"] == "x86_64" and info["deployable"] is True
+    assert info["glibc_required"] == "2.27"
+
+
+def test_tiny_bert_zip_matches_pytorch(tiny_bert_dir, tiny_bert_build):
+    sentences = ["The quick brown fox.", "Lambda bundles without PyTorch."]
+    tensors = reference.tokenize(tiny_bert_build / "tokenizer.json", sentences)
+    rc, (tensor_answer, task_answer, bad, http_ok, http_bad, after) = run_zip(
+        tiny_bert_build / "lambda.zip",
+        [{"tensors": tensors}, {"inputs": sentences}, {"inputs": 7},
+         http(json.dumps({"inputs": "hi"}), b64=True), http("{broken"), {"inputs": "still warm"}])
+    ref = reference.bert_mean_embeddings(tiny_bert_dir, tensors)
+    np.testing.assert_allclose(np.array(tensor_answer["tensors"]["sentence_embedding"]), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.array(task_answer), ref, atol=1e-4, rtol=0)
+    assert bad["errorType"] == "BadInput" and "string" in bad["errorMessage"]
+    assert http_ok["statusCode"] == 200 and len(json.loads(http_ok["body"])) == 128
+    assert http_bad["statusCode"] == 400 and "not valid JSON" in json.loads(http_bad["body"])["error"]
+    assert len(after) == 128
+    assert rc == 1  # one event (the direct bad input) failed
+
+
+def test_tiny_bert_classifier_zip(tiny_bert_cls_dir, tiny_bert_cls_build):
+    text = "What a wonderful day."
+    tensors = reference.tokenize(tiny_bert_cls_build / "tokenizer.json", [text])
+    rc, (labels, logits) = run_zip(tiny_bert_cls_build / "lambda.zip",
+                                   [{"inputs": text}, {"tensors": tensors}])
+    ref = reference.bert_logits(tiny_bert_cls_dir, tensors)
+    assert rc == 0
+    np.testing.assert_allclose(np.array(logits["tensors"]["logits"]), ref, atol=1e-4, rtol=0)
+    assert labels[0]["label"] == ["negative", "neutral", "positive"][int(np.argmax(ref[0]))]
+    assert sorted(a["label"] for a in labels) == ["negative", "neutral", "positive"]
+
+
+def test_tiny_resnet_zip(tiny_resnet_dir, tiny_resnet_build):
+    import runtime
+
+    image = reference.png_base64(3, size=(97, 71))
+    pixels = runtime.load(tiny_resnet_build).encoder([image])["pixel_values"]
+    rc, (labels, logits, bad_http, bad_direct) = run_zip(
+        tiny_resnet_build / "lambda.zip",
+        [{"inputs": image, "parameters": {"top_k": 2}}, {"tensors": {"pixel_values": pixels.tolist()}},
+         http(json.dumps({"inputs": base64.b64encode(b"not an image").decode()})),
+         {"inputs": "%%%"}])
+    ref = reference.resnet_logits(tiny_resnet_dir, pixels)
+    np.testing.assert_allclose(np.array(logits["tensors"]["logits"]), ref, atol=1e-4, rtol=0)
+    assert len(labels) == 2 and labels[0]["label"] == ["cat", "dog", "bird", "fish"][int(np.argmax(ref[0]))]
+    assert bad_http["statusCode"] == 400 and "decodable image" in bad_http["body"]
+    assert bad_direct["errorType"] == "BadInput"
+    assert rc == 1
+
+
+def test_zips_are_deterministic(tiny_resnet_build, tmp_path):
+    from builder.formats.lambda_zip import build as build_lambda
+
+    first = (tiny_resnet_build / "lambda.zip").read_bytes()
+    copy = tmp_path / "x86_64"
+    shutil.copytree(tiny_resnet_build, copy)
+    (copy / "lambda.zip").unlink()
+    build_lambda(copy, TARGETS["x86_64"], {"python": "3.13"}, Progress(quiet=True))
+    assert (copy / "lambda.zip").read_bytes() == first
+
+
+def test_unzipped_size_limit_points_to_image_format(tiny_resnet_build, tmp_path, monkeypatch):
+    from builder.formats import lambda_zip
+
+    copy = tmp_path / "x86_64"
+    shutil.copytree(tiny_resnet_build, copy)
+    monkeypatch.setattr(lambda_zip, "LAMBDA_UNZIPPED_LIMIT", 10 * 1024 * 1024)
+    with pytest.raises(BundleError) as exc:
+        lambda_zip.build(copy, TARGETS["x86_64"], {"python": "3.13"}, Progress(quiet=True))
+    assert "MB unzipped" in str(exc.value) and "--format image" in str(exc.value)
+
+
+def test_elf_audit_rejects_foreign_and_too_new_libraries(tiny_bert_build, tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    so = stage / "model.so"
+    shutil.copy(tiny_bert_build / "model.so", so)  # needs GLIBC_2.27 (expf in GELU/softmax)
+    assert elf.audit_tree(stage, machine=62, max_glibc="2.34", what="t") == {"model.so": "2.27"}
+    with pytest.raises(BundleError, match="glibc 2.17.*model.so needs GLIBC 2.27"):
+        elf.audit_tree(stage, machine=62, max_glibc="2.17", what="t")
+    data = bytearray(so.read_bytes())
+    data[18:20] = (183).to_bytes(2, "little")  # e_machine = EM_AARCH64
+    (stage / "slipped.so").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="slipped.so is aarch64"):
+        elf.audit_tree(stage, machine=62, max_glibc="2.34", what="t")
+
+
+def test_python311_bundle_is_local_test_only(tiny_resnet_dir, tmp_path, capsys):
+    from builder.build import build
+
+    build(str(tiny_resnet_dir), targets=["x86_64"], formats=["lambda"], out=tmp_path,
+          options={"python": "3.11"}, progress=Progress(quiet=True))
+    assert "local tests only" in capsys.readouterr().err
+    zip_path = tmp_path / "x86_64" / "lambda.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        info = json.loads(zf.read("lambda.json"))
+        assert any("cpython-311" in n for n in zf.namelist())
+    assert info["deployable"] is False and "2.26" in info["not_deployable_reason"]
+    rc, (answer,) = run_zip(zip_path, [{"inputs": reference.png_base64()}])
+    assert rc == 0 and len(answer) == 4
