@@ -37,19 +37,19 @@ def _parser() -> argparse.ArgumentParser:
                         "3.10/3.11 give local-test bundles only)")
     b.add_argument("--cpu", help="LLVM CPU name to compile for (default: the target's, e.g. haswell)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
-    b.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     i = sub.add_parser("invoke", help="run a lambda.zip locally the way AWS Lambda runs it")
     i.add_argument("bundle", type=Path, help="path to a lambda.zip")
     i.add_argument("--event", action="append", type=Path, required=True,
                    help="JSON event file (repeatable; all run in one warm sandbox, in order)")
     i.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     n = sub.add_parser("inspect", help="describe a built target directory (OUT/<target>)")
     n.add_argument("target_dir", type=Path)
     n.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    n.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    n.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 

@@ -1,12 +1,22 @@
 """MODEL argument -> a local Hugging Face model directory."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from .errors import ModelSourceError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def hf_cache_dir() -> str:
+    """Read at call time: huggingface_hub freezes its own value when first imported."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
 
 
 def resolve_model(model: str) -> Path:
@@ -24,7 +34,7 @@ def resolve_model(model: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(model, local_files_only=True)
+        local = snapshot_download(model, local_files_only=True, cache_dir=hf_cache_dir())
     except Exception as e:  # LocalEntryNotFoundError, RepositoryNotFoundError, ...
         raise ModelSourceError(
             f"{model!r} is neither a local directory nor in the Hugging Face cache ({type(e).__name__})",

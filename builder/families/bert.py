@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import ModelSourceError, UnsupportedModelError
 from .base import Family, quiet_transformers, ModelSpec, TensorSpec, check_task, id2label, read_json
@@ -85,6 +84,8 @@ def build_tokenizer(model_dir: Path, seq_len: int):
 
 
 def encode(tok, texts: list[str]) -> dict:
+    import numpy as np
+
     enc = tok.encode_batch(texts)
     return {
         "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
@@ -152,6 +153,7 @@ class BertFamily(Family):
         return "feature-extraction"
 
     def load(self, model_dir: Path, config: dict, task: str, options: dict) -> ModelSpec:
+        import numpy as np
         import torch
         import transformers
 
@@ -162,6 +164,11 @@ class BertFamily(Family):
         if not 1 <= seq_len <= max_pos:
             raise UnsupportedModelError(f"--seq-len {seq_len} is outside 1..{max_pos}",
                                         hint=f"this model has {max_pos} position embeddings")
+        if task == "text-classification" and "BertForSequenceClassification" not in (config.get("architectures") or []):
+            raise UnsupportedModelError(
+                "text-classification needs a checkpoint with a classification head "
+                "(BertForSequenceClassification); this one would get a random head",
+                where=str(model_dir / "config.json"), hint="use --task feature-extraction, or a fine-tuned classifier")
         tok = build_tokenizer(model_dir, seq_len)
         notes = []
         cls = transformers.BertModel if task == "feature-extraction" else transformers.BertForSequenceClassification

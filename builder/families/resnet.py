@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import ModelSourceError, UnsupportedModelError
 from .base import Family, quiet_transformers, ModelSpec, TensorSpec, check_task, id2label, read_json
@@ -92,6 +91,7 @@ class ResNetFamily(Family):
         return "image-classification"
 
     def load(self, model_dir: Path, config: dict, task: str, options: dict) -> ModelSpec:
+        import numpy as np
         import torch
         import transformers
 

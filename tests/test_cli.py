@@ -1,0 +1,105 @@
+"""The command line: instant help, typed errors without tracebacks, model resolution."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder.errors import ModelSourceError
+from builder.source import resolve_model
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = {"torch", "tvm", "transformers", "boto3", "tokenizers", "jinja2", "numpy"}
+
+
+def edgebundle(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "builder.cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys; from builder.cli import _parser; _parser().format_help(); "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    helptext = edgebundle("build", "--help").stdout
+    for word in ("--target", "x86_64", "--format", "lambda", "--seq-len", "--python", "--quiet"):
+        assert word in helptext
+
+
+def _model_dir(tmp_path, config: dict) -> Path:
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+def test_unsupported_architecture_lists_supported_ones(tmp_path):
+    d = _model_dir(tmp_path, {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+    proc = edgebundle("build", d, "--out", tmp_path / "out")
+    assert proc.returncode == 1
+    assert "GPT2LMHeadModel is not supported" in proc.stderr
+    assert "BertForSequenceClassification" in proc.stderr and "ResNetForImageClassification" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    d = _model_dir(tmp_path, {"architectures": ["GPT2LMHeadModel"]})
+    proc = edgebundle("--debug", "build", d, "--out", tmp_path / "out")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_missing_model_and_bad_options(tmp_path):
+    proc = edgebundle("build", tmp_path / "nope", "--out", tmp_path / "out")
+    assert proc.returncode == 1 and "no such model directory" in proc.stderr
+    proc = edgebundle("build", tmp_path, "--out", tmp_path / "out")
+    assert proc.returncode == 1 and "no config.json" in proc.stderr
+    proc = edgebundle("build", tmp_path, "--out", tmp_path / "o", "--target", "sparc")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    proc = edgebundle("invoke", tmp_path / "missing.zip", "--event", tmp_path / "e.json")
+    assert proc.returncode == 1 and "no such bundle" in proc.stderr
+    proc = edgebundle("inspect", tmp_path)
+    assert proc.returncode == 1 and "no model.json" in proc.stderr
+
+
+def test_hub_id_not_cached_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match="neither a local directory nor in the Hugging Face cache"):
+        resolve_model("someone/not-downloaded")
+
+
+def test_hub_id_resolves_through_the_local_cache(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    snap = hub / "models--acme--tiny" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (hub / "models--acme--tiny" / "refs").mkdir()
+    (hub / "models--acme--tiny" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model("acme/tiny") == snap
+
+
+@pytest.mark.slow
+def test_task_and_seq_len_checks(tiny_bert_dir, tmp_path):
+    proc = edgebundle("build", tiny_bert_dir, "--out", tmp_path / "o", "--task", "text-classification")
+    assert proc.returncode == 1 and "classification head" in proc.stderr
+    proc = edgebundle("build", tiny_bert_dir, "--out", tmp_path / "o", "--task", "image-classification")
+    assert proc.returncode == 1 and "not supported by the bert family" in proc.stderr
+    proc = edgebundle("build", tiny_bert_dir, "--out", tmp_path / "o", "--seq-len", "1000")
+    assert proc.returncode == 1 and "outside 1..512" in proc.stderr
+
+
+@pytest.mark.slow
+def test_inspect(tiny_bert_cls_build):
+    proc = edgebundle("inspect", tiny_bert_cls_build)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("text-classification", "labels     3: negative, neutral, positive", "validated  vs PyTorch",
+                 "lambda.zip", "python3.13 x86_64", "deployable", "tvm 0.27.0.post1"):
+        assert text in proc.stdout, text
+    assert json.loads(edgebundle("inspect", tiny_bert_cls_build, "--json").stdout)["model"]["family"] == "bert"
