@@ -49,6 +49,30 @@ def to_relax(spec: ModelSpec):
                            where="tvm.relax.frontend.torch.from_exported_program",
                            hint="an operator is probably unsupported by TVM 0.27's torch frontend; "
                                 "--debug shows which") from e
+    return clip_gathers(mod)
+
+
+def clip_gathers(mod):
+    """Rewrite take(mode="fast") (the frontend's embedding lookups) to mode="clip".
+
+    "fast" reads out of bounds on a bad index (TVM warns about it on every compile); "clip"
+    costs a min/max per index. runtime/ range-checks ids too: this is the second fence."""
+    import tvm
+    from tvm import relax
+
+    take = tvm.ir.Op.get("relax.take")
+
+    @relax.expr_functor.mutator
+    class ClipTake(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op.same_as(take) and call.attrs.mode == "fast":
+                return relax.op.take(call.args[0], call.args[1], axis=call.attrs.axis, mode="clip")
+            return call
+
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = ClipTake(mod).visit_expr(func)
     return mod
 
 

@@ -116,7 +116,7 @@ def test_unzipped_size_limit_points_to_image_format(tiny_resnet_build, tmp_path,
     monkeypatch.setattr(lambda_zip, "LAMBDA_UNZIPPED_LIMIT", 10 * 1024 * 1024)
     with pytest.raises(BundleError) as exc:
         lambda_zip.build(copy, TARGETS["x86_64"], {"python": "3.13"}, Progress(quiet=True))
-    assert "MB unzipped" in str(exc.value) and "--format image" in str(exc.value)
+    assert "MiB unzipped" in str(exc.value) and "--format image" in str(exc.value)
 
 
 def test_elf_audit_rejects_foreign_and_too_new_libraries(tiny_bert_build, tmp_path):

@@ -21,8 +21,9 @@ from ..versions import EDGEBUNDLE_VERSION, dist_version
 from ..ziputil import tree_size, write_zip
 from .common import copy_runtime, file_record, stage_model
 
-LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024  # code + layers, unzipped (AWS: 262,144,000 bytes)
-LAMBDA_DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024  # larger zips go through S3
+MIB = 1024 * 1024
+LAMBDA_UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped (AWS: 262,144,000 bytes)
+LAMBDA_DIRECT_UPLOAD_LIMIT = 50 * MIB  # larger zips go through S3
 DEFAULT_MEMORY_MB = 2048
 
 # Parts of wheels a running bundle never touches: headers, sources, vendored build trees,
@@ -146,17 +147,17 @@ def build(target_dir: Path, target: TargetSpec, options: dict, progress) -> dict
         if size > LAMBDA_UNZIPPED_LIMIT:
             model_size = (stage / manifest["library"]).stat().st_size
             raise BundleError(
-                f"the Lambda bundle would be {size / 1e6:.0f} MB unzipped ({model_size / 1e6:.0f} MB of it "
-                f"model.so); Lambda allows {LAMBDA_UNZIPPED_LIMIT / 1e6:.0f} MB including layers",
+                f"the Lambda bundle would be {size / MIB:.0f} MiB unzipped ({model_size / MIB:.0f} MiB of it "
+                f"model.so); Lambda allows {LAMBDA_UNZIPPED_LIMIT / MIB:.0f} MiB unzipped, layers included",
                 where=str(out_zip),
                 hint="use --format image (container images may be 10 GB) or a smaller model")
         with progress.step(f"write {out_zip.name}"):
             write_zip(stage, out_zip)
     zipped = out_zip.stat().st_size
     if zipped > LAMBDA_DIRECT_UPLOAD_LIMIT:
-        progress.warn(f"{out_zip} is {zipped / 1e6:.0f} MB zipped: above Lambda's 50 MB direct upload, "
+        progress.warn(f"{out_zip} is {zipped / MIB:.0f} MiB zipped: above Lambda's 50 MiB direct upload, "
                       f"deploy it through S3")
-    progress.info(f"    lambda.zip: {zipped / 1e6:.1f} MB zipped, {size / 1e6:.1f} MB unzipped, "
+    progress.info(f"    lambda.zip: {zipped / MIB:.1f} MiB zipped, {size / MIB:.1f} MiB unzipped, "
                   f"python{plat['python']} {target.lambda_arch}, glibc needed {info['glibc_required']}"
                   + ("" if plat["deployable"] else "  [LOCAL TEST ONLY: not deployable]"))
     return {"path": out_zip.name, **file_record(out_zip), "unzipped_size": size,
