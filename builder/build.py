@@ -1,12 +1,13 @@
 """`edgebundle build`: model -> OUT/<target>/{model.so, model.json, ...} -> bundles."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
 
 from . import elf
-from .compile import compile_library, reference_outputs, to_relax, validate
+from .compile import compare, compile_library, reference_outputs, run_in_process, to_relax
 from .errors import EdgebundleError, UnsupportedModelError
 from .families import FAMILIES, detect_family
 from .families.base import MAX_BATCH, read_json
@@ -14,8 +15,8 @@ from .formats import FORMATS
 from .formats.common import file_record
 from .progress import Progress
 from .source import resolve_model
-from .targets import TARGETS
-from .versions import build_versions
+from .targets import TARGETS, resolve_target
+from .versions import build_versions, dist_version
 
 LIBRARY = "model.so"
 
@@ -24,6 +25,27 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+# What a GPU model needs beside model.so at run time (the image / edge formats ship or
+# require these; the manifest accounts for them either way).
+CUDA_SYSTEM_LIBRARIES = [
+    {"name": "libcudart.so.13", "what": "CUDA 13 runtime, linked by libtvm_runtime_cuda.so",
+     "provided_by": "the CUDA 13 runtime (bundle, image or device)"},
+    {"name": "libcuda.so.1", "what": "NVIDIA driver API (driver >= 580 for CUDA 13)",
+     "provided_by": "the host's NVIDIA driver (containers: --gpus / nvidia-container-toolkit)"},
+]
+
+
+def runtime_libraries(target) -> dict:
+    tvm = dist_version("apache-tvm")
+    libs = [{"name": "libtvm_runtime.so", "from": f"apache-tvm=={tvm} wheel ({target.arch})"}]
+    system = [{"name": "libstdc++.so.6", "what": "C++ runtime of libtvm_runtime.so",
+               "provided_by": "the OS (Amazon Linux 2023, Debian, Ubuntu)"}]
+    if target.device == "cuda":
+        libs.append({"name": "libtvm_runtime_cuda.so", "from": f"apache-tvm=={tvm} wheel ({target.arch})"})
+        system += CUDA_SYSTEM_LIBRARIES
+    return {"tvm": libs, "system": system}
 
 
 def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target_dir: Path) -> dict:
@@ -41,8 +63,10 @@ def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target
         "preprocessing": spec.preprocessing,
         "postprocessing": spec.postprocessing,
         "target": {"name": target.name, "tvm": tvm_target, "arch": target.arch, "device": target.device,
-                   "elf_machine": lib.machine_name},
+                   "elf_machine": lib.machine_name,
+                   "lambda_architecture": target.lambda_arch},
         "glibc_required": elf.vstr(lib.glibc),
+        "runtime_libraries": runtime_libraries(target),
         "versions": build_versions(),
         "files": files,
         "notes": spec.notes,
@@ -57,11 +81,17 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
     out = Path(out)
     targets = list(dict.fromkeys(targets or ["x86_64"]))
     formats = list(dict.fromkeys(formats or []))
+    for f in formats:
+        if f not in FORMATS:
+            raise UnsupportedModelError(f"unknown format {f!r}", hint=f"choose from {', '.join(FORMATS)}")
+    resolved = {}
     for t in targets:
-        if t not in TARGETS:
-            raise UnsupportedModelError(f"unknown target {t!r}", hint=f"choose from {', '.join(TARGETS)}")
+        gpu = t in TARGETS and TARGETS[t].device != "cpu"
+        resolved[t] = resolve_target(t, options.get("host") if gpu else None)
+        resolved[t].check_toolchain()
         for f in formats:
-            FORMATS[f].precheck(TARGETS[t], options)
+            FORMATS[f].precheck(resolved[t], options)
+    cpus = cpu_per_target(options.get("cpu"), resolved)
 
     model_dir = resolve_model(model)
     config = read_json(model_dir / "config.json", "config.json")
@@ -84,26 +114,20 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
               "targets": {}, "formats": formats, "versions": build_versions(),
               "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     for t in targets:
-        target = TARGETS[t]
+        target = resolved[t]
         tdir = out / t
         tdir.mkdir(parents=True, exist_ok=True)
-        tvm_target = target.tvm_target_json(options.get("cpu"))
+        tvm_target = target.tvm_target_json(cpus.get(t), options.get("cuda_arch"))
         with progress.step(f"compile + link {t} ({json.dumps(tvm_target)})"):
-            compile_library(mod, target, tvm_target, tdir / LIBRARY)
+            device_code = compile_library(mod, target, tvm_target, tdir / LIBRARY)
         for fname, content in spec.files.items():
             (tdir / fname).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
         manifest = make_manifest(spec, name, str(model_dir), target, tvm_target, tdir)
+        if device_code is not None:
+            manifest["device_code"] = device_code
+            progress.info(f"    device code: {json.dumps(device_code)}")
         write_json(tdir / "model.json", manifest)
-        if target.host_can_run():
-            with progress.step(f"validate {t} against PyTorch"):
-                import runtime
-
-                manifest["validation"] = validate(runtime.load(tdir), spec, refs, where=str(tdir / LIBRARY))
-            progress.info("    max|diff| vs PyTorch: " + ", ".join(
-                f"{k} {v:.2e}" for k, v in manifest["validation"]["max_abs_diff"].items()))
-        else:
-            manifest["validation"] = {"skipped": f"this host cannot run {t} code"}
-            progress.warn(f"{t}: not validated on this host (validate it with `edgebundle invoke`)")
+        manifest["validation"] = validate_target(tdir, target, spec, refs, progress)
         write_json(tdir / "model.json", manifest)
         trec = {"dir": t, "library": file_record(tdir / LIBRARY), "validation": manifest["validation"],
                 "formats": {}}
@@ -115,6 +139,65 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
     write_json(out / "build.json", record)
     progress.info(f"edgebundle: wrote {out}/build.json")
     return record
+
+
+def cpu_per_target(cpu, resolved: dict) -> dict:
+    """`--cpu NAME` (one CPU platform among the targets) or `--cpu TARGET=NAME` (repeatable)."""
+    if not cpu:
+        return {}
+    if isinstance(cpu, str):
+        cpu = [cpu]
+    out, plain = {}, [c for c in cpu if "=" not in c]
+    for item in cpu:
+        if "=" in item:
+            t, name = item.split("=", 1)
+            if t not in resolved:
+                raise UnsupportedModelError(f"--cpu {item}: {t} is not among the targets being built",
+                                            hint=f"targets: {', '.join(resolved)}")
+            out[t] = name
+    if plain:
+        arches = {r.arch for r in resolved.values()}
+        if len(plain) > 1 or len(arches) > 1:
+            raise UnsupportedModelError(f"--cpu {plain[0]} is ambiguous with targets of several architectures",
+                                        hint="say which target it is for: --cpu arm64=cortex-a72")
+        for t in resolved:
+            out.setdefault(t, plain[0])
+    return out
+
+
+def validate_target(tdir: Path, target, spec, refs, progress: Progress) -> dict:
+    """Run what was built against PyTorch: in-process where the host can run it, under
+    qemu for arm64, on the GPU when there is one; otherwise say loudly it was not."""
+    import runtime
+    from .emulate import can_emulate, run_emulated
+
+    where = str(tdir / LIBRARY)
+    if target.host_can_run():
+        with progress.step(f"validate {target.name} against PyTorch"):
+            result = compare(spec, refs, run_in_process(runtime.load(tdir), spec, where), where)
+        result["how"] = "in-process"
+    elif can_emulate(target):
+        outputs = run_emulated(tdir, target, spec.validation_inputs, progress)
+        result = compare(spec, refs, outputs, where)
+        result["how"] = "emulated (qemu-aarch64, QEMU_CPU=neoverse-n1)"
+    elif target.device == "cuda":
+        try:
+            model = runtime.load(tdir)
+        except runtime.DeviceUnavailable as e:
+            progress.warn(f"{target.name}: not validated here ({e}); run tests/gpu/check.py on a GPU machine")
+            return {"skipped": str(e)}
+        # GPU kernels accumulate in another order than PyTorch's CPU kernels.
+        gpu_spec = dataclasses.replace(spec, tolerance={"atol": 1e-3, "rtol": 1e-3})
+        with progress.step(f"validate {target.name} on the GPU against PyTorch (CPU)"):
+            result = compare(gpu_spec, refs, run_in_process(model, spec, where), where)
+        result["how"] = "on the GPU"
+    else:
+        reason = f"this host cannot run {target.name} code" + (
+            " (install qemu-user to validate arm64 under emulation)" if target.arch == "aarch64" else "")
+        progress.warn(f"{target.name}: not validated: {reason}")
+        return {"skipped": reason}
+    progress.info("    max|diff| vs PyTorch: " + ", ".join(f"{k} {v:.2e}" for k, v in result["max_abs_diff"].items()))
+    return result
 
 
 __all__ = ["build", "EdgebundleError"]

@@ -13,7 +13,7 @@ from .progress import Progress
 def _parser() -> argparse.ArgumentParser:
     from .families import FAMILIES
     from .formats import FORMATS
-    from .targets import DEFAULT_PYTHON, LAMBDA_GLIBC, TARGETS
+    from .targets import CUDA_ARCHS, DEFAULT_CUDA_ARCH, DEFAULT_PYTHON, LAMBDA_GLIBC, PLATFORMS, TARGETS
 
     p = argparse.ArgumentParser(prog="edgebundle", description=(
         "Compile a PyTorch / Hugging Face model with Apache TVM into self-contained bundles "
@@ -35,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--python", default=DEFAULT_PYTHON, choices=list(LAMBDA_GLIBC),
                    help=f"Python version of the Lambda bundle (default {DEFAULT_PYTHON}; "
                         "3.10/3.11 give local-test bundles only)")
-    b.add_argument("--cpu", help="LLVM CPU name to compile for (default: the target's, e.g. haswell)")
+    b.add_argument("--cpu", action="append",
+                   help="LLVM CPU to compile for: NAME, or TARGET=NAME with several targets (defaults: x86_64 "
+                        "haswell = every Lambda x86_64 host; arm64 neoverse-n1 = Graviton2; e.g. cortex-a72 for a "
+                        "Raspberry Pi 4, cortex-a78ae for a Jetson Orin CPU)")
+    b.add_argument("--cuda-arch", choices=CUDA_ARCHS, default=DEFAULT_CUDA_ARCH,
+                   help=f"GPU architecture for --target cuda (default {DEFAULT_CUDA_ARCH})")
+    b.add_argument("--host", choices=list(PLATFORMS), default="x86_64",
+                   help="CPU platform of the host code of GPU targets (arm64 for Jetson-class devices)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -58,7 +65,8 @@ def cmd_build(args) -> int:
 
     build(args.model, targets=args.target or ["x86_64"], formats=args.format, out=args.out,
           family=args.family, task=args.task, name=args.name,
-          options={"seq_len": args.seq_len, "python": args.python, "cpu": args.cpu},
+          options={"seq_len": args.seq_len, "python": args.python, "cpu": args.cpu,
+                   "cuda_arch": args.cuda_arch, "host": args.host},
           progress=Progress(quiet=args.quiet))
     return 0
 

@@ -1,7 +1,6 @@
 """torch module -> Relax IRModule (once per build) -> one compiled library per target."""
 from __future__ import annotations
 
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +81,25 @@ def spec_max_batch() -> int:
     return MAX_BATCH
 
 
-def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path) -> None:
-    """tvm.compile for one target and export one self-contained .so (weights embedded)."""
+def device_code_summary(ex) -> dict | None:
+    """What device code the executable carries (GPU targets), for the manifest and tests."""
+    found = []
+
+    def walk(mod):
+        for sub in mod.imports:
+            if sub.kind not in ("llvm", "c", "library", "static_library"):
+                src = sub.inspect_source()
+                found.append({"kind": sub.kind, "kernels": src.count('extern "C" __global__'),
+                              "source_bytes": len(src)})
+            walk(sub)
+
+    walk(ex.mod)
+    return found[0] if len(found) == 1 else ({"modules": found} if found else None)
+
+
+def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path) -> dict | None:
+    """tvm.compile for one target and export one self-contained .so (weights embedded).
+    Returns the device-code summary for GPU targets."""
     import tvm
 
     try:
@@ -105,6 +121,7 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path) -> 
         raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
                            where=str(out_so), hint="rerun with --debug for the linker output") from e
     tmp.replace(out_so)
+    return device_code_summary(ex) if target.device != "cpu" else None
 
 
 def reference_outputs(spec: ModelSpec) -> list[list[np.ndarray]]:
@@ -118,18 +135,25 @@ def reference_outputs(spec: ModelSpec) -> list[list[np.ndarray]]:
     return refs
 
 
-def validate(model, spec: ModelSpec, refs: list[list[np.ndarray]], where: str) -> dict:
-    """Run the compiled module through runtime/ on every validation input set and compare
-    with PyTorch; raise ValidationError with a per-output table when off."""
+def run_in_process(model, spec: ModelSpec, where: str) -> list[dict]:
+    """Outputs of the compiled module (through runtime/) for every validation input set."""
+    outputs = []
+    for n, arrays in enumerate(spec.validation_inputs):
+        try:
+            outputs.append(model.run(arrays))
+        except Exception as e:
+            raise ValidationError(f"the compiled module failed on validation input {n}: {e}", where=where,
+                                  hint="rerun with --debug for the trace") from e
+    return outputs
+
+
+def compare(spec: ModelSpec, refs: list[list[np.ndarray]], outputs: list[dict], where: str) -> dict:
+    """Compare the compiled module's outputs with PyTorch's; raise ValidationError with a
+    per-output table when off."""
     atol, rtol = spec.tolerance["atol"], spec.tolerance["rtol"]
     worst: dict[str, float] = {}
     rows, failed = [], False
-    for n, (arrays, ref) in enumerate(zip(spec.validation_inputs, refs)):
-        try:
-            ours = model.run(arrays)
-        except Exception as e:
-            raise ValidationError(f"the compiled module failed on validation input {n}: {e}", where=where,
-                                  hint="rerun with --debug; " + traceback.format_exc(limit=1).strip()) from e
+    for n, (ours, ref) in enumerate(zip(outputs, refs)):
         for out_spec, r in zip(spec.outputs, ref):
             o = ours[out_spec.name]
             if o.shape != r.shape:
@@ -137,7 +161,7 @@ def validate(model, spec: ModelSpec, refs: list[list[np.ndarray]], where: str) -
                                       where=where)
             diff = float(np.max(np.abs(o.astype(np.float64) - r))) if r.size else 0.0
             bound = atol + rtol * float(np.max(np.abs(r))) if r.size else atol
-            ok = np.isfinite(diff) and diff <= bound
+            ok = bool(np.isfinite(diff) and diff <= bound)
             failed |= not ok
             worst[out_spec.name] = max(worst.get(out_spec.name, 0.0), diff)
             rows.append(f"  input set {n} (batch {r.shape[0]})  {out_spec.name:<20} max|diff| {diff:.3e}"

@@ -5,7 +5,7 @@ and image preprocessing). Never torch, the `tvm` compiler package, or `builder`.
 """
 from __future__ import annotations
 
-from .errors import BadInput
+from .errors import BadInput, DeviceUnavailable
 from .model import Model
 
 
@@ -14,4 +14,4 @@ def load(model_dir, device: str | None = None) -> Model:
     return Model(model_dir, device=device)
 
 
-__all__ = ["BadInput", "Model", "load"]
+__all__ = ["BadInput", "DeviceUnavailable", "Model", "load"]

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import zipfile
 from pathlib import Path
+
+from .. import wheels
+from ..cache import cache_dir
+from ..errors import BundleError
+from ..versions import dist_version
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "runtime"
 
@@ -28,3 +34,70 @@ def stage_model(target_dir: Path, dest: Path, manifest: dict) -> None:
     """model.json and every file it lists (model.so, tokenizer.json, ...)."""
     for name in ["model.json", *manifest["files"]]:
         shutil.copy2(target_dir / name, dest / name)
+
+
+# Parts of wheels a running bundle never touches: headers, sources, vendored build trees,
+# test suites. (tvm_ffi dlopens libtvm_ffi_testing.so at import: it stays.)
+_PRUNE_DIRS = {"include", "3rdparty", "src", "tests", "__pycache__", "cmake"}
+_PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".cu")
+
+
+def runtime_requirements(manifest: dict) -> list[str]:
+    """Exact versions of what runtime/ imports, equal to the build's (the tokenizer the build
+    configured must behave the same at run time; tvm_ffi must match libtvm_runtime)."""
+    names = ["apache-tvm-ffi", "numpy", "typing_extensions"]
+    kind = manifest["preprocessing"]["kind"]
+    if kind == "text":
+        names.append("tokenizers")
+    elif kind == "image":
+        names.append("pillow")
+    reqs = []
+    for n in names:
+        v = dist_version(n)
+        if v is None:
+            raise BundleError(f"{n} is not installed in the build environment", hint="pip install -e .")
+        reqs.append(f"{n}=={v}")
+    return reqs
+
+
+def tvm_runtime_libs(arch: str, progress, cuda: bool = False) -> dict[str, Path]:
+    """libtvm_runtime.so (and libtvm_runtime_cuda.so) from the apache-tvm wheel of the
+    build's version for `arch`, cached; the 300 MB compiler never ships."""
+    version = dist_version("apache-tvm")
+    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
+    folder = cache_dir() / "tvm-runtime" / f"{version}-{arch}"
+    if not all((folder / n).is_file() for n in names):
+        [whl] = wheels.fetch_wheels([f"apache-tvm=={version}"], python_version="3.13",
+                                    platforms=wheels.manylinux_platforms(arch, "2.34"), progress=progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(whl) as zf:
+            for n in names:
+                tmp = folder / (n + ".partial")
+                tmp.write_bytes(zf.read(f"tvm/lib/{n}"))
+                tmp.replace(folder / n)
+    return {n: folder / n for n in names}
+
+
+def _prune(root: Path) -> None:
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if not path.exists():
+            continue
+        if path.is_dir() and path.name in _PRUNE_DIRS and len(path.relative_to(root).parts) > 1:
+            shutil.rmtree(path)
+        elif path.is_file() and path.suffix in _PRUNE_SUFFIXES:
+            path.unlink()
+
+
+def vendor_runtime(stage: Path, manifest: dict, target, python: str, progress) -> list[str]:
+    """Unpack what runtime/ needs for `target`'s platform and `python` into stage: the
+    manylinux wheels (never the host's site-packages) and the TVM runtime libraries."""
+    with progress.step(f"vendor wheels for python{python} {target.arch}"):
+        reqs = runtime_requirements(manifest)
+        for whl in wheels.fetch_wheels(reqs, python_version=python,
+                                       platforms=wheels.manylinux_platforms(target.arch, "2.34"),
+                                       progress=progress):
+            wheels.unpack_wheel(whl, stage)
+        for name, path in tvm_runtime_libs(target.arch, progress, cuda=target.device == "cuda").items():
+            shutil.copy2(path, stage / name)
+        _prune(stage)
+    return reqs

@@ -7,77 +7,21 @@ wheels for the Lambda platform and Python version (never the host's site-package
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
-from .. import elf, wheels
-from ..cache import cache_dir
+from .. import elf
 from ..errors import BundleError
 from ..render import render
 from ..targets import LAMBDA_DEPLOYABLE_PYTHONS, LAMBDA_GLIBC, TargetSpec
-from ..versions import EDGEBUNDLE_VERSION, dist_version
+from ..versions import EDGEBUNDLE_VERSION
 from ..ziputil import tree_size, write_zip
-from .common import copy_runtime, file_record, stage_model
+from .common import copy_runtime, file_record, stage_model, vendor_runtime
 
 MIB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped (AWS: 262,144,000 bytes)
 LAMBDA_DIRECT_UPLOAD_LIMIT = 50 * MIB  # larger zips go through S3
 DEFAULT_MEMORY_MB = 2048
-
-# Parts of wheels a running bundle never touches: headers, sources, vendored build trees,
-# test suites. Paths are matched per component.
-_PRUNE_DIRS = {"include", "3rdparty", "src", "tests", "__pycache__", "cmake"}
-_PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".cu")
-_PRUNE_NAMES: set = set()  # tvm_ffi dlopens libtvm_ffi_testing.so at import: keep it
-
-
-def runtime_requirements(manifest: dict) -> list[str]:
-    """Exact versions of what runtime/ imports, equal to the build's (the tokenizer the build
-    configured must behave the same at run time; tvm_ffi must match libtvm_runtime)."""
-    names = ["apache-tvm-ffi", "numpy", "typing_extensions"]
-    kind = manifest["preprocessing"]["kind"]
-    if kind == "text":
-        names.append("tokenizers")
-    elif kind == "image":
-        names.append("pillow")
-    reqs = []
-    for n in names:
-        v = dist_version(n)
-        if v is None:
-            raise BundleError(f"{n} is not installed in the build environment", hint="pip install -e .")
-        reqs.append(f"{n}=={v}")
-    return reqs
-
-
-def fetch_tvm_runtime(arch: str, platforms: list[str], progress) -> Path:
-    """libtvm_runtime.so from the apache-tvm wheel of the build's version for `arch`."""
-    version = dist_version("apache-tvm")
-    dest = cache_dir() / "tvm-runtime" / f"{version}-{arch}" / "libtvm_runtime.so"
-    if dest.is_file():
-        return dest
-    [whl] = wheels.fetch_wheels([f"apache-tvm=={version}"], python_version="3.13",
-                                platforms=platforms, progress=progress)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(whl) as zf:
-        data = zf.read("tvm/lib/libtvm_runtime.so")
-    tmp = dest.with_suffix(".partial")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    return dest
-
-
-def _prune(root: Path) -> None:
-    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        rel = path.relative_to(root).parts
-        if not path.exists():
-            continue
-        if path.is_dir() and path.name in _PRUNE_DIRS and len(rel) > 1:
-            shutil.rmtree(path)
-        elif path.is_file() and (path.name in _PRUNE_NAMES or path.suffix in _PRUNE_SUFFIXES):
-            path.unlink()
-
 
 def python_platform(python: str) -> dict:
     if python not in LAMBDA_GLIBC:
@@ -104,18 +48,11 @@ def build(target_dir: Path, target: TargetSpec, options: dict, progress) -> dict
             f"python{plat['python']} on Lambda runs {plat['os']} (glibc {plat['glibc']}), older than the "
             f"TVM runtime needs (2.27): this zip is for local tests only and is marked not deployable. "
             f"Use --python 3.12, 3.13 or 3.14 for Lambda.")
-    platforms = wheels.manylinux_platforms(target.arch, "2.34")
     out_zip = target_dir / "lambda.zip"
     with tempfile.TemporaryDirectory(prefix="edgebundle-lambda-") as tmp:
         stage = Path(tmp) / "bundle"
         stage.mkdir()
-        with progress.step(f"vendor wheels for python{plat['python']} {target.arch}"):
-            reqs = runtime_requirements(manifest)
-            for whl in wheels.fetch_wheels(reqs, python_version=plat["python"], platforms=platforms,
-                                           progress=progress):
-                wheels.unpack_wheel(whl, stage)
-            shutil.copy2(fetch_tvm_runtime(target.arch, platforms, progress), stage / "libtvm_runtime.so")
-            _prune(stage)
+        reqs = vendor_runtime(stage, manifest, target, plat["python"], progress)
         stage_model(target_dir, stage, manifest)
         copy_runtime(stage)
         (stage / "handler.py").write_text(render(
