@@ -31,7 +31,7 @@ from typing import TextIO
 from .cache import cache_dir
 from .errors import InvokeError
 from .progress import QUIET, Progress
-from . import sandbox, wheels
+from . import elf, sandbox, wheels
 
 # The runtime client and its dependencies, pinned so every local run uses the same code.
 # simplejson and snapshot-restore-py are awslambdaric 4.2.2's only requirements
@@ -431,6 +431,11 @@ def _run_warm(
     proc: subprocess.Popen | None = None
     try:
         _unzip(zip_path, task)
+        # The same audit the build ran: a zip edited after the build (an x86_64 wheel slipped
+        # into an arm64 bundle is the classic) is refused before anything runs.
+        elf.audit_tree(task, machine=elf.LAMBDA_MACHINES[arch],
+                       max_glibc=meta.get("platform_glibc") if meta.get("deployable", True) else None,
+                       what=str(zip_path))
         library_path = [task, task / "lib"]
         argv, paths = sandbox.python_command(python_version, arch, progress, library_path=library_path)
         name = str(meta.get("name") or "edgebundle-local")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what edgebundle and its tests need on a fresh Debian 12 machine (run as root):
 # debootstrap (the python3.13 Lambda sandbox `edgebundle invoke` makes once and caches),
+# g++-aarch64-linux-gnu (links arm64 builds),
 # qemu-user (arm64 sandboxes), and the Python packages (torch 2.13.0 CPU, TVM 0.27).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_missing=()
-for pkg in debootstrap qemu-user; do
+for pkg in debootstrap qemu-user g++-aarch64-linux-gnu; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then

@@ -12,14 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models  # noqa: E402
 
 
-def _build(model_dir: Path, out: Path, formats=("lambda",), **options):
+def _build(model_dir: Path, out: Path, formats=("lambda",), targets=("x86_64",), progress=None, **options):
     from builder.build import build
     from builder.progress import Progress
 
     opts = {"seq_len": options.pop("seq_len", 32), "python": options.pop("python", "3.13")}
-    build(str(model_dir), targets=["x86_64"], formats=list(formats), out=out, options=opts,
-          progress=Progress(quiet=True), **options)
-    return out / "x86_64"
+    build(str(model_dir), targets=list(targets), formats=list(formats), out=out, options=opts,
+          progress=progress or Progress(quiet=True), **options)
+    return out / targets[0]
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +51,24 @@ def tiny_bert_cls_build(tiny_bert_cls_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_resnet_build(tiny_resnet_dir, tmp_path_factory):
     return _build(tiny_resnet_dir, tmp_path_factory.mktemp("out-resnet"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_arm64_build(tiny_bert_dir, tmp_path_factory):
+    """OUT/arm64 of the tiny BERT, validated under qemu at build time, with lambda.zip."""
+    return _build(tiny_bert_dir, tmp_path_factory.mktemp("out-bert-arm64"), targets=("arm64",))
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_multi_build(tiny_resnet_dir, tmp_path_factory):
+    """One build of the tiny ResNet for x86_64, arm64 and cuda; returns (OUT, progress log)."""
+    import io
+
+    from builder.progress import Progress
+
+    out, log = tmp_path_factory.mktemp("out-resnet-multi"), io.StringIO()
+    _build(tiny_resnet_dir, out, formats=(), targets=("x86_64", "arm64", "cuda"), progress=Progress(stream=log))
+    return out, log.getvalue()
 
 
 @pytest.fixture(scope="session")

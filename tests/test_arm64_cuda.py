@@ -1,0 +1,119 @@
+"""arm64 (cross-compiled, run under qemu-aarch64 with QEMU_CPU=neoverse-n1) and cuda
+(build only here: nvcc is installed, there is no GPU)."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+import reference
+from builder import elf
+from builder.errors import BundleError
+from builder.progress import Progress
+from builder.targets import TARGETS
+from test_bundles import run_zip
+
+pytestmark = [pytest.mark.slow, pytest.mark.emulated_arm64]
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-aarch64") is None, reason="qemu-user is not installed")
+needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
+                                 reason="g++-aarch64-linux-gnu is not installed")
+
+
+@pytest.fixture(scope="module")
+def resnet_arm64_zip(tiny_resnet_multi_build):
+    from builder.formats.lambda_zip import build as build_lambda
+
+    out, _ = tiny_resnet_multi_build
+    build_lambda(out / "arm64", TARGETS["arm64"], {"python": "3.13"}, Progress(quiet=True))
+    return out / "arm64" / "lambda.zip"
+
+
+@needs_cross
+@needs_qemu
+def test_one_build_many_targets(tiny_resnet_multi_build):
+    out, log = tiny_resnet_multi_build
+    assert log.count("==> torch.export") == 1 and log.count("==> PyTorch reference") == 1
+    record = json.loads((out / "build.json").read_text())
+    assert sorted(record["targets"]) == ["arm64", "cuda", "x86_64"]
+    for name, machine in (("x86_64", "x86_64"), ("arm64", "aarch64"), ("cuda", "x86_64")):
+        m = json.loads((out / name / "model.json").read_text())
+        assert m["target"]["name"] == name and m["target"]["elf_machine"] == machine
+        assert elf.read_elf(out / name / "model.so").machine_name == machine
+    arm = json.loads((out / "arm64" / "model.json").read_text())
+    assert arm["target"]["tvm"]["mcpu"] == "neoverse-n1" and arm["target"]["lambda_architecture"] == "arm64"
+    assert arm["validation"]["how"].startswith("emulated") and arm["validation"]["max_abs_diff"]["logits"] < 1e-4
+
+
+def test_cuda_build_has_device_code_and_accounts_for_runtime_libraries(tiny_resnet_multi_build):
+    out, log = tiny_resnet_multi_build
+    m = json.loads((out / "cuda" / "model.json").read_text())
+    assert m["target"]["device"] == "cuda" and m["target"]["tvm"]["arch"] == "sm_80"
+    assert m["target"]["lambda_architecture"] is None
+    assert m["device_code"]["kind"] == "cuda" and m["device_code"]["kernels"] > 10
+    names = [lib["name"] for lib in m["runtime_libraries"]["tvm"] + m["runtime_libraries"]["system"]]
+    assert {"libtvm_runtime.so", "libtvm_runtime_cuda.so", "libcudart.so.13", "libcuda.so.1"} <= set(names)
+    # The CUDA module is serialised into the library: larger than the CPU build's.
+    assert (out / "cuda" / "model.so").stat().st_size > (out / "x86_64" / "model.so").stat().st_size
+
+
+def test_cuda_runtime_says_clearly_when_there_is_no_gpu(tiny_resnet_multi_build):
+    import runtime
+
+    out, log = tiny_resnet_multi_build
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver: see tests/gpu/check.py")
+    with pytest.raises(runtime.DeviceUnavailable, match="cuda: .*(driver|device)"):
+        runtime.load(out / "cuda")
+    assert "cuda: not validated here" in log
+
+
+@needs_cross
+@needs_qemu
+def test_arm64_resnet_zip_under_emulation(tiny_resnet_dir, tiny_resnet_multi_build, resnet_arm64_zip):
+    import runtime
+
+    out, _ = tiny_resnet_multi_build
+    with zipfile.ZipFile(resnet_arm64_zip) as zf:
+        info = json.loads(zf.read("lambda.json"))
+        names = zf.namelist()
+    assert info["architecture"] == "arm64"
+    assert any(n.startswith("numpy/_core/_multiarray_umath.cpython-313-aarch64") for n in names)
+    image = reference.png_base64(5)
+    pixels = runtime.load(out / "x86_64").encoder([image])["pixel_values"]  # same preprocessing code
+    rc, (logits, labels) = run_zip(resnet_arm64_zip, [{"tensors": {"pixel_values": pixels.tolist()}},
+                                                      {"inputs": image}])
+    ref = reference.resnet_logits(tiny_resnet_dir, pixels)
+    assert rc == 0
+    np.testing.assert_allclose(np.array(logits["tensors"]["logits"]), ref, atol=1e-4, rtol=0)
+    assert labels[0]["label"] == ["cat", "dog", "bird", "fish"][int(np.argmax(ref[0]))]
+
+
+@needs_cross
+@needs_qemu
+def test_arm64_bert_zip_under_emulation(tiny_bert_dir, tiny_bert_arm64_build):
+    m = json.loads((tiny_bert_arm64_build / "model.json").read_text())
+    assert m["validation"]["how"].startswith("emulated")
+    sentences = ["Graviton runs this.", "An emulated arm64 sandbox answers."]
+    tensors = reference.tokenize(tiny_bert_arm64_build / "tokenizer.json", sentences)
+    rc, (answer, task) = run_zip(tiny_bert_arm64_build / "lambda.zip", [{"tensors": tensors}, {"inputs": sentences}])
+    ref = reference.bert_mean_embeddings(tiny_bert_dir, tensors)
+    assert rc == 0
+    np.testing.assert_allclose(np.array(answer["tensors"]["sentence_embedding"]), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.array(task), ref, atol=1e-4, rtol=0)
+
+
+@needs_cross
+def test_elf_audit_rejects_x86_64_library_in_arm64_zip(resnet_arm64_zip, tiny_resnet_multi_build, tmp_path):
+    from builder.lambda_local import invoke_zip
+
+    out, _ = tiny_resnet_multi_build
+    tampered = tmp_path / "lambda.zip"
+    shutil.copy(resnet_arm64_zip, tampered)
+    with zipfile.ZipFile(tampered, "a") as zf:
+        zf.write(out / "x86_64" / "model.so", "numpy/_core/_sneaky.cpython-313-aarch64-linux-gnu.so")
+    with pytest.raises(BundleError, match="_sneaky.* is x86_64"):
+        invoke_zip(tampered, [b'{"inputs": "x"}'], out=io.StringIO(), err=io.StringIO())

@@ -1,0 +1,68 @@
+"""The target registry and its checks (fast: nothing is compiled here)."""
+from __future__ import annotations
+
+import pytest
+
+from builder import targets
+from builder.build import cpu_per_target
+from builder.errors import BundleError, ToolMissingError, UnsupportedModelError
+from builder.formats import FORMATS
+from builder.targets import TARGETS, resolve_target
+
+
+def test_registry_keys_are_the_cli_choices():
+    from builder.cli import _parser
+
+    help_text = _parser()._subparsers._group_actions[0].choices["build"].format_help()
+    for name in TARGETS:
+        assert name in help_text
+    assert set(TARGETS) == {"x86_64", "arm64", "cuda"}
+
+
+def test_tvm_targets():
+    assert TARGETS["x86_64"].tvm_target_json() == {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+    assert TARGETS["arm64"].tvm_target_json() == {"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                                                  "mcpu": "neoverse-n1"}
+    assert TARGETS["arm64"].tvm_target_json("cortex-a72")["mcpu"] == "cortex-a72"
+    cuda = TARGETS["cuda"].tvm_target_json(cuda_arch="sm_86")
+    assert cuda["kind"] == "cuda" and cuda["arch"] == "sm_86" and cuda["host"]["mtriple"] == "x86_64-linux-gnu"
+    with pytest.raises(UnsupportedModelError, match="sm_70"):
+        TARGETS["cuda"].tvm_target_json(cuda_arch="sm_70")
+
+
+def test_every_tvm_target_is_accepted_by_tvm():
+    import tvm
+
+    for target in TARGETS.values():
+        tvm.target.Target(target.tvm_target_json())
+    tvm.target.Target(resolve_target("cuda", "arm64").tvm_target_json("cortex-a78ae"))
+
+
+def test_gpu_host_platform():
+    jetson = resolve_target("cuda", "arm64")
+    assert jetson.arch == "aarch64" and jetson.elf_machine == 183 and jetson.cross_compiler
+    assert jetson.tvm_target_json("cortex-a78ae")["host"]["mcpu"] == "cortex-a78ae"
+    with pytest.raises(UnsupportedModelError, match="GPU targets only"):
+        resolve_target("x86_64", "arm64")
+
+
+def test_cpu_option_per_target():
+    resolved = {t: TARGETS[t] for t in ("x86_64", "arm64")}
+    assert cpu_per_target(["arm64=cortex-a72"], resolved) == {"arm64": "cortex-a72"}
+    assert cpu_per_target(["cortex-a72"], {"arm64": TARGETS["arm64"]}) == {"arm64": "cortex-a72"}
+    with pytest.raises(UnsupportedModelError, match="ambiguous"):
+        cpu_per_target(["cortex-a72"], resolved)
+
+
+def test_lambda_is_refused_for_cuda_before_compiling():
+    with pytest.raises(BundleError, match="no GPUs"):
+        FORMATS["lambda"].precheck(TARGETS["cuda"], {})
+
+
+def test_missing_cross_compiler_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(targets.shutil, "which", lambda name: None)
+    with pytest.raises(ToolMissingError, match="apt-get install g\\+\\+-aarch64-linux-gnu"):
+        TARGETS["arm64"].check_toolchain()
+    with pytest.raises(ToolMissingError, match="nvcc"):
+        TARGETS["cuda"].check_toolchain()
+    TARGETS["x86_64"].check_toolchain()  # the host toolchain
