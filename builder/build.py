@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import platform
 import json
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def validate_target(tdir: Path, target, spec, refs, progress: Progress) -> dict:
         outputs = run_emulated(tdir, target, spec.validation_inputs, progress)
         result = compare(spec, refs, outputs, where)
         result["how"] = "emulated (qemu-aarch64, QEMU_CPU=neoverse-n1)"
-    elif target.device == "cuda":
+    elif target.device == "cuda" and platform.machine() == target.arch:
         try:
             model = runtime.load(tdir)
         except runtime.DeviceUnavailable as e:

@@ -117,3 +117,16 @@ def test_elf_audit_rejects_x86_64_library_in_arm64_zip(resnet_arm64_zip, tiny_re
         zf.write(out / "x86_64" / "model.so", "numpy/_core/_sneaky.cpython-313-aarch64-linux-gnu.so")
     with pytest.raises(BundleError, match="_sneaky.* is x86_64"):
         invoke_zip(tampered, [b'{"inputs": "x"}'], out=io.StringIO(), err=io.StringIO())
+
+
+@needs_cross
+def test_cuda_with_arm64_host_for_jetson(tiny_resnet_dir, tmp_path):
+    from builder.build import build
+
+    build(str(tiny_resnet_dir), targets=["cuda"], formats=[], out=tmp_path,
+          options={"host": "arm64", "cpu": ["cortex-a78ae"], "cuda_arch": "sm_87"}, progress=Progress(quiet=True))
+    m = json.loads((tmp_path / "cuda" / "model.json").read_text())
+    assert m["target"]["tvm"] == {"kind": "cuda", "arch": "sm_87",
+                                  "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae"}}
+    assert elf.read_elf(tmp_path / "cuda" / "model.so").machine_name == "aarch64"
+    assert m["device_code"]["kernels"] > 10 and "skipped" in m["validation"]
