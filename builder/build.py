@@ -120,7 +120,8 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
         tdir.mkdir(parents=True, exist_ok=True)
         tvm_target = target.tvm_target_json(cpus.get(t), options.get("cuda_arch"))
         with progress.step(f"compile + link {t} ({json.dumps(tvm_target)})"):
-            device_code = compile_library(mod, target, tvm_target, tdir / LIBRARY)
+            device_code = compile_library(mod, target, tvm_target, tdir / LIBRARY,
+                                          schedule=options.get("schedule", True))
         for fname, content in spec.files.items():
             (tdir / fname).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
         manifest = make_manifest(spec, name, str(model_dir), target, tvm_target, tdir)

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"GPU architecture for --target cuda (default {DEFAULT_CUDA_ARCH})")
     b.add_argument("--host", choices=list(PLATFORMS), default="x86_64",
                    help="CPU platform of the host code of GPU targets (arm64 for Jetson-class devices)")
+    b.add_argument("--no-schedule", dest="schedule", action="store_false",
+                   help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -66,7 +68,7 @@ def cmd_build(args) -> int:
     build(args.model, targets=args.target or ["x86_64"], formats=args.format, out=args.out,
           family=args.family, task=args.task, name=args.name,
           options={"seq_len": args.seq_len, "python": args.python, "cpu": args.cpu,
-                   "cuda_arch": args.cuda_arch, "host": args.host},
+                   "cuda_arch": args.cuda_arch, "host": args.host, "schedule": args.schedule},
           progress=Progress(quiet=args.quiet))
     return 0
 

@@ -97,13 +97,19 @@ def device_code_summary(ex) -> dict | None:
     return found[0] if len(found) == 1 else ({"modules": found} if found else None)
 
 
-def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path) -> dict | None:
+def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True) -> dict | None:
     """tvm.compile for one target and export one self-contained .so (weights embedded).
     Returns the device-code summary for GPU targets."""
     import tvm
 
+    tvm_t = tvm.target.Target(tvm_target)
+    kwargs = {}
+    if target.device == "cpu" and schedule:
+        from .schedules.cpu import cpu_pipeline
+
+        kwargs["relax_pipeline"] = cpu_pipeline(tvm_t)
     try:
-        ex = tvm.compile(mod, target=tvm.target.Target(tvm_target))
+        ex = tvm.compile(mod, target=tvm_t, **kwargs)
     except Exception as e:
         raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
                            where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e

@@ -1,0 +1,306 @@
+"""CPU schedule rules, applied dlight-style after FuseTIR (no tuning step).
+
+- Contraction: matmul / dense / batch matmul / conv2d (NHWC x HWIO) as C[S,I,J] += A[S,I,K]*B[S,J,K]:
+  an MR x NR register tile of outputs (NR = one or two vectors), the reduction unrolled by KU,
+  parallel outer loops, the fused epilogue (bias, GELU, residual, BatchNorm scale/shift, ReLU)
+  computed per tile, and constant weights packed to [N/NR, K..., NR] once at compile time.
+- dlight's CPU Reduction rule: softmax, layer norm.
+- Fallback: every other loop nest parallel over its outer loops and vectorised inside.
+
+Every rule returns None instead of raising (an exception inside ApplyDefaultSchedule would
+abort the whole compile), so a shape a rule cannot handle falls through to the next one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+# EDGEBUNDLE_SCHEDULE_DEBUG=1 re-raises inside rules instead of falling through.
+_DEBUG = bool(os.environ.get("EDGEBUNDLE_SCHEDULE_DEBUG"))
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuParams:
+    """The knobs of the rules; `edgebundle tune` searches them per target."""
+
+    mr: int = 4  # output rows per register tile
+    nr: int = 16  # output columns per tile (a multiple of the vector width)
+    ku: int = 4  # reduction unroll
+    vector: int = 8  # fp32 lanes (AVX2: 8, AVX-512: 16, NEON: 4)
+    pack: bool = True  # pack constant weights to [N/NR, K, NR]
+    parallel_min: int = 2048  # fewer output elements than this: no thread-pool dispatch
+
+
+def _const_int(x):
+    try:
+        return int(x)
+    except TypeError:
+        return None
+
+
+def _divisor(extent, prefs):
+    ext = _const_int(extent)
+    if ext is None:
+        return prefs[0]
+    for p in prefs:
+        if ext % p == 0:
+            return p
+    return 1
+
+
+def _classify(sch, block):
+    """Kinds of the block's iter vars: S (in A, B and C), I (A and C), J (B and C), K
+    (reduction), T (in no operand: extent 1). None when the block is not A*B summed."""
+    from tvm import tirx
+
+    stmt = sch.get(block)
+    if len(stmt.reads) < 2 or len(stmt.writes) != 1:
+        return None
+    out = stmt.writes[0].source
+    inputs = [r for r in stmt.reads if not r.source.same_as(out)]
+    if len(inputs) != 2:
+        return None
+
+    def used(region):
+        names = set()
+        for rng in region.region:
+            names.update(tirx.analysis.undefined_vars(rng.min))
+        return names
+
+    a_vars, b_vars = used(inputs[0]), used(inputs[1])
+    kinds = []
+    for iv in stmt.iter_vars:
+        v = iv.var
+        if iv.iter_type == tirx.IterVar.CommReduce:
+            kinds.append("K")
+        elif v in a_vars and v in b_vars:
+            kinds.append("S")
+        elif v in a_vars:
+            kinds.append("I")
+        elif v in b_vars:
+            kinds.append("J")
+        else:
+            kinds.append("T")
+    if "K" not in kinds or "J" not in kinds:
+        return None
+    return kinds, inputs
+
+
+def _pack_map(ndim: int, jpos: int, nr: int):
+    """IndexMap B[..., j, ...] -> Bp[j // nr, ..., j % nr] (IndexMap.from_func binds every
+    parameter of the lambda, so the constants are closed over, not defaulted)."""
+    from tvm.tirx import IndexMap
+
+    def imap(*idx):
+        rest = [x for n, x in enumerate(idx) if n != jpos]
+        return (idx[jpos] // nr, *rest, idx[jpos] % nr)
+
+    return IndexMap.from_func(imap, ndim=ndim)
+
+
+def contraction_rule(params: CpuParams):
+    from tvm import s_tir, tirx
+    from tvm.s_tir import dlight as dl
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    def apply(func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return _schedule(func, params)
+        except Exception:  # a shape this rule cannot handle: the next rule takes it
+            if _DEBUG:
+                raise
+            return None
+
+    def _schedule(func, p: CpuParams):
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        reductions = [b for b in infos if b.is_reduction()]
+        if len(reductions) != 1:
+            return None
+        mm = reductions[0].block_rv
+        # Producers (padding) stay separate loops; consumers collapse into one epilogue.
+        found = _classify(sch, mm)
+        if found is None:
+            return None
+        kinds, inputs = found
+        loops = sch.get_loops(mm)
+        if len(loops) != len(kinds):
+            return None
+        for b in infos:
+            if b.block_rv.same_as(mm) or not b.is_injective():
+                continue
+            if any(c.same_as(mm) for c in sch.get_consumers(b.block_rv)):
+                continue  # a producer of the contraction (padding, transposes)
+            try:
+                sch.compute_inline(b.block_rv)
+            except Exception:
+                pass
+        consumers = sch.get_consumers(mm)
+        epi = None
+        if consumers:
+            if len(consumers) != 1 or sch.get_consumers(consumers[0]):
+                return None
+            epi = consumers[0]
+
+        s_loops = [l for l, k in zip(loops, kinds) if k == "S"]
+        i_loops = [l for l, k in zip(loops, kinds) if k == "I"]
+        j_loops = [l for l, k in zip(loops, kinds) if k == "J"]
+        k_loops = [l for l, k in zip(loops, kinds) if k == "K"]
+        t_loops = [l for l, k in zip(loops, kinds) if k == "T"]
+        if len(j_loops) != 1:
+            return None
+        extent = lambda l: sch.get(l).extent  # noqa: E731
+        n_ext = _const_int(extent(j_loops[0]))
+        nr = next((c for c in (p.nr, 2 * p.vector, p.vector) if n_ext is not None and n_ext % c == 0), p.vector)
+        mr = _divisor(extent(i_loops[-1]), (p.mr, 4, 8, 7, 6, 5, 3, 2)) if i_loops else 1
+
+        # Pack constant weights B[K..., J] -> [J/NR, K..., J%NR]: contiguous NR-wide loads.
+        stmt = sch.get(mm)
+        b_region = inputs[1]
+        b_index = [r.min for r in b_region.region]
+        iv_kind = {iv.var: k for iv, k in zip(stmt.iter_vars, kinds)}
+        if (p.pack and not s_loops and all(isinstance(e, tirx.Var) and e in iv_kind for e in b_index)
+                and n_ext is not None and n_ext % nr == 0):
+            names = [iv_kind[e] for e in b_index]
+            if names.count("J") == 1 and all(n in ("J", "K") for n in names):
+                jpos = names.index("J")
+                read_idx = [i for i, r in enumerate(stmt.reads) if r.source.same_as(b_region.source)][0]
+
+                pk = sch.cache_read(mm, read_idx, "global")
+                sch.transform_layout(mm, ("read", read_idx), _pack_map(len(b_index), jpos, nr))
+                sch.annotate(pk, "meta_schedule.layout_rewrite_preproc", True)
+
+        jo, ji = sch.split(j_loops[0], [None, nr])
+        if i_loops:
+            io, ii = sch.split(i_loops[-1], [None, mr])
+            i_outer = [*i_loops[:-1], io]
+        else:
+            ii, i_outer = None, []
+        ko, ki = sch.split(k_loops[-1], [None, _divisor(extent(k_loops[-1]), (p.ku, 2))])
+        k_outer = [*k_loops[:-1], ko]
+        inner = [ki] + ([ii] if ii is not None else []) + [ji]
+        # jo outside the row tiles: a packed weight panel stays in cache across rows.
+        sch.reorder(*t_loops, *s_loops, jo, *i_outer, *k_outer, *inner)
+        outer = sch.fuse(*t_loops, *s_loops, jo, *i_outer)
+        sch.parallel(outer)
+        sch.vectorize(ji)
+        if ii is not None:
+            sch.unroll(ii)
+        sch.unroll(ki)
+        if epi is None:
+            epi = sch.cache_write(mm, 0, "global")
+        sch.reverse_compute_at(epi, outer)
+        sch.vectorize(sch.get_loops(epi)[-1])
+        init = sch.decompose_reduction(mm, k_outer[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        return sch
+
+    return dl.ScheduleRule.from_callable("EdgebundleCPUContraction")(apply)
+
+
+def fallback_rule(params: CpuParams):
+    """Everything else: per top-level loop nest, leading spatial loops fused and parallel,
+    the innermost spatial loop vectorised when it has a usable constant extent."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir import dlight as dl
+
+    def apply(func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            root = sch.get_sblock("root") if _has_root(sch) else None
+            blocks = sch.get_child_blocks(root) if root is not None else []
+            for block in blocks:
+                _schedule_nest(sch, block)
+            return sch
+        except Exception:
+            if _DEBUG:
+                raise
+            return None
+
+    def _has_root(sch):
+        try:
+            sch.get_sblock("root")
+            return True
+        except Exception:
+            return False
+
+    def _schedule_nest(sch, block):
+        loops = sch.get_loops(block)
+        if not loops:
+            return
+        stmt = sch.get(block)
+        spatial = []
+        for loop, iv in zip(loops, stmt.iter_vars):
+            if iv.iter_type != tirx.IterVar.DataPar:
+                break
+            spatial.append(loop)
+        if len(loops) != len(stmt.iter_vars) or not spatial:
+            return
+        all_spatial = len(spatial) == len(loops)
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        ext = _const_int(sch.get(fused).extent)
+        if all_spatial and ext is not None and ext % params.vector == 0 and ext >= 4 * params.vector:
+            outer, vec = sch.split(fused, [None, params.vector])
+            sch.vectorize(vec)
+            if ext >= params.parallel_min:
+                sch.parallel(outer)
+        elif ext is None or ext >= 2:
+            sch.parallel(fused)
+
+    return dl.ScheduleRule.from_callable("EdgebundleCPUFallback")(apply)
+
+
+def cpu_rules(params: CpuParams | None = None) -> list:
+    from tvm.s_tir import dlight as dl
+
+    params = params or CpuParams()
+    return [contraction_rule(params), dl.cpu.Reduction(), fallback_rule(params)]
+
+
+def pre_legalize_passes() -> list:
+    from tvm import relax
+
+    return [
+        # BatchNorm becomes elementwise ops the conv epilogue absorbs. (FoldBatchnormToConv2D
+        # segfaults on the torch frontend's output in TVM 0.27.)
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.FoldConstant(),
+    ]
+
+
+def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True):
+    """The Relax pipeline for llvm targets: TVM's CPU stages with our schedules after FuseTIR.
+
+    Before legalization: BatchNorm is decomposed for inference (its scale/shift then fuses
+    into the conv epilogue) and conv2d goes NHWC x HWIO, the layout the contraction rule
+    vectorises along output channels. After scheduling, weight packing is split into its
+    own function and folded, since weights are embedded constants."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cg  # the package does not re-export all stages
+    from tvm.s_tir import dlight as dl
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgebundleCPUPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            passes = [
+                *pre_legalize_passes(),
+                *cg.library_dispatch_passes(target),
+                *cg.legalize_passes(target),
+            ]
+            if schedule:
+                passes += [dl.ApplyDefaultSchedule(*cpu_rules(params)),
+                           relax.transform.SplitLayoutRewritePreproc(),
+                           relax.transform.FoldConstant(),
+                           relax.transform.DeadCodeElimination()]
+            passes += [*cg.dataflow_lower_passes(target), *cg.finalize_passes(target)]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
