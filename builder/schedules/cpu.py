@@ -163,10 +163,11 @@ def contraction_rule(params: CpuParams):
         b_region = inputs[1]
         b_index = [r.min for r in b_region.region]
         iv_kind = {iv.var: k for iv, k in zip(stmt.iter_vars, kinds)}
-        if (p.pack and not s_loops and all(isinstance(e, tirx.Var) and e in iv_kind for e in b_index)
-                and n_ext is not None and n_ext % nr == 0):
-            names = [iv_kind[e] for e in b_index]
-            if names.count("J") == 1 and all(n in ("J", "K") for n in names):
+        if (p.pack and not s_loops and n_ext is not None and n_ext % nr == 0
+                and all((isinstance(e, tirx.Var) and e in iv_kind) or _const_int(e) is not None for e in b_index)):
+            # constant indices: size-1 dims (the kh, kw of a 1x1 conv)
+            names = [iv_kind[e] if isinstance(e, tirx.Var) else "1" for e in b_index]
+            if names.count("J") == 1 and all(n in ("J", "K", "1") for n in names):
                 jpos = names.index("J")
                 read_idx = [i for i, r in enumerate(stmt.reads) if r.source.same_as(b_region.source)][0]
 
@@ -232,26 +233,43 @@ def fallback_rule(params: CpuParams):
 
     def _schedule_nest(sch, block):
         loops = sch.get_loops(block)
-        if not loops:
-            return
         stmt = sch.get(block)
+        if not loops or len(loops) != len(stmt.iter_vars):
+            return
         spatial = []
         for loop, iv in zip(loops, stmt.iter_vars):
             if iv.iter_type != tirx.IterVar.DataPar:
                 break
             spatial.append(loop)
-        if len(loops) != len(stmt.iter_vars) or not spatial:
+        if not spatial:
             return
-        all_spatial = len(spatial) == len(loops)
-        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-        ext = _const_int(sch.get(fused).extent)
-        if all_spatial and ext is not None and ext % params.vector == 0 and ext >= 4 * params.vector:
-            outer, vec = sch.split(fused, [None, params.vector])
-            sch.vectorize(vec)
-            if ext >= params.parallel_min:
-                sch.parallel(outer)
-        elif ext is None or ext >= 2:
-            sch.parallel(fused)
+        # Parallel over just enough outer loops; inner loops stay as they are, so LLVM
+        # still vectorises them (fusing everything turns indices into div/mod).
+        # A symbolic extent is the batch: usually 1, so it does not count as parallel work.
+        extents = [_const_int(sch.get(l).extent) for l in spatial]
+        take, work = 0, 1
+        while take < len(spatial) - (1 if len(spatial) > 1 else 0):
+            work *= extents[take] or 1
+            take += 1
+            if work >= 64:
+                break
+        total = 1
+        for e in extents:
+            total *= e or 1
+        if total >= params.parallel_min and work >= 2:
+            outer = sch.fuse(*spatial[:take]) if take > 1 else spatial[0]
+            sch.parallel(outer)
+        last = spatial[-1]
+        # TVM 0.27 cannot vectorise stores to bool buffers (int8xN vs bool lanes at lowering).
+        has_bool = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
+        if len(spatial) == len(loops) and len(spatial) > take and not has_bool:
+            ext = extents[-1]
+            if ext is not None and ext % params.vector == 0:
+                if ext <= 8 * params.vector:
+                    sch.vectorize(last)
+                else:
+                    _, vec = sch.split(last, [None, params.vector])
+                    sch.vectorize(vec)
 
     return dl.ScheduleRule.from_callable("EdgebundleCPUFallback")(apply)
 
@@ -270,8 +288,14 @@ def pre_legalize_passes() -> list:
         # BatchNorm becomes elementwise ops the conv epilogue absorbs. (FoldBatchnormToConv2D
         # segfaults on the torch frontend's output in TVM 0.27.)
         relax.transform.DecomposeOpsForInference(),
+        # batch_norm decomposes into a tuple whose first item is used: without folding the
+        # tuple away, FuseOps stops there and the ReLU after it becomes its own kernel.
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(),
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
+        # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
+        relax.transform.FastMathTransform(),
     ]
 
 
