@@ -216,7 +216,14 @@ def fallback_rule(params: CpuParams):
             sch = s_tir.Schedule(func)
             root = sch.get_sblock("root") if _has_root(sch) else None
             blocks = sch.get_child_blocks(root) if root is not None else []
-            for block in blocks:
+            # An elementwise chain (GELU = multiply, erf, multiply, add) is one pass over
+            # memory, not one per op: inline every block whose result only feeds others.
+            for block in blocks[:-1]:
+                try:
+                    sch.compute_inline(block)
+                except Exception:
+                    pass
+            for block in sch.get_child_blocks(root) if root is not None else []:
                 _schedule_nest(sch, block)
             return sch
         except Exception:
