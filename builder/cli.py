@@ -55,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--quiet", action="store_true", help="no progress on stderr")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    bn = sub.add_parser("bench", help="our module vs PyTorch eager vs ONNX Runtime, side by side")
+    bn.add_argument("model", help="a build's OUT directory, or a model to build first")
+    bn.add_argument("--target", default="x86_64", choices=list(TARGETS))
+    bn.add_argument("--threads", type=int, help="threads for all three (default: the CPUs this process may use)")
+    bn.add_argument("--runs", type=int, default=30, help="interleaved warm rounds (default 30)")
+    bn.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine for cold start")
+    bn.add_argument("--seq-len", type=int, default=128, help="text models built here: sequence length")
+    bn.add_argument("--json", type=Path, help="write the results as JSON")
+    bn.add_argument("--plot", type=Path, help="draw a bar chart (PNG)")
+    bn.add_argument("--quiet", action="store_true")
+    bn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     n = sub.add_parser("inspect", help="describe a built target directory (OUT/<target>)")
     n.add_argument("target_dir", type=Path)
     n.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -88,6 +100,14 @@ def cmd_invoke(args) -> int:
     return invoke_zip(args.bundle, events, progress=Progress(quiet=args.quiet))
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench
+
+    bench(args.model, target=args.target, threads=args.threads, runs=args.runs, cold_runs=args.cold_runs,
+          json_path=args.json, plot_path=args.plot, seq_len=args.seq_len, progress=Progress(quiet=args.quiet))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from .inspect import describe
 
@@ -98,7 +118,8 @@ def cmd_inspect(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect}[args.command](args)
+        return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect,
+                "bench": cmd_bench}[args.command](args)
     except EdgebundleError as e:
         if args.debug:
             raise

@@ -19,4 +19,4 @@ fi
 # torch==2.13.0 first and explicitly: it is the CPU build on this disk, while an open range
 # would pull a multi-GB CUDA build.
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check -e '.[test,bench]'

@@ -1,0 +1,267 @@
+"""`edgebundle bench`: our compiled module (through runtime/) next to PyTorch eager and
+ONNX Runtime on the same inputs, interleaved in one run (the machine is shared and noisy:
+only side-by-side ratios and medians mean anything)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgebundleError, ToolMissingError
+from .progress import Progress
+
+_COLD_OURS = """
+import importlib.abc, sys, time
+t0 = time.perf_counter()
+class _Block(importlib.abc.MetaPathFinder):  # what a bundle has: no torch, no tvm compiler
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "tvm", "transformers"):
+            raise ImportError(name)
+sys.meta_path.insert(0, _Block())
+import numpy as np
+import runtime
+model = runtime.load(sys.argv[1])
+data = np.load(sys.argv[2])
+model.run({k: data[k] for k in data.files})
+elapsed = time.perf_counter() - t0
+# VmHWM: this process's peak RSS since exec (ru_maxrss would include the forked parent).
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(elapsed, int(hwm) * 1024)
+"""
+
+_COLD_ORT = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+import onnxruntime as ort
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = int(sys.argv[3])
+sess = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
+data = np.load(sys.argv[2])
+sess.run(None, {k: data[k] for k in data.files})
+elapsed = time.perf_counter() - t0
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(elapsed, int(hwm) * 1024)
+"""
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _cold(code: str, args: list[str], env: dict, cwd: Path) -> tuple[float, float, int]:
+    """(wall seconds incl. interpreter start, seconds inside the process, peak RSS bytes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=str(cwd),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise EdgebundleError(f"cold-start probe failed: {err.decode().strip().splitlines()[-1:] or out}",
+                              where=" ".join(args[:1]))
+    elapsed, hwm = out.decode().strip().splitlines()[-1].split()
+    return wall, float(elapsed), int(hwm)
+
+
+def _stats(times: list[float]) -> dict:
+    ms = sorted(t * 1000 for t in times)
+    return {"median_ms": statistics.median(ms), "p90_ms": ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))],
+            "min_ms": ms[0], "runs": len(ms)}
+
+
+def _export_onnx(spec, inputs: dict, path: Path) -> None:
+    import torch
+
+    args = tuple(torch.from_numpy(inputs[i.name]) for i in spec.inputs)
+    names = [i.name for i in spec.inputs]
+    dyn = {n: {0: "batch"} for n in names}
+    with torch.no_grad():
+        torch.onnx.export(spec.module, args, str(path), input_names=names,
+                          output_names=[o.name for o in spec.outputs], dynamic_axes=dyn,
+                          opset_version=17, dynamo=False)
+
+
+def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = None, runs: int = 30,
+          cold_runs: int = 3, json_path: Path | None = None, plot_path: Path | None = None,
+          seq_len: int = 128, progress: Progress | None = None) -> dict:
+    progress = progress or Progress()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ToolMissingError("onnxruntime is not installed (the benchmark's reference)",
+                               hint="pip install -e '.[bench]'") from None
+    from .build import build
+    from .families import FAMILIES
+    from .families.base import read_json
+    from .targets import TARGETS
+
+    threads = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    # Both thread pools are sized when their libraries load: before anything imports them.
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    work = Path(tempfile.mkdtemp(prefix="edgebundle-bench-"))
+    src = Path(model_or_out)
+    if (src / "build.json").is_file():
+        out = src
+    else:
+        out = work / "out"
+        build(model_or_out, targets=[target], formats=[], out=out, options={"seq_len": seq_len}, progress=progress)
+    tdir = out / target
+    manifest = json.loads((tdir / "model.json").read_text())
+    if not TARGETS[target].host_can_run():
+        raise EdgebundleError(f"bench runs on this host only; {target} code cannot run here",
+                              hint="bench --target x86_64 on an x86_64 machine")
+    model_dir = Path(manifest["model"]["source"])
+    config = read_json(model_dir / "config.json", "config.json")
+    options = {"seq_len": manifest["preprocessing"].get("max_length", seq_len)}
+    spec = FAMILIES[manifest["model"]["family"]].load(model_dir, config, manifest["model"]["task"], options)
+    inputs = min(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape[0])
+    inputs = {i.name: np.ascontiguousarray(inputs[i.name][:1]) for i in spec.inputs}
+    np.savez(work / "inputs.npz", **inputs)
+
+    import torch
+
+    import runtime
+
+    torch.set_num_threads(threads)
+    with progress.step("export ONNX for ONNX Runtime (torch.onnx)"):
+        onnx_path = work / "model.onnx"
+        _export_onnx(spec, inputs, onnx_path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    ours = runtime.load(tdir)
+    tin = tuple(torch.from_numpy(inputs[i.name]) for i in spec.inputs)
+
+    def run_ours():
+        return next(iter(ours.run(inputs).values()))
+
+    def run_torch():
+        with torch.no_grad():
+            return spec.module(*tin)[0].numpy()
+
+    def run_ort():
+        return sess.run(None, inputs)[0]
+
+    candidates = {"edgebundle (TVM)": run_ours, "PyTorch eager": run_torch, "ONNX Runtime": run_ort}
+    ref = run_torch()
+    agree = {name: float(np.max(np.abs(fn() - ref))) for name, fn in candidates.items()}
+    times = {name: [] for name in candidates}
+    with progress.step(f"warm latency: {runs} interleaved rounds, {threads} threads"):
+        for name, fn in candidates.items():  # warm-up
+            fn(), fn()
+        for _ in range(runs):
+            for name, fn in candidates.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+
+    from .formats.common import tvm_runtime_libs
+
+    # The libtvm_runtime.so a bundle ships (from the apache-tvm wheel), not the compiler package.
+    lib = tvm_runtime_libs(TARGETS[target].arch, progress)["libtvm_runtime.so"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TVM_NUM_THREADS": str(threads),
+           "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "EDGEBUNDLE_LIBTVM_RUNTIME": str(lib)}
+    cold = {"edgebundle (TVM)": [], "ONNX Runtime": []}
+    with progress.step(f"cold start: {cold_runs} fresh processes each (imports + load + first inference)"):
+        for _ in range(cold_runs):
+            cold["edgebundle (TVM)"].append(_cold(_COLD_OURS, [str(tdir), str(work / "inputs.npz")], env, work))
+            cold["ONNX Runtime"].append(_cold(_COLD_ORT, [str(onnx_path), str(work / "inputs.npz"), str(threads)],
+                                              env, work))
+
+    from .formats.common import copy_runtime, vendor_runtime
+
+    # What a bundle ships besides model.so / model.json / tokenizer: the vendored wheels,
+    # libtvm_runtime.so and runtime/ (the lambda format's staging, measured).
+    stage = work / "runtime-stage"
+    stage.mkdir()
+    vendor_runtime(stage, manifest, TARGETS[target], "3.13", Progress(quiet=True))
+    copy_runtime(stage)
+    sizes = {"edgebundle (TVM)": {"runtime_bytes": _dir_size(stage),
+                                  "model_bytes": sum(f["size"] for f in manifest["files"].values())}}
+    # ONNX Runtime needs numpy beside it too, as our runtime does.
+    sizes["ONNX Runtime"] = {"runtime_bytes": _dir_size(Path(ort.__file__).parent) + _dir_size(Path(np.__file__).parent),
+                             "model_bytes": onnx_path.stat().st_size}
+
+    result = {
+        "model": manifest["model"], "target": target, "threads": threads,
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%d"), "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
+        "max_abs_diff_vs_torch": agree,
+        "warm": {name: _stats(t) for name, t in times.items()},
+        # in-process: from the first line of the script (imports + load + first inference);
+        # wall adds interpreter start and exit.
+        "cold_start": {name: {"median_s": statistics.median(c[1] for c in runs_),
+                              "median_wall_s": statistics.median(c[0] for c in runs_),
+                              "peak_rss_mb": max(c[2] for c in runs_) / 2**20}
+                       for name, runs_ in cold.items()},
+        "sizes": sizes,
+        "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
+                     "tvm": manifest["versions"]["tvm"]},
+    }
+    torch_ms = result["warm"]["PyTorch eager"]["median_ms"]
+    for name, st in result["warm"].items():
+        st["speedup_vs_torch"] = torch_ms / st["median_ms"]
+    print(format_table(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    if plot_path:
+        plot(result, Path(plot_path))
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def format_table(r: dict) -> str:
+    lines = [f"{r['model']['name']} ({r['model']['task']}), inputs {r['input_shapes']}, {r['target']}, "
+             f"{r['threads']} threads, {r['machine']['cpu']}, {r['date']}",
+             f"{'':<18}{'median ms':>10}{'p90 ms':>9}{'vs torch':>9}{'cold s':>8}{'RSS MB':>8}"
+             f"{'runtime MB':>11}{'max|diff|':>11}"]
+    for name, st in r["warm"].items():
+        cold = r["cold_start"].get(name)
+        size = r["sizes"].get(name)
+        cold_s = f"{cold['median_s']:.2f}" if cold else "-"
+        rss = f"{cold['peak_rss_mb']:.0f}" if cold else "-"
+        runtime_mb = f"{size['runtime_bytes'] / 2**20:.1f}" if size else "-"
+        lines.append(f"{name:<18}{st['median_ms']:>10.1f}{st['p90_ms']:>9.1f}{st['speedup_vs_torch']:>8.2f}x"
+                     f"{cold_s:>8}{rss:>8}{runtime_mb:>11}{r['max_abs_diff_vs_torch'][name]:>11.1e}")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ToolMissingError("matplotlib is needed for --plot", hint="pip install -e '.[bench]'") from None
+    names = list(r["warm"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    med = [r["warm"][n]["median_ms"] for n in names]
+    p90 = [r["warm"][n]["p90_ms"] - r["warm"][n]["median_ms"] for n in names]
+    axes[0].bar(names, med, yerr=[[0] * len(names), p90], color=["#2a7", "#c55", "#57c"], capsize=4)
+    axes[0].set_ylabel("warm latency, ms (median, bar to p90)")
+    cold_names = list(r["cold_start"])
+    axes[1].bar(cold_names, [r["cold_start"][n]["median_s"] for n in cold_names], color=["#2a7", "#57c"])
+    axes[1].set_ylabel("cold start, s (new process)")
+    fig.suptitle(f"{r['model']['name']} - {r['threads']} threads - {r['machine']['cpu']} - {r['date']}", fontsize=9)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
