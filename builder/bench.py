@@ -52,6 +52,14 @@ print(elapsed, int(hwm) * 1024)
 """
 
 
+def quiet_thread_pools() -> None:
+    """Three engines share this process's cores in the interleaved rounds: a thread pool
+    that spin-waits after its call steals the next engine's CPU. All three wait passively
+    (read by TVM, OpenMP and ONNX Runtime when their pools start)."""
+    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -92,6 +100,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
           cold_runs: int = 3, json_path: Path | None = None, plot_path: Path | None = None,
           seq_len: int = 128, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
+    quiet_thread_pools()
     try:
         import onnxruntime as ort
     except ImportError:
@@ -135,6 +144,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
         _export_onnx(spec, inputs, onnx_path)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     ours = runtime.load(tdir)
     tin = tuple(torch.from_numpy(inputs[i.name]) for i in spec.inputs)

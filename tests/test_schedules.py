@@ -1,0 +1,86 @@
+"""Every function our CPU rules schedule is checked against its unscheduled self (tiny
+shapes, random inputs), so a schedule bug cannot ship; and the rules really apply."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TARGETS = {
+    "x86_64": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
+}
+
+
+def _relax(spec):
+    from builder.compile import to_relax
+
+    return to_relax(spec)
+
+
+def _spec(family, model_dir, task, seq_len=16):
+    from builder.families import FAMILIES
+
+    config = json.loads((model_dir / "config.json").read_text())
+    return FAMILIES[family].load(model_dir, config, task, {"seq_len": seq_len})
+
+
+def _check(mod, symbol_value=2):
+    import tvm
+
+    from builder.schedules.check import check_kernels
+
+    report = check_kernels(mod, tvm.target.Target(TARGETS["x86_64"]), symbol_value=symbol_value)
+    bad = [r for r in report if r["rule"] and r["max_rel_diff"] > 1e-5]
+    assert not bad, bad
+    return report
+
+
+def _by_rule(report):
+    out = {}
+    for r in report:
+        out.setdefault(r["rule"], []).append(r["kernel"])
+    return out
+
+
+def test_bert_kernels(tiny_bert_cls_dir):
+    report = _check(_relax(_spec("bert", tiny_bert_cls_dir, "text-classification")))
+    rules = _by_rule(report)
+    contraction = rules.get("EdgebundleCPUContraction", [])
+    # dense layers (QKV/out, FFN up/down, pooler, classifier head with N=3) and the two
+    # attention batch matmuls per layer
+    assert sum(k.startswith("fused_matmul") for k in contraction) >= 4, rules
+    assert sum(k.startswith("matmul") for k in contraction) >= 2, rules
+    assert any("softmax" in k for k in rules.get("Reduction", [])), rules
+    assert None not in rules, rules[None]
+
+
+def test_resnet_kernels(tiny_resnet_dir):
+    report = _check(_relax(_spec("resnet", tiny_resnet_dir, "image-classification")))
+    rules = _by_rule(report)
+    convs = [k for k in rules.get("EdgebundleCPUContraction", []) if "conv2d" in k]
+    # stem 7x7/2, 1x1, 3x3, strided 3x3 and 1x1 projection shortcuts, with BN+ReLU(+residual) epilogues
+    assert len(convs) >= 8, rules
+    assert any("relu" in k for k in convs) and any("add" in k for k in convs), convs
+    assert None not in rules, rules[None]
+
+
+def test_odd_shapes():
+    """Shapes that do not divide the tiles: M=1 rows, N=1000 and N=3 outputs, K=50."""
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(50, 1000)
+            self.b = torch.nn.Linear(1000, 3)
+            self.c = torch.nn.Conv2d(3, 24, 5, stride=3, padding=1)
+
+        def forward(self, x, img):
+            return self.b(torch.relu(self.a(x))), torch.relu(self.c(img))
+
+    ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19)))
+    report = _check(from_exported_program(ep))
+    assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 3, report
