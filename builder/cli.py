@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"GPU architecture for --target cuda (default {DEFAULT_CUDA_ARCH})")
     b.add_argument("--host", choices=list(PLATFORMS), default="x86_64",
                    help="CPU platform of the host code of GPU targets (arm64 for Jetson-class devices)")
+    b.add_argument("--tuning-db", type=Path, help="CPU targets: schedule parameters from `edgebundle tune`")
     b.add_argument("--no-schedule", dest="schedule", action="store_false",
                    help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -67,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--quiet", action="store_true")
     bn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    t = sub.add_parser("tune", help="search CPU schedule parameters for one model (optional)")
+    t.add_argument("model", help="Hugging Face model directory or cached hub id")
+    t.add_argument("--target", default="x86_64", choices=list(TARGETS))
+    t.add_argument("--out", type=Path, required=True, help="the JSON database to write (for build --tuning-db)")
+    t.add_argument("--cpu", help="LLVM CPU, as for build")
+    t.add_argument("--seq-len", type=int, default=128)
+    t.add_argument("--runs", type=int, default=10, help="timed runs per candidate")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     n = sub.add_parser("inspect", help="describe a built target directory (OUT/<target>)")
     n.add_argument("target_dir", type=Path)
     n.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -80,7 +91,8 @@ def cmd_build(args) -> int:
     build(args.model, targets=args.target or ["x86_64"], formats=args.format, out=args.out,
           family=args.family, task=args.task, name=args.name,
           options={"seq_len": args.seq_len, "python": args.python, "cpu": args.cpu,
-                   "cuda_arch": args.cuda_arch, "host": args.host, "schedule": args.schedule},
+                   "cuda_arch": args.cuda_arch, "host": args.host, "schedule": args.schedule,
+                   "tuning_db": args.tuning_db},
           progress=Progress(quiet=args.quiet))
     return 0
 
@@ -111,6 +123,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tune import tune
+
+    tune(args.model, target=args.target, out=args.out, seq_len=args.seq_len, runs=args.runs, cpu=args.cpu,
+         progress=Progress(quiet=args.quiet))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from .inspect import describe
 
@@ -122,7 +142,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect,
-                "bench": cmd_bench}[args.command](args)
+                "bench": cmd_bench, "tune": cmd_tune}[args.command](args)
     except EdgebundleError as e:
         if args.debug:
             raise

@@ -97,7 +97,8 @@ def device_code_summary(ex) -> dict | None:
     return found[0] if len(found) == 1 else ({"modules": found} if found else None)
 
 
-def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True) -> dict | None:
+def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
+                    cpu_params=None) -> dict | None:
     """tvm.compile for one target and export one self-contained .so (weights embedded).
     Returns the device-code summary for GPU targets."""
     import tvm
@@ -107,7 +108,7 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     if target.device == "cpu" and schedule:
         from .schedules.cpu import cpu_pipeline
 
-        kwargs["relax_pipeline"] = cpu_pipeline(tvm_t)
+        kwargs["relax_pipeline"] = cpu_pipeline(tvm_t, cpu_params)
     try:
         ex = tvm.compile(mod, target=tvm_t, **kwargs)
     except Exception as e:

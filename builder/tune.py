@@ -1,0 +1,108 @@
+"""`edgebundle tune`: a small search over our CPU rules' parameters (tile shapes) for one
+model and target, timed in-process, written to a JSON database that `build --tuning-db`
+applies without re-tuning. MetaSchedule is unusable in apache-tvm 0.27.0.post1."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+from .errors import EdgebundleError
+from .progress import Progress
+
+DENSE_TILES = [(4, 16), (2, 32), (8, 8), (6, 16)]
+CONV_TILES = [(2, 32), (4, 16), (1, 32), (4, 32)]
+
+
+def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float:
+    import tvm
+    from tvm import relax
+
+    from .schedules.cpu import cpu_pipeline
+
+    target = tvm.target.Target(tvm_target)
+    ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, params))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in inputs]
+    vm["main"](*args)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        vm["main"](*args)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, runs: int = 10,
+         cpu: str | None = None, progress: Progress | None = None) -> dict:
+    progress = progress or Progress()
+    from .compile import to_relax
+    from .families import FAMILIES, detect_family
+    from .families.base import read_json
+    from .schedules.cpu import CpuParams
+    from .source import resolve_model
+    from .targets import TARGETS
+
+    spec_t = TARGETS[target]
+    if not spec_t.host_can_run():
+        raise EdgebundleError(f"tune times code on this host; {target} code cannot run here",
+                              hint="tune on a machine of the target's architecture")
+    model_dir = resolve_model(model)
+    config = read_json(model_dir / "config.json", "config.json")
+    fam = detect_family(config, model_dir)
+    spec = fam.load(model_dir, config, fam.default_task(config, model_dir), {"seq_len": seq_len})
+    with progress.step("torch.export + import into TVM Relax"):
+        mod = to_relax(spec)
+    arrays = min(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape[0])
+    inputs = [arrays[i.name][:1] for i in spec.inputs]
+    tvm_target = spec_t.tvm_target_json(cpu)
+    has_conv = "conv2d" in mod.script(show_meta=False)
+
+    tried = []
+
+    def measure(params: CpuParams) -> float:
+        with progress.step(f"compile + time {dataclasses.asdict(params)}"):
+            ms = _latency_ms(mod, tvm_target, params, inputs, runs)
+        tried.append({"params": dataclasses.asdict(params), "median_ms": ms})
+        progress.info(f"    {ms:.2f} ms")
+        return ms
+
+    # Coordinate search: dense tiles with the default conv tiles, then conv tiles.
+    default = CpuParams()
+    best, best_ms = default, measure(default)
+    baseline = best_ms
+    for mr, nr in DENSE_TILES:
+        cand = dataclasses.replace(best, mr=mr, nr=nr)
+        if cand != best and (ms := measure(cand)) < best_ms:
+            best, best_ms = cand, ms
+    if has_conv:
+        for mr, nr in CONV_TILES:
+            cand = dataclasses.replace(best, conv_mr=mr, conv_nr=nr)
+            if cand != best and (ms := measure(cand)) < best_ms:
+                best, best_ms = cand, ms
+    db = {"schema": 1, "target": tvm_target, "model": {"source": str(model_dir), "family": fam.name},
+          "params": dataclasses.asdict(best), "default_ms": baseline, "best_ms": best_ms,
+          "gain": baseline / best_ms, "candidates": tried,
+          "date": time.strftime("%Y-%m-%d %H:%M")}
+    Path(out).write_text(json.dumps(db, indent=2) + "\n")
+    verdict = ("worth it" if db["gain"] >= 1.10 else "under 10%: the defaults are fine for this model")
+    progress.info(f"tune: default {baseline:.1f} ms -> best {best_ms:.1f} ms ({db['gain']:.2f}x, {verdict}); wrote {out}")
+    return db
+
+
+def load_tuning_db(path: Path, tvm_target: dict):
+    """CpuParams from a database `tune` wrote for the same TVM target."""
+    from .schedules.cpu import CpuParams
+
+    try:
+        db = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise EdgebundleError(f"cannot read the tuning database: {e}", where=str(path)) from None
+    if db.get("target") != tvm_target:
+        raise EdgebundleError(
+            f"the tuning database was made for {json.dumps(db.get('target'))}, not {json.dumps(tvm_target)}",
+            where=str(path), hint="tune again for this target / --cpu, or build without --tuning-db")
+    known = {f.name for f in dataclasses.fields(CpuParams)}
+    return CpuParams(**{k: v for k, v in db["params"].items() if k in known})

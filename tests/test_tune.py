@@ -1,0 +1,30 @@
+"""`edgebundle tune` writes a database that `build --tuning-db` applies (and refuses for
+another target)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from builder.errors import EdgebundleError
+from builder.progress import Progress
+
+pytestmark = pytest.mark.slow
+
+
+def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
+    from builder.build import build
+    from builder.tune import tune
+
+    db_path = tmp_path / "db.json"
+    db = tune(str(tiny_bert_dir), out=db_path, seq_len=32, runs=2, progress=Progress(quiet=True))
+    assert db_path.is_file() and db["best_ms"] <= db["default_ms"]
+    assert len(db["candidates"]) >= 4  # the default and the dense tiles (no conv in BERT)
+    build(str(tiny_bert_dir), targets=["x86_64"], formats=[], out=tmp_path / "out",
+          options={"seq_len": 32, "tuning_db": db_path}, progress=Progress(quiet=True))
+    m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
+    assert m["schedule"]["cpu_params"] == db["params"] and m["schedule"]["tuning_db"] == str(db_path)
+    assert m["validation"]["max_abs_diff"]["sentence_embedding"] < 1e-4
+    with pytest.raises(EdgebundleError, match="tuning database was made for"):
+        build(str(tiny_bert_dir), targets=["x86_64"], formats=[], out=tmp_path / "out2",
+              options={"seq_len": 32, "tuning_db": db_path, "cpu": "skylake-avx512"}, progress=Progress(quiet=True))
