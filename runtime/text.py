@@ -29,9 +29,13 @@ class TextEncoder:
         return texts
 
     def __call__(self, texts: list[str]) -> dict:
-        enc = self.tokenizer.encode_batch(texts)
-        return {
-            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
-        }
+        return to_arrays(self.tokenizer.encode_batch(texts))
+
+
+def to_arrays(encodings) -> dict:
+    """tokenizers' Encodings (padded to one length) -> the model's int64 inputs."""
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }

@@ -84,14 +84,9 @@ def build_tokenizer(model_dir: Path, seq_len: int):
 
 
 def encode(tok, texts: list[str]) -> dict:
-    import numpy as np
+    from runtime.text import to_arrays  # the runtime's own conversion: build and serve agree
 
-    enc = tok.encode_batch(texts)
-    return {
-        "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
-    }
+    return to_arrays(tok.encode_batch(texts))
 
 
 def _encoder_module(bert, pooling: list[str], normalize: bool):
