@@ -38,6 +38,13 @@ def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float
 def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, runs: int = 10,
          cpu: str | None = None, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
+    import os
+
+    from runtime._tvm import available_cpus
+
+    # TVM's pool is sized once, from this variable, when first used; unset it is 1 thread
+    # on small machines, which would tune for the wrong machine.
+    os.environ.setdefault("TVM_NUM_THREADS", str(available_cpus()))
     from .compile import to_relax
     from .families import FAMILIES, detect_family
     from .families.base import read_json
@@ -82,7 +89,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
             cand = dataclasses.replace(best, conv_mr=mr, conv_nr=nr)
             if cand != best and (ms := measure(cand)) < best_ms:
                 best, best_ms = cand, ms
-    db = {"schema": 1, "target": tvm_target, "model": {"source": str(model_dir), "family": fam.name},
+    db = {"schema": 1, "target": tvm_target, "threads": int(os.environ["TVM_NUM_THREADS"]), "model": {"source": str(model_dir), "family": fam.name},
           "params": dataclasses.asdict(best), "default_ms": baseline, "best_ms": best_ms,
           "gain": baseline / best_ms, "candidates": tried,
           "date": time.strftime("%Y-%m-%d %H:%M")}
