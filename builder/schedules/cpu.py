@@ -158,7 +158,7 @@ def contraction_rule(params: CpuParams):
         if len(j_loops) != 1:
             return None
         extent = lambda l: sch.get(l).extent  # noqa: E731
-        is_conv = len(i_loops) > 1 or len(k_loops) > 1
+        is_conv = len(k_loops) > 1  # kh, kw, ci (a 3-D dense has several I loops, one K)
         want_mr, want_nr = (p.conv_mr, p.conv_nr) if is_conv else (p.mr, p.nr)
         n_ext = _const_int(extent(j_loops[0]))
         nr = next((c for c in (want_nr, 2 * p.vector, p.vector) if n_ext is not None and n_ext % c == 0), p.vector)
@@ -314,10 +314,53 @@ def cpu_rules(params: CpuParams | None = None) -> list:
     return [contraction_rule(params), dl.cpu.Reduction(), fallback_rule(params)]
 
 
+_ELEMENTWISE_UNARY = ("relax.nn.gelu", "relax.nn.relu", "relax.nn.silu", "relax.tanh", "relax.sigmoid")
+
+
+def sink_reshapes_through_elementwise():
+    """reshape(f(reshape(x))) -> f(x) when the outer reshape undoes the inner one and f is
+    elementwise. torch.export writes Linear on a 3-D input as reshape -> 2-D matmul + bias ->
+    reshape back, so GELU sits between two reshapes and FuseOps cannot put it into the
+    matmul's epilogue: it would cost a separate pass over the FFN activations."""
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    x = wildcard()
+    inner = is_op("relax.reshape")(x, wildcard())
+    acts = [is_op(name)(inner) for name in _ELEMENTWISE_UNARY]
+    act = acts[0]
+    for a in acts[1:]:
+        act = act | a
+    outer = is_op("relax.reshape")(act, wildcard())
+
+    def rewriter(expr, matches):
+        src = matches[x]
+        try:
+            same = tvm_ffi.structural_equal(expr.ty.shape, src.ty.shape)
+        except Exception:
+            return expr
+        if not same:
+            return expr
+        op_call = next(matches[a] for a in acts if a in matches)
+        return relax.Call(op_call.op, [src], op_call.attrs)
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgebundleSinkReshapes")
+    def _pass(mod, _ctx):
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gvar] = rewrite_call(outer, rewriter, func)
+        return mod
+
+    return _pass
+
+
 def pre_legalize_passes() -> list:
     from tvm import relax
 
     return [
+        sink_reshapes_through_elementwise(),
         # BatchNorm becomes elementwise ops the conv epilogue absorbs. (FoldBatchnormToConv2D
         # segfaults on the torch frontend's output in TVM 0.27.)
         relax.transform.DecomposeOpsForInference(),
