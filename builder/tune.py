@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import EdgebundleError
 from .progress import Progress
 
-DENSE_TILES = [(4, 16), (2, 32), (8, 8), (6, 16)]
+DENSE_TILES = [(4, 24), (4, 16), (2, 32), (8, 8), (2, 48)]
 CONV_TILES = [(2, 32), (4, 16), (1, 32), (4, 32)]
 
 
