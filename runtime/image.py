@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 
-from .errors import BadInput
+from .errors import BadInput, string_list
 
 
 class ImageEncoder:
@@ -16,14 +16,7 @@ class ImageEncoder:
         self.pre = pre
 
     def check(self, images) -> list:
-        if isinstance(images, str):
-            images = [images]
-        if not isinstance(images, list) or not images:
-            raise BadInput('"inputs" must be a base64 image string or a non-empty list of them')
-        for i, im in enumerate(images):
-            if not isinstance(im, str):
-                raise BadInput(f'"inputs"[{i}] is {type(im).__name__}, expected a base64 string')
-        return images
+        return string_list(images, "a base64 image string or a non-empty list of them", "a base64 string")
 
     def decode(self, data: str, index: int):
         from PIL import Image, UnidentifiedImageError

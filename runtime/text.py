@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput
+from .errors import BadInput, string_list
 
 
 class TextEncoder:
@@ -17,13 +17,8 @@ class TextEncoder:
         self.max_chars = int(pre["max_chars"])
 
     def check(self, texts) -> list[str]:
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts:
-            raise BadInput('"inputs" must be a string or a non-empty list of strings')
+        texts = string_list(texts, "a string or a non-empty list of strings", "a string")
         for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise BadInput(f'"inputs"[{i}] is {type(t).__name__}, expected a string')
             if len(t) > self.max_chars:
                 raise BadInput(f'"inputs"[{i}] has {len(t)} characters; this model accepts at most {self.max_chars}')
         return texts
