@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import EdgebundleError, ToolMissingError
 from .progress import Progress
+from .ziputil import tree_size
 
 _COLD_OURS = """
 import importlib.abc, sys, time
@@ -30,10 +31,6 @@ import runtime
 model = runtime.load(sys.argv[1])
 data = np.load(sys.argv[2])
 model.run({k: data[k] for k in data.files})
-elapsed = time.perf_counter() - t0
-# VmHWM: this process's peak RSS since exec (ru_maxrss would include the forked parent).
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(elapsed, int(hwm) * 1024)
 """
 
 _COLD_ORT = """
@@ -46,6 +43,11 @@ opts.intra_op_num_threads = int(sys.argv[3])
 sess = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
 data = np.load(sys.argv[2])
 sess.run(None, {k: data[k] for k in data.files})
+"""
+
+# Appended to both probes. VmHWM: this process's peak RSS since exec (ru_maxrss would
+# include the forked parent).
+_COLD_REPORT = """
 elapsed = time.perf_counter() - t0
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(elapsed, int(hwm) * 1024)
@@ -60,14 +62,10 @@ def quiet_thread_pools() -> None:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
 def _cold(code: str, args: list[str], env: dict, cwd: Path) -> tuple[float, float, int]:
     """(wall seconds incl. interpreter start, seconds inside the process, peak RSS bytes)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=str(cwd),
+    proc = subprocess.Popen([sys.executable, "-c", code + _COLD_REPORT, *args], env=env, cwd=str(cwd),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
@@ -186,18 +184,17 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
             cold["ONNX Runtime"].append(_cold(_COLD_ORT, [str(onnx_path), str(work / "inputs.npz"), str(threads)],
                                               env, work))
 
-    from .formats.common import copy_runtime, vendor_runtime
+    from .formats.common import stage_bundle
 
     # What a bundle ships besides model.so / model.json / tokenizer: the vendored wheels,
     # libtvm_runtime.so and runtime/ (the lambda format's staging, measured).
     stage = work / "runtime-stage"
     stage.mkdir()
-    vendor_runtime(stage, manifest, TARGETS[target], "3.13", Progress(quiet=True))
-    copy_runtime(stage)
-    sizes = {"edgebundle (TVM)": {"runtime_bytes": _dir_size(stage),
+    stage_bundle(stage, tdir, manifest, TARGETS[target], "3.13", Progress(quiet=True), with_model=False)
+    sizes = {"edgebundle (TVM)": {"runtime_bytes": tree_size(stage),
                                   "model_bytes": sum(f["size"] for f in manifest["files"].values())}}
     # ONNX Runtime needs numpy beside it too, as our runtime does.
-    sizes["ONNX Runtime"] = {"runtime_bytes": _dir_size(Path(ort.__file__).parent) + _dir_size(Path(np.__file__).parent),
+    sizes["ONNX Runtime"] = {"runtime_bytes": tree_size(Path(ort.__file__).parent) + tree_size(Path(np.__file__).parent),
                              "model_bytes": onnx_path.stat().st_size}
 
     result = {

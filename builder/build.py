@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import platform
 import json
+import platform
 from pathlib import Path
 
 from . import elf
@@ -121,20 +121,21 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
         tvm_target = target.tvm_target_json(cpus.get(t), options.get("cuda_arch"))
         with progress.step(f"compile + link {t} ({json.dumps(tvm_target)})"):
             cpu_params = None
-            if options.get("tuning_db") and target.device == "cpu":
+            if target.device == "cpu":
+                # Resolved once: what compiles is exactly what the manifest records.
+                from .schedules.cpu import params_from_env
                 from .tune import load_tuning_db
 
-                cpu_params = load_tuning_db(options["tuning_db"], tvm_target)
+                cpu_params = (load_tuning_db(options["tuning_db"], tvm_target) if options.get("tuning_db")
+                              else params_from_env())
             device_code = compile_library(mod, target, tvm_target, tdir / LIBRARY,
                                           schedule=options.get("schedule", True), cpu_params=cpu_params)
         for fname, content in spec.files.items():
             (tdir / fname).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
         manifest = make_manifest(spec, name, str(model_dir), target, tvm_target, tdir)
-        if target.device == "cpu":
-            from .schedules.cpu import params_from_env
-
+        if cpu_params is not None:
             manifest["schedule"] = {"enabled": options.get("schedule", True),
-                                    "cpu_params": dataclasses.asdict(cpu_params or params_from_env()),
+                                    "cpu_params": dataclasses.asdict(cpu_params),
                                     "tuning_db": str(options["tuning_db"]) if options.get("tuning_db") else None}
         if device_code is not None:
             manifest["device_code"] = device_code

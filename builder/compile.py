@@ -7,6 +7,7 @@ import numpy as np
 
 from .errors import CompileError, ValidationError
 from .families import ModelSpec
+from .families.base import MAX_BATCH
 from .targets import TargetSpec
 
 
@@ -24,7 +25,7 @@ def to_relax(spec: ModelSpec):
     # torch.export specialises a dimension of size 1: trace with the largest batch.
     arrays = max(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape[0])
     example = _torch_inputs(arrays, spec)
-    batch = Dim("batch", min=1, max=spec_max_batch())
+    batch = Dim("batch", min=1, max=MAX_BATCH)
     dynamic = {i.name: {0: batch} for i in spec.inputs if i.shape and i.shape[0] == "batch"}
     import warnings
 
@@ -73,12 +74,6 @@ def clip_gathers(mod):
         if isinstance(func, relax.Function):
             mod[gvar] = ClipTake(mod).visit_expr(func)
     return mod
-
-
-def spec_max_batch() -> int:
-    from .families.base import MAX_BATCH
-
-    return MAX_BATCH
 
 
 def device_code_summary(ex) -> dict | None:

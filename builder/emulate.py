@@ -12,7 +12,7 @@ import numpy as np
 
 from . import sandbox
 from .errors import ValidationError
-from .formats.common import copy_runtime, stage_model, vendor_runtime
+from .formats.common import stage_bundle
 from .progress import Progress
 
 EMULATION_PYTHON = "3.13"
@@ -46,9 +46,7 @@ def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Pro
         tmp = Path(tmp)
         stage = tmp / "stage"
         stage.mkdir()
-        vendor_runtime(stage, manifest, target, EMULATION_PYTHON, progress)
-        stage_model(target_dir, stage, manifest)
-        copy_runtime(stage)
+        stage_bundle(stage, target_dir, manifest, target, EMULATION_PYTHON, progress)
         arrays = {f"{i}/{k}": v for i, s in enumerate(input_sets) for k, v in s.items()}
         np.savez(tmp / "inputs.npz", count=np.array(len(input_sets)), **arrays)
         argv, paths = sandbox.python_command(EMULATION_PYTHON, arch, progress)

@@ -46,7 +46,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     # on small machines, which would tune for the wrong machine.
     os.environ.setdefault("TVM_NUM_THREADS", str(available_cpus()))
     from .compile import to_relax
-    from .families import FAMILIES, detect_family
+    from .families import detect_family
     from .families.base import read_json
     from .schedules.cpu import CpuParams
     from .source import resolve_model

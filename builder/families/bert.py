@@ -2,7 +2,6 @@
 BertForSequenceClassification (text-classification)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 

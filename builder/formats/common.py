@@ -101,3 +101,14 @@ def vendor_runtime(stage: Path, manifest: dict, target, python: str, progress) -
             shutil.copy2(path, stage / name)
         _prune(stage)
     return reqs
+
+
+def stage_bundle(stage: Path, target_dir: Path, manifest: dict, target, python: str, progress,
+                 with_model: bool = True) -> list[str]:
+    """What every bundle holds, staged: the vendored runtime dependencies, runtime/ and
+    (with_model) model.json and its files. Returns the pinned requirements."""
+    reqs = vendor_runtime(stage, manifest, target, python, progress)
+    if with_model:
+        stage_model(target_dir, stage, manifest)
+    copy_runtime(stage)
+    return reqs

@@ -16,7 +16,7 @@ from ..render import render
 from ..targets import LAMBDA_DEPLOYABLE_PYTHONS, LAMBDA_GLIBC, TargetSpec
 from ..versions import EDGEBUNDLE_VERSION
 from ..ziputil import tree_size, write_zip
-from .common import copy_runtime, file_record, stage_model, vendor_runtime
+from .common import file_record, stage_bundle
 
 MIB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped (AWS: 262,144,000 bytes)
@@ -52,9 +52,7 @@ def build(target_dir: Path, target: TargetSpec, options: dict, progress) -> dict
     with tempfile.TemporaryDirectory(prefix="edgebundle-lambda-") as tmp:
         stage = Path(tmp) / "bundle"
         stage.mkdir()
-        reqs = vendor_runtime(stage, manifest, target, plat["python"], progress)
-        stage_model(target_dir, stage, manifest)
-        copy_runtime(stage)
+        reqs = stage_bundle(stage, target_dir, manifest, target, plat["python"], progress)
         (stage / "handler.py").write_text(render(
             "lambda/handler.py.j2", edgebundle_version=EDGEBUNDLE_VERSION,
             model_name=manifest["model"]["name"], task=manifest["model"]["task"],

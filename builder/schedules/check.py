@@ -14,7 +14,6 @@ _DEBUG = bool(os.environ.get("EDGEBUNDLE_SCHEDULE_DEBUG"))
 def fused_module(mod, target):
     """The Relax module after legalization and fusion, before scheduling (what the rules see)."""
     import tvm
-    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cg
 
     from .cpu import pre_legalize_passes
@@ -70,7 +69,6 @@ def check_kernels(mod, target, params=None, symbol_value: int = 1, time_runs: in
 
     fused = fused_module(mod, target)
     rules = cpu_rules(params)
-    rng = np.random.default_rng(seed)
     report = []
     with target:
         for gvar, func in fused.functions.items():
