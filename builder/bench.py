@@ -18,19 +18,16 @@ from .errors import EdgebundleError, ToolMissingError
 from .progress import Progress
 from .ziputil import tree_size
 
+# Runs on a staged bundle (its vendored wheels, no site-packages, no numpy): what a
+# Lambda cold start pays once the interpreter is up.
 _COLD_OURS = """
-import importlib.abc, sys, time
+import json, sys, time
 t0 = time.perf_counter()
-class _Block(importlib.abc.MetaPathFinder):  # what a bundle has: no torch, no tvm compiler
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "tvm", "transformers"):
-            raise ImportError(name)
-sys.meta_path.insert(0, _Block())
-import numpy as np
 import runtime
+from runtime.arrays import shaped
 model = runtime.load(sys.argv[1])
-data = np.load(sys.argv[2])
-model.run({k: data[k] for k in data.files})
+index = json.load(open(sys.argv[2]))
+model.run({name: shaped(open(path, "rb").read(), dtype, shape) for name, (path, dtype, shape) in index.items()})
 """
 
 _COLD_ORT = """
@@ -62,10 +59,12 @@ def quiet_thread_pools() -> None:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def _cold(code: str, args: list[str], env: dict, cwd: Path) -> tuple[float, float, int]:
-    """(wall seconds incl. interpreter start, seconds inside the process, peak RSS bytes)."""
+def _cold(code: str, args: list[str], env: dict, cwd: Path, isolated: bool = False) -> tuple[float, float, int]:
+    """(wall seconds incl. interpreter start, seconds inside the process, peak RSS bytes).
+    isolated: no site-packages (-S), only what PYTHONPATH names."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code + _COLD_REPORT, *args], env=env, cwd=str(cwd),
+    proc = subprocess.Popen([sys.executable, *(["-S"] if isolated else []), "-c", code + _COLD_REPORT, *args],
+                            env=env, cwd=str(cwd),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
@@ -148,7 +147,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     tin = tuple(torch.from_numpy(inputs[i.name]) for i in spec.inputs)
 
     def run_ours():
-        return next(iter(ours.run(inputs).values()))
+        return np.asarray(next(iter(ours.run(inputs).values())))
 
     def run_torch():
         with torch.no_grad():
@@ -170,30 +169,37 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
                 fn()
                 times[name].append(time.perf_counter() - t)
 
-    from .formats.common import tvm_runtime_libs
+    from .formats.common import stage_bundle
 
-    # The libtvm_runtime.so a bundle ships (from the apache-tvm wheel), not the compiler package.
-    lib = tvm_runtime_libs(TARGETS[target].arch, progress)["libtvm_runtime.so"]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TVM_NUM_THREADS": str(threads),
-           "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "EDGEBUNDLE_LIBTVM_RUNTIME": str(lib)}
+    # Our cold start runs on a bundle staged for this interpreter: its vendored wheels and
+    # libtvm_runtime.so, no site-packages.
+    host_python = "%d.%d" % sys.version_info[:2]
+    bundle = work / "bundle"
+    bundle.mkdir()
+    stage_bundle(bundle, tdir, manifest, TARGETS[target], host_python, progress)
+    index = {}
+    for name, value in inputs.items():
+        (work / f"{name}.bin").write_bytes(value.tobytes())
+        index[name] = [str(work / f"{name}.bin"), str(value.dtype), list(value.shape)]
+    (work / "inputs.json").write_text(json.dumps(index))
+    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TVM_NUM_THREADS": str(threads),
+                "OMP_NUM_THREADS": str(threads)}
     cold = {"edgebundle (TVM)": [], "ONNX Runtime": []}
     with progress.step(f"cold start: {cold_runs} fresh processes each (imports + load + first inference)"):
         for _ in range(cold_runs):
-            cold["edgebundle (TVM)"].append(_cold(_COLD_OURS, [str(tdir), str(work / "inputs.npz")], env, work))
+            cold["edgebundle (TVM)"].append(_cold(_COLD_OURS, [str(bundle), str(work / "inputs.json")],
+                                                  {**base_env, "PYTHONPATH": str(bundle)}, work, isolated=True))
             cold["ONNX Runtime"].append(_cold(_COLD_ORT, [str(onnx_path), str(work / "inputs.npz"), str(threads)],
-                                              env, work))
-
-    from .formats.common import stage_bundle
+                                              base_env, work))
 
     # What a bundle ships besides model.so / model.json / tokenizer: the vendored wheels,
-    # libtvm_runtime.so and runtime/ (the lambda format's staging, measured).
+    # libtvm_runtime.so and runtime/ (the lambda format's staging for Lambda's Python, measured).
     stage = work / "runtime-stage"
     stage.mkdir()
     stage_bundle(stage, tdir, manifest, TARGETS[target], "3.13", Progress(quiet=True), with_model=False)
     sizes = {"edgebundle (TVM)": {"runtime_bytes": tree_size(stage),
                                   "model_bytes": sum(f["size"] for f in manifest["files"].values())}}
-    # ONNX Runtime needs numpy beside it too, as our runtime does.
+    # ONNX Runtime needs numpy beside it (ours does not).
     sizes["ONNX Runtime"] = {"runtime_bytes": tree_size(Path(ort.__file__).parent) + tree_size(Path(np.__file__).parent),
                              "model_bytes": onnx_path.stat().st_size}
 

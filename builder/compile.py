@@ -142,7 +142,7 @@ def run_in_process(model, spec: ModelSpec, where: str) -> list[dict]:
     outputs = []
     for n, arrays in enumerate(spec.validation_inputs):
         try:
-            outputs.append(model.run(arrays))
+            outputs.append({name: np.asarray(view) for name, view in model.run(arrays).items()})
         except Exception as e:
             raise ValidationError(f"the compiled module failed on validation input {n}: {e}", where=where,
                                   hint="rerun with --debug for the trace") from e

@@ -17,20 +17,25 @@ from .progress import Progress
 
 EMULATION_PYTHON = "3.13"
 
+# Raw tensor files + a JSON index: the bundle has no numpy to read .npz with.
 _SCRIPT = """
-import sys
-stage, inputs, outputs = sys.argv[1:4]
+import json, sys
+stage, index_path, out_dir = sys.argv[1:4]
 sys.path.insert(0, stage)
-import numpy as np
 import runtime
+from runtime.arrays import shaped
 model = runtime.load(stage)
-data = np.load(inputs)
-result = {}
-for i in range(int(data["count"])):
-    arrays = {spec["name"]: data[f"{i}/{spec['name']}"] for spec in model.inputs}
-    for name, value in model.run(arrays).items():
-        result[f"{i}/{name}"] = value
-np.savez(outputs, **result)
+index = json.load(open(index_path))
+written = []
+for i, tensors in enumerate(index):
+    arrays = {name: shaped(open(path, "rb").read(), dtype, shape) for name, (path, dtype, shape) in tensors.items()}
+    outs = {}
+    for name, view in model.run(arrays).items():
+        path = f"{out_dir}/{i}-{name}.bin"
+        open(path, "wb").write(view.tobytes())
+        outs[name] = [path, view.format, list(view.shape)]
+    written.append(outs)
+json.dump(written, open(f"{out_dir}/index.json", "w"))
 """
 
 
@@ -47,20 +52,34 @@ def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Pro
         stage = tmp / "stage"
         stage.mkdir()
         stage_bundle(stage, target_dir, manifest, target, EMULATION_PYTHON, progress)
-        arrays = {f"{i}/{k}": v for i, s in enumerate(input_sets) for k, v in s.items()}
-        np.savez(tmp / "inputs.npz", count=np.array(len(input_sets)), **arrays)
         argv, paths = sandbox.python_command(EMULATION_PYTHON, arch, progress)
+        (tmp / "out").mkdir()
+        index = []
+        for i, tensors in enumerate(input_sets):
+            entry = {}
+            for name, value in tensors.items():
+                value = np.ascontiguousarray(value)
+                path = tmp / f"in-{i}-{name}.bin"
+                path.write_bytes(value.tobytes())
+                entry[name] = [paths.to_sandbox(path), str(value.dtype), list(value.shape)]
+            index.append(entry)
+        (tmp / "inputs.json").write_text(json.dumps(index))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), **sandbox.EMULATOR_ENV.get(arch, {})}
         with progress.step(f"run {target.name} module under emulation (qemu, {env.get('QEMU_CPU', 'default cpu')})"):
             proc = subprocess.run(
-                argv + ["-c", _SCRIPT, paths.to_sandbox(stage), paths.to_sandbox(tmp / "inputs.npz"),
-                        paths.to_sandbox(tmp / "outputs.npz")],
+                argv + ["-c", _SCRIPT, paths.to_sandbox(stage), paths.to_sandbox(tmp / "inputs.json"),
+                        paths.to_sandbox(tmp / "out")],
                 env=env, cwd=str(tmp), capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0:
             tail = "\n    ".join(proc.stderr.strip().splitlines()[-12:])
             raise ValidationError(f"the {target.name} module failed under emulation (exit {proc.returncode}):\n    {tail}",
                                   where=str(Path(target_dir) / manifest["library"]),
                                   hint="an illegal instruction means code the target CPU lacks (check --cpu)")
-        data = np.load(tmp / "outputs.npz")
-        return [{spec["name"]: data[f"{i}/{spec['name']}"] for spec in manifest["outputs"]}
-                for i in range(len(input_sets))]
+        results = []
+        for outs in json.loads((tmp / "out" / "index.json").read_text()):
+            arrays = {}
+            for name, (path, fmt, shape) in outs.items():
+                raw = (tmp / "out" / Path(path).name).read_bytes()
+                arrays[name] = np.frombuffer(raw, dtype=np.dtype(fmt)).reshape(shape)
+            results.append(arrays)
+        return results

@@ -10,9 +10,11 @@ import ctypes
 import importlib.util
 import math
 import os
+import struct
 import sys
 from pathlib import Path
 
+from .arrays import FORMATS, shaped
 from .errors import DeviceUnavailable
 
 DEVICE_TYPES = {"cpu": 1, "cuda": 2}
@@ -98,29 +100,13 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
     return path
 
 
-_ALIGN = 64
-
-
-def aligned(a):
-    """A C-contiguous copy of `a` whose data starts on a 64-byte boundary.
-
-    TVM's kernels are compiled for buffers with 64-byte alignment and use aligned vector
-    loads; numpy only guarantees 16 bytes for small arrays, and a misaligned input
-    segfaults inside the compiled code (seen with a 1x32 int64 input)."""
-    import numpy as np
-
-    a = np.asarray(a)
-    if a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0:
-        return a
-    raw = np.empty(a.nbytes + _ALIGN, dtype=np.uint8)
-    offset = (-raw.ctypes.data) % _ALIGN
-    out = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
-
-
 class CompiledModule:
-    """A Relax VM over model.so on one device (cpu, or cuda:device_id)."""
+    """A Relax VM over model.so on one device (cpu, or cuda:device_id).
+
+    Inputs and outputs cross as bytes into tensors TVM allocates itself: its allocations
+    are 64-byte aligned, as the compiled kernels assume (a 16-byte aligned numpy input
+    segfaulted inside one), and TVMTensorCopyFromBytes/ToBytes move data to and from a GPU
+    as well, so no numpy and no DLPack are needed on either side."""
 
     def __init__(self, so_path: Path, device: str = "cpu", device_id: int = 0):
         import tvm_ffi
@@ -134,34 +120,35 @@ class CompiledModule:
                                        DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
         self._main = self._exe["main"]
         self.device = device
-        if device != "cpu":
-            self._dev = tvm_ffi.device(device, device_id)
-            self._cpu = tvm_ffi.device("cpu", 0)
-            self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
-            self._copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")
+        self._dev = tvm_ffi.device(device, device_id)
+        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        self._from_bytes = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
+        self._to_bytes = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
+        self._tensor_type = tvm_ffi.Tensor
 
-    def _to_device(self, host):
-        if self.device == "cpu":
-            return host
-        out = self._alloc(host.shape, host.dtype, self._dev, None)
-        self._copy(host, out)
-        return out
+    def _tensor(self, view: memoryview, dtype: str):
+        raw = view.cast("B") if view.ndim != 1 or view.format != "B" else view
+        if raw.readonly:
+            raw = memoryview(bytearray(raw))
+        t = self._alloc(tuple(view.shape), dtype, self._dev, None)
+        if raw.nbytes:
+            ptr = ctypes.addressof((ctypes.c_char * raw.nbytes).from_buffer(raw))
+            self._from_bytes(t, ctypes.c_void_p(ptr), raw.nbytes)
+        return t
 
-    def _to_numpy(self, t):
-        import numpy as np
+    def _view(self, t) -> memoryview:
+        dtype = str(t.dtype)
+        shape = tuple(int(d) for d in t.shape)
+        nbytes = math.prod(shape) * struct.calcsize(FORMATS[dtype])
+        # A copy, always: the VM's pooled allocator reuses output memory on the next call.
+        buf = bytearray(nbytes)
+        if nbytes:
+            ptr = ctypes.addressof((ctypes.c_char * nbytes).from_buffer(buf))
+            self._to_bytes(t, ctypes.c_void_p(ptr), nbytes)
+        return shaped(buf, dtype, shape)
 
-        if self.device != "cpu":
-            host = self._alloc(t.shape, t.dtype, self._cpu, None)
-            self._copy(t, host)
-            t = host
-        # Copy out: the VM's pooled allocator reuses output memory on the next call.
-        return np.array(np.from_dlpack(t), copy=True)
-
-    def __call__(self, *arrays):
-        import tvm_ffi
-
-        host = [aligned(a) for a in arrays]  # kept alive until the call returns
-        out = self._main(*[self._to_device(tvm_ffi.from_dlpack(a)) for a in host])
-        if isinstance(out, tvm_ffi.Tensor):
+    def __call__(self, views: list[memoryview], dtypes: list[str]) -> list[memoryview]:
+        out = self._main(*[self._tensor(v, d) for v, d in zip(views, dtypes)])
+        if isinstance(out, self._tensor_type):
             out = [out]
-        return [self._to_numpy(o) for o in out]
+        return [self._view(o) for o in out]

@@ -6,8 +6,7 @@ import base64
 import binascii
 import io
 
-import numpy as np
-
+from .arrays import shaped
 from .errors import BadInput, string_list
 
 
@@ -40,7 +39,8 @@ class ImageEncoder:
             raise BadInput(f'"inputs"[{index}] is not a decodable image ({type(e).__name__}: {e})') from None
         return img.convert("RGB")
 
-    def transform(self, img) -> np.ndarray:
+    def transform(self, img):
+        """Resize and centre-crop as the preprocessor config says (a PIL image)."""
         pre = self.pre
         resize = pre.get("resize")
         if resize:
@@ -63,9 +63,22 @@ class ImageEncoder:
                 w, h = img.size
             top, left = (h - ch) // 2, (w - cw) // 2
             img = img.crop((left, top, left + cw, top + ch))
-        arr = np.asarray(img, dtype=np.float32) * np.float32(pre["rescale"])
-        arr = (arr - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+        return img
+
+    def planes(self, img) -> bytes:
+        """One image as CHW float32 bytes, normalised: ((x * rescale) - mean) / std.
+
+        Pillow's 32-bit float mode does the arithmetic in C (point() on an "F" image takes a
+        linear map), so no numpy is needed; per channel x * (rescale/std) - mean/std."""
+        pre = self.pre
+        out = bytearray()
+        for band, mean, std in zip(img.split(), pre["mean"], pre["std"]):
+            scale, offset = pre["rescale"] / std, -mean / std
+            out += band.convert("F").point(lambda v, a=scale, b=offset: v * a + b).tobytes()
+        return bytes(out)
 
     def __call__(self, images: list[str]) -> dict:
-        return {"pixel_values": np.stack([self.transform(self.decode(im, i)) for i, im in enumerate(images)])}
+        crops = [self.transform(self.decode(im, i)) for i, im in enumerate(images)]
+        w, h = crops[0].size
+        data = bytearray().join(self.planes(c) for c in crops)
+        return {"pixel_values": shaped(data, "float32", (len(crops), 3, h, w))}

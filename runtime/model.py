@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-import numpy as np
-
 from ._tvm import CompiledModule
+from .arrays import as_tensor, flat
 from .errors import BadInput
 
-_INT_KINDS = "iu"
+
+def _softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    e = [math.exp(v - top) for v in row]
+    total = sum(e)
+    return [v / total for v in e]
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+def _sigmoid(row: list[float]) -> list[float]:
+    # Split by sign so that exp never overflows for large |v|.
+    return [1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)) for v in row]
 
 
 class Model:
@@ -46,7 +47,9 @@ class Model:
             self.encoder = None
 
     # -- tensor mode -------------------------------------------------------------------
-    def check_tensors(self, tensors) -> list[np.ndarray]:
+    def check_tensors(self, tensors) -> list[memoryview]:
+        """Request tensors (nested lists or buffers such as numpy arrays) -> validated,
+        C-contiguous views in the manifest's dtypes and order."""
         if not isinstance(tensors, dict):
             raise BadInput('"tensors" must be an object mapping input names to arrays')
         names = [i["name"] for i in self.inputs]
@@ -56,37 +59,35 @@ class Model:
             raise BadInput(f"tensor inputs must be exactly {names}"
                            + (f"; missing {missing}" if missing else "")
                            + (f"; unknown {unknown}" if unknown else ""))
-        arrays, symbols = [], {}
+        views, symbols = [], {}
         for spec in self.inputs:
-            name, dtype = spec["name"], np.dtype(spec["dtype"])
-            try:
-                arr = np.asarray(tensors[name])
-            except (ValueError, TypeError):
-                raise BadInput(f'"{name}" is not a rectangular array') from None
-            if arr.dtype == object or arr.dtype.kind not in "biuf":
-                raise BadInput(f'"{name}" must hold numbers (got {arr.dtype})')
-            if dtype.kind in _INT_KINDS and arr.dtype.kind == "f":
-                raise BadInput(f'"{name}" must hold integers ({spec["dtype"]}), got floats')
-            shape = spec["shape"]
-            if arr.ndim != len(shape):
-                raise BadInput(f'"{name}" has shape {list(arr.shape)}, expected {shape}')
-            for dim, want in zip(arr.shape, shape):
+            name = spec["name"]
+            view = as_tensor(tensors[name], name, spec["dtype"])
+            shape, got = spec["shape"], list(view.shape)
+            if len(got) != len(shape):
+                raise BadInput(f'"{name}" has shape {got}, expected {shape}')
+            for dim, want in zip(got, shape):
                 if isinstance(want, str):
                     if symbols.setdefault(want, dim) != dim:
                         raise BadInput(f'"{name}" has {want}={dim}, other inputs have {symbols[want]}')
                     if want == "batch" and not 1 <= dim <= self.max_batch:
                         raise BadInput(f'"{name}" has batch {dim}; 1..{self.max_batch} accepted')
                 elif dim != want:
-                    raise BadInput(f'"{name}" has shape {list(arr.shape)}, expected {shape}')
+                    raise BadInput(f'"{name}" has shape {got}, expected {shape}')
             rng = spec.get("range")
             # Out-of-range indices would read outside an embedding table in compiled code.
-            if rng is not None and arr.size and (arr.min() < rng[0] or arr.max() >= rng[1]):
-                raise BadInput(f'"{name}" values must be in [{rng[0]}, {rng[1]})')
-            arrays.append(np.ascontiguousarray(arr, dtype=dtype))
-        return arrays
+            if rng is not None and view.nbytes:
+                values = flat(view)
+                if min(values) < rng[0] or max(values) >= rng[1]:
+                    raise BadInput(f'"{name}" values must be in [{rng[0]}, {rng[1]})')
+            views.append(view)
+        return views
 
-    def run(self, tensors: dict) -> dict[str, np.ndarray]:
-        results = self.module(*self.check_tensors(tensors))
+    def run(self, tensors: dict) -> dict[str, memoryview]:
+        """Tensor mode. Outputs are shaped memoryviews: `.tolist()` for JSON, and
+        `numpy.asarray(view)` wraps one without a copy where numpy is installed."""
+        views = self.check_tensors(tensors)
+        results = self.module(views, [spec["dtype"] for spec in self.inputs])
         return {spec["name"]: out for spec, out in zip(self.outputs, results)}
 
     # -- task mode ---------------------------------------------------------------------
@@ -114,11 +115,12 @@ class Model:
             top_k = parameters.get("top_k", post["top_k"])
             if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.labels):
                 raise BadInput(f'"parameters.top_k" must be an integer in 1..{len(self.labels)}')
-            scores = _sigmoid(values) if post["function"] == "sigmoid" else _softmax(values)
+            score = _sigmoid if post["function"] == "sigmoid" else _softmax
             result = []
-            for row in scores:
-                order = np.argsort(-row, kind="stable")[:top_k]
-                result.append([{"label": self.labels[i], "score": float(row[i])} for i in order])
+            for row in values.tolist():
+                row = score(row)
+                order = sorted(range(len(row)), key=lambda i: -row[i])[:top_k]  # stable: ties keep label order
+                result.append([{"label": self.labels[i], "score": row[i]} for i in order])
             return result
         raise ValueError(f"unknown postprocessing {post['kind']!r}")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from .arrays import pack, shaped
 from .errors import BadInput, string_list
 
 
@@ -29,8 +28,13 @@ class TextEncoder:
 
 def to_arrays(encodings) -> dict:
     """tokenizers' Encodings (padded to one length) -> the model's int64 inputs."""
+    shape = (len(encodings), len(encodings[0].ids) if encodings else 0)
+
+    def tensor(rows):
+        return shaped(pack([v for row in rows for v in row], "int64"), "int64", shape)
+
     return {
-        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        "input_ids": tensor(e.ids for e in encodings),
+        "attention_mask": tensor(e.attention_mask for e in encodings),
+        "token_type_ids": tensor(e.type_ids for e in encodings),
     }

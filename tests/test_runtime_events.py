@@ -75,16 +75,29 @@ def test_text_classification_labels(bert_cls, tiny_bert_cls_dir, tiny_bert_cls_b
 def test_image_classification(resnet, tiny_resnet_dir):
     img = reference.png_base64(1)
     answer = handle(resnet, {"inputs": img})
-    pixels = resnet.encoder([img])["pixel_values"]
+    pixels = np.asarray(resnet.encoder([img])["pixel_values"])
     logits = reference.resnet_logits(tiny_resnet_dir, pixels)
     assert answer[0]["label"] == ["cat", "dog", "bird", "fish"][int(np.argmax(logits[0]))]
     ours = handle(resnet, {"tensors": {"pixel_values": pixels.tolist()}})["tensors"]["logits"]
     np.testing.assert_allclose(np.array(ours), logits, atol=1e-4, rtol=0)
 
 
-def test_image_preprocessing_shape_and_crop(resnet):
-    pixels = resnet.encoder([reference.png_base64(2, size=(200, 90))])["pixel_values"]
+@pytest.mark.parametrize("size", [(200, 90), (64, 64), (50, 300)])
+def test_image_preprocessing_matches_transformers(resnet, tiny_resnet_dir, size):
+    """Pillow-only preprocessing (no numpy in bundles) equals the model's own image processor."""
+    import io
+
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    image = reference.png_base64(2, size=size)
+    pixels = np.asarray(resnet.encoder([image])["pixel_values"])
     assert pixels.shape == (1, 3, 64, 64) and pixels.dtype == np.float32
+    processor = AutoImageProcessor.from_pretrained(tiny_resnet_dir)
+    import base64
+
+    ref = processor(Image.open(io.BytesIO(base64.b64decode(image))).convert("RGB"), return_tensors="np")
+    np.testing.assert_allclose(pixels, ref["pixel_values"], atol=1e-5, rtol=0)
 
 
 def _http_v2(body, b64=False, method="POST"):

@@ -83,9 +83,11 @@ def build_tokenizer(model_dir: Path, seq_len: int):
 
 
 def encode(tok, texts: list[str]) -> dict:
+    import numpy as np
+
     from runtime.text import to_arrays  # the runtime's own conversion: build and serve agree
 
-    return to_arrays(tok.encode_batch(texts))
+    return {name: np.asarray(view) for name, view in to_arrays(tok.encode_batch(texts)).items()}
 
 
 def _encoder_module(bert, pooling: list[str], normalize: bool):

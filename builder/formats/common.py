@@ -45,7 +45,7 @@ _PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".
 def runtime_requirements(manifest: dict) -> list[str]:
     """Exact versions of what runtime/ imports, equal to the build's (the tokenizer the build
     configured must behave the same at run time; tvm_ffi must match libtvm_runtime)."""
-    names = ["apache-tvm-ffi", "numpy", "typing_extensions"]
+    names = ["apache-tvm-ffi", "typing_extensions"]  # no numpy: see runtime/arrays.py
     kind = manifest["preprocessing"]["kind"]
     if kind == "text":
         names.append("tokenizers")

@@ -80,7 +80,7 @@ def check(name: str, model_dir: Path, family: str, cuda_arch: str, out: Path, ru
     else:
         shape = [1] + model.inputs[0]["shape"][1:]
         arrays = {"pixel_values": rng.standard_normal(shape).astype(np.float32)}
-    ours = next(iter(model.run(arrays).values()))
+    ours = np.asarray(next(iter(model.run(arrays).values())))
     ref_fn = _torch_reference(model_dir, family, arrays)
     ref = ref_fn(arrays)
     diff = float(np.max(np.abs(ours - ref)))

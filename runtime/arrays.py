@@ -1,0 +1,121 @@
+"""Tensors without numpy: shaped, typed memoryviews.
+
+Bundles do not ship numpy (56 MB unzipped with its OpenBLAS, ~65 ms to import: more than
+the whole rest of the runtime). A tensor here is a C-contiguous memoryview cast to its
+dtype and shape: `.tolist()` gives JSON, `numpy.asarray(view)` wraps it without a copy
+where numpy is installed, and any buffer (numpy arrays included) is accepted as input.
+"""
+from __future__ import annotations
+
+import array
+import struct
+import sys
+
+from .errors import BadInput
+
+# dtype -> struct format of one element. memoryview.cast cannot make float16 views, so
+# float16 model inputs/outputs are not supported here (our models compile in float32);
+# float16 request buffers are read and converted.
+FORMATS = {"float32": "f", "float64": "d", "int64": "q", "int32": "i", "int16": "h",
+           "int8": "b", "uint8": "B", "bool": "?"}
+_KIND = {**dict.fromkeys("bhilqn", "i"), **dict.fromkeys("BHILQN", "u"), **dict.fromkeys("efd", "f"), "?": "b"}
+_NATIVE = ("@", "=", "<" if sys.byteorder == "little" else ">")
+
+
+def _kind_size(fmt: str) -> tuple[str, int, bool] | None:
+    """(kind 'i'|'u'|'f'|'b', itemsize, native byte order) of a buffer's element format;
+    None for anything else (structs, pointers, strings)."""
+    native = True
+    if fmt[:1] in "@=<>!":
+        native = fmt[0] in _NATIVE
+        fmt = fmt[1:]
+    if len(fmt) != 1 or fmt not in _KIND:
+        return None
+    return _KIND[fmt], struct.calcsize(fmt), native
+
+
+def dtype_kind(dtype: str) -> str:
+    return _KIND[FORMATS[dtype]]
+
+
+def shaped(raw, dtype: str, shape) -> memoryview:
+    """A writable or read-only bytes-like object viewed as a `dtype` tensor of `shape`."""
+    flat = memoryview(raw).cast("B")
+    shape = [int(d) for d in shape]
+    if not shape:
+        return flat.cast(FORMATS[dtype])
+    if 0 in shape:  # memoryview.cast refuses empty shapes; such a tensor has no data anyway
+        return flat.cast(FORMATS[dtype])
+    return flat.cast(FORMATS[dtype], shape)
+
+
+def pack(values: list, dtype: str) -> bytearray | array.array:
+    """Flat Python numbers -> packed `dtype` elements (TypeError/OverflowError on misfits)."""
+    fmt = FORMATS[dtype]
+    if dtype == "bool":
+        ints = array.array("B", values)  # TypeError for anything but ints and bools
+        if any(v > 1 for v in ints):
+            raise OverflowError("bool values must be 0 or 1")
+        return ints
+    if fmt in array.typecodes:
+        return array.array(fmt, values)
+    return bytearray(struct.pack(f"{len(values)}{fmt}", *values))
+
+
+def _nested(value, name: str) -> tuple[list[int], list]:
+    """Shape and row-major leaves of nested lists; BadInput if ragged."""
+    shape, level = [], [value]
+    while level and isinstance(level[0], (list, tuple)):
+        n = len(level[0])
+        nxt = []
+        for item in level:
+            if not isinstance(item, (list, tuple)) or len(item) != n:
+                raise BadInput(f'"{name}" is not a rectangular array')
+            nxt.extend(item)
+        shape.append(n)
+        level = nxt
+    if any(isinstance(x, (list, tuple)) for x in level):
+        raise BadInput(f'"{name}" is not a rectangular array')
+    return shape, level
+
+
+def as_tensor(value, name: str, dtype: str) -> memoryview:
+    """Nested lists or any buffer -> a C-contiguous memoryview of `dtype`, shape kept.
+
+    Follows numpy's casting rules where they are safe: ints and bools into float inputs,
+    bools into int inputs; floats into int inputs are refused rather than truncated."""
+    want = dtype_kind(dtype)
+    try:
+        view = memoryview(value)
+    except TypeError:
+        view = None
+    if view is not None:
+        got = _kind_size(view.format)
+        if got is None:
+            raise BadInput(f'"{name}" must hold numbers (got buffer format {view.format!r})')
+        shape = list(view.shape)
+        if got == (want, struct.calcsize(FORMATS[dtype]), True) and view.c_contiguous:
+            return view if view.format == FORMATS[dtype] else shaped(view, dtype, shape)
+        if want in "iu" and got[0] == "f":
+            raise BadInput(f'"{name}" must hold integers ({dtype}), got floats')
+        # tobytes() is row-major for any strides; struct handles float16 and byte order,
+        # which memoryview.tolist() does not.
+        count = len(view.tobytes()) // view.itemsize
+        leaves = list(struct.unpack(f"{view.format[0] if view.format[0] in '@=<>!' else ''}"
+                                    f"{count}{view.format[-1]}", view.tobytes()))
+    else:
+        shape, leaves = _nested(value, name)
+        if want in "iu" and any(type(x) is float for x in leaves):
+            raise BadInput(f'"{name}" must hold integers ({dtype}), got floats')
+    try:
+        packed = pack(leaves, dtype)
+    except OverflowError:
+        raise BadInput(f'"{name}" has values outside {dtype}') from None
+    except (TypeError, struct.error):
+        raise BadInput(f'"{name}" must hold numbers') from None
+    return shaped(packed, dtype, shape)
+
+
+def flat(view: memoryview) -> memoryview:
+    """The elements of a shaped view in row-major order (no copy)."""
+    return view.cast("B").cast(view.format) if view.ndim != 1 else view
