@@ -40,7 +40,8 @@ CUDA_SYSTEM_LIBRARIES = [
 
 def runtime_libraries(target) -> dict:
     tvm = dist_version("apache-tvm")
-    libs = [{"name": "libtvm_runtime.so", "from": f"apache-tvm=={tvm} wheel ({target.arch})"}]
+    libs = [{"name": "libtvm_ffi.so", "from": f"apache-tvm-ffi=={dist_version('apache-tvm-ffi')} wheel ({target.arch})"},
+            {"name": "libtvm_runtime.so", "from": f"apache-tvm=={tvm} wheel ({target.arch})"}]
     system = [{"name": "libstdc++.so.6", "what": "C++ runtime of libtvm_runtime.so",
                "provided_by": "the OS (Amazon Linux 2023, Debian, Ubuntu)"}]
     if target.device == "cuda":

@@ -1,20 +1,19 @@
-"""Loading a compiled model with nothing but tvm_ffi and libtvm_runtime.so.
+"""Loading a compiled model with nothing but libtvm_ffi.so and libtvm_runtime.so.
 
 The `tvm` compiler package is 300 MB and never ships; a bundle carries only
-libtvm_runtime.so (3.4 MB; plus libtvm_runtime_cuda.so for GPU models) and the
-apache-tvm-ffi wheel.
+libtvm_runtime.so (3.4 MB; plus libtvm_runtime_cuda.so for GPU models) and libtvm_ffi.so
+from the apache-tvm-ffi wheel, called through ctypes (runtime/_ffi.py).
 """
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import math
 import os
-import struct
 import sys
 from pathlib import Path
 
-from .arrays import FORMATS, shaped
+from . import _ffi
+from .arrays import shaped
 from .errors import DeviceUnavailable
 
 DEVICE_TYPES = {"cpu": 1, "cuda": 2}
@@ -38,31 +37,30 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def _candidates(model_dir: Path, name: str) -> list[Path]:
+def _candidates(model_dir: Path, name: str, package: str) -> list[Path]:
+    """Where `name` may be: beside an explicit libtvm_runtime.so, the model, the bundle root,
+    then (development) the pip package that ships it, located without importing it."""
     found = []
     if os.environ.get("EDGEBUNDLE_LIBTVM_RUNTIME"):
         found.append(Path(os.environ["EDGEBUNDLE_LIBTVM_RUNTIME"]).with_name(name))
     found += [model_dir / name, Path(__file__).resolve().parent.parent / name]
-    if "tvm" in sys.modules:  # the builder process already holds the compiler's runtime
-        found.insert(0, Path(sys.modules["tvm"].__file__).parent / "lib" / name)
-    # A development install: the apache-tvm package's copy, located without importing it.
-    try:
-        spec = importlib.util.find_spec("tvm")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        for loc in spec.submodule_search_locations:
-            found.append(Path(loc) / "lib" / name)
+    if package in sys.modules:  # the builder process already holds the compiler's copy
+        found.insert(0, Path(sys.modules[package].__file__).parent / "lib" / name)
+    # Scanned, not imported: importing tvm_ffi is what runtime/_ffi.py avoids.
+    found += [Path(entry or ".") / package / "lib" / name for entry in sys.path]
     return found
 
 
-def _dlopen(model_dir: Path, name: str) -> str:
+def _dlopen(model_dir: Path, name: str, package: str) -> str:
     if name in _loaded:
         return _loaded[name]
-    tried = _candidates(model_dir, name)
+    tried = _candidates(model_dir, name, package)
     for path in tried:
         if path.is_file():
-            ctypes.CDLL(str(path), ctypes.RTLD_GLOBAL)
+            if name == "libtvm_ffi.so":
+                _ffi.load(str(path))
+            else:
+                ctypes.CDLL(str(path), ctypes.RTLD_GLOBAL)
             _loaded[name] = str(path)
             return _loaded[name]
     raise FileNotFoundError(f"{name} not found; looked in: " + ", ".join(map(str, tried))
@@ -70,17 +68,16 @@ def _dlopen(model_dir: Path, name: str) -> str:
 
 
 def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
-    """dlopen libtvm_runtime.so (and its CUDA part for GPU models) once per process."""
+    """dlopen libtvm_ffi.so, libtvm_runtime.so (and its CUDA part for GPU models) once per process."""
     # TVM's thread pool reads this once, when the library loads; without it TVM uses 1
     # thread on small machines. Lambda's vCPU count grows with the function's memory.
     os.environ.setdefault("TVM_NUM_THREADS", str(available_cpus()))
-    # libtvm_runtime.so links libtvm_ffi.so, which importing tvm_ffi loads first.
-    import tvm_ffi
-
-    path = _dlopen(model_dir, "libtvm_runtime.so")
+    # libtvm_runtime.so links libtvm_ffi.so: loaded first, globally, so the loader reuses it.
+    _dlopen(model_dir, "libtvm_ffi.so", "tvm_ffi")
+    path = _dlopen(model_dir, "libtvm_runtime.so", "tvm")
     if device == "cuda":
         try:
-            _dlopen(model_dir, "libtvm_runtime_cuda.so")
+            _dlopen(model_dir, "libtvm_runtime_cuda.so", "tvm")
         except OSError as e:
             msg = str(e)
             if "libcuda.so" in msg:
@@ -93,7 +90,7 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
                     "cuda: the CUDA 13 runtime library (libcudart.so.13) is not found; install the CUDA 13 "
                     "runtime (cuda-cudart-13) or use a bundle format that ships it") from None
             raise DeviceUnavailable(f"cuda: cannot load TVM's CUDA runtime: {msg}") from None
-        exists = tvm_ffi.get_global_func("runtime.GetDeviceAttr")(DEVICE_TYPES["cuda"], 0, _DEVICE_ATTR_EXIST)
+        exists = _ffi.get_global("runtime.GetDeviceAttr")(DEVICE_TYPES["cuda"], 0, _DEVICE_ATTR_EXIST)
         if not exists:
             raise DeviceUnavailable("cuda: no CUDA device is visible (cuda:0); check nvidia-smi, "
                                     "CUDA_VISIBLE_DEVICES, and that the container was started with GPUs")
@@ -103,52 +100,49 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
 class CompiledModule:
     """A Relax VM over model.so on one device (cpu, or cuda:device_id).
 
-    Inputs and outputs cross as bytes into tensors TVM allocates itself: its allocations
-    are 64-byte aligned, as the compiled kernels assume (a 16-byte aligned numpy input
-    segfaulted inside one), and TVMTensorCopyFromBytes/ToBytes move data to and from a GPU
-    as well, so no numpy and no DLPack are needed on either side."""
+    Inputs are copied into tensors TVM allocates (64-byte aligned, as the compiled kernels
+    assume: a 16-byte aligned numpy input segfaulted one); TVMTensorCopyFromBytes/ToBytes
+    also move data to and from a GPU."""
 
     def __init__(self, so_path: Path, device: str = "cpu", device_id: int = 0):
-        import tvm_ffi
-
         if device not in DEVICE_TYPES:
             raise ValueError(f"unknown device {device!r}")
         load_tvm_runtime(so_path.parent, device)
-        self._lib = tvm_ffi.load_module(str(so_path.resolve()))
-        self._exe = self._lib["vm_load_executable"]()
-        self._exe["vm_initialization"](DEVICE_TYPES[device], device_id, _POOLED_ALLOCATOR,
-                                       DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
-        self._main = self._exe["main"]
+        self._lib = _ffi.get_global("ffi.ModuleLoadFromFile")(str(so_path.resolve()))
+        # Functions of a dlopen'ed library must never outlive it: pin it for the process.
+        _ffi.get_global("ffi.ModuleGlobalsAdd")(self._lib)
+        get = _ffi.get_global("ffi.ModuleGetFunction")
+        self._exe = get(self._lib, "vm_load_executable", False)()
+        get(self._exe, "vm_initialization", False)(DEVICE_TYPES[device], device_id, _POOLED_ALLOCATOR,
+                                                   DEVICE_TYPES["cpu"], 0, _POOLED_ALLOCATOR)
+        self._main = get(self._exe, "main", False)
         self.device = device
-        self._dev = tvm_ffi.device(device, device_id)
-        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
-        self._from_bytes = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
-        self._to_bytes = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
-        self._tensor_type = tvm_ffi.Tensor
+        self._dev = _ffi.DLDevice(DEVICE_TYPES[device], device_id)
+        self._shape = _ffi.get_global("ffi.Shape")
+        self._alloc = _ffi.get_global("runtime.TVMTensorAllocWithScope")
+        self._from_bytes = _ffi.get_global("runtime.TVMTensorCopyFromBytes")
+        self._to_bytes = _ffi.get_global("runtime.TVMTensorCopyToBytes")
 
     def _tensor(self, view: memoryview, dtype: str):
         raw = view.cast("B") if view.ndim != 1 or view.format != "B" else view
         if raw.readonly:
             raw = memoryview(bytearray(raw))
-        t = self._alloc(tuple(view.shape), dtype, self._dev, None)
+        t = self._alloc(self._shape(*view.shape), _ffi.dtype_of(dtype), self._dev, None)
         if raw.nbytes:
             ptr = ctypes.addressof((ctypes.c_char * raw.nbytes).from_buffer(raw))
             self._from_bytes(t, ctypes.c_void_p(ptr), raw.nbytes)
         return t
 
     def _view(self, t) -> memoryview:
-        dtype = str(t.dtype)
-        shape = tuple(int(d) for d in t.shape)
-        nbytes = math.prod(shape) * struct.calcsize(FORMATS[dtype])
         # A copy, always: the VM's pooled allocator reuses output memory on the next call.
+        nbytes = t.nbytes
         buf = bytearray(nbytes)
         if nbytes:
             ptr = ctypes.addressof((ctypes.c_char * nbytes).from_buffer(buf))
             self._to_bytes(t, ctypes.c_void_p(ptr), nbytes)
-        return shaped(buf, dtype, shape)
+        return shaped(buf, t.dtype, t.shape)
 
     def __call__(self, views: list[memoryview], dtypes: list[str]) -> list[memoryview]:
         out = self._main(*[self._tensor(v, d) for v, d in zip(views, dtypes)])
-        if isinstance(out, self._tensor_type):
-            out = [out]
-        return [self._view(o) for o in out]
+        outs = [out] if out.type_index == _ffi.TENSOR else out.items()
+        return [self._view(o) for o in outs]

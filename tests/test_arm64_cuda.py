@@ -115,7 +115,7 @@ def test_elf_audit_rejects_x86_64_library_in_arm64_zip(resnet_arm64_zip, tiny_re
     tampered = tmp_path / "lambda.zip"
     shutil.copy(resnet_arm64_zip, tampered)
     with zipfile.ZipFile(tampered, "a") as zf:
-        zf.write(out / "x86_64" / "model.so", "tvm_ffi/_sneaky.cpython-313-aarch64-linux-gnu.so")
+        zf.write(out / "x86_64" / "model.so", "PIL/_sneaky.cpython-313-aarch64-linux-gnu.so")
     with pytest.raises(BundleError, match="_sneaky.* is x86_64"):
         invoke_zip(tampered, [b'{"inputs": "x"}'], out=io.StringIO(), err=io.StringIO())
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# numpy too: bundles do not ship it.
-BLOCKED = ("torch", "tvm", "transformers", "jinja2", "boto3", "builder", "sentence_transformers", "numpy")
+# numpy and the tvm_ffi Python package too: bundles ship neither (libtvm_ffi.so via ctypes).
+BLOCKED = ("torch", "tvm", "transformers", "jinja2", "boto3", "builder", "sentence_transformers", "numpy",
+           "tvm_ffi")
 
 _PROBE = """
 import importlib.abc, json, sys

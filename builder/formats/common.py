@@ -37,20 +37,16 @@ def stage_model(target_dir: Path, dest: Path, manifest: dict) -> None:
 
 
 # Parts of wheels a running bundle never touches: headers, sources, vendored build trees,
-# test suites. (tvm_ffi dlopens libtvm_ffi_testing.so at import: it stays.)
+# test suites.
 _PRUNE_DIRS = {"include", "3rdparty", "src", "tests", "__pycache__", "cmake"}
 _PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".cu")
 
 
 def runtime_requirements(manifest: dict) -> list[str]:
-    """Exact versions of what runtime/ imports, equal to the build's (the tokenizer the build
-    configured must behave the same at run time; tvm_ffi must match libtvm_runtime)."""
-    names = ["apache-tvm-ffi", "typing_extensions"]  # no numpy: see runtime/arrays.py
-    kind = manifest["preprocessing"]["kind"]
-    if kind == "text":
-        names.append("tokenizers")
-    elif kind == "image":
-        names.append("pillow")
+    """Exact versions of the Python packages runtime/ imports, equal to the build's (the
+    tokenizer the build configured must behave the same at run time). Neither numpy nor the
+    tvm_ffi Python package: runtime/ talks to libtvm_ffi.so through ctypes."""
+    names = {"text": ["tokenizers"], "image": ["pillow"]}.get(manifest["preprocessing"]["kind"], [])
     reqs = []
     for n in names:
         v = dist_version(n)
@@ -60,22 +56,36 @@ def runtime_requirements(manifest: dict) -> list[str]:
     return reqs
 
 
+# Native libraries every bundle ships at its root: (pip distribution, path in its wheel).
+# libtvm_ffi.so must be the very build libtvm_runtime.so was linked against: both pinned.
+_NATIVE = {"libtvm_ffi.so": ("apache-tvm-ffi", "tvm_ffi/lib/libtvm_ffi.so"),
+           "libtvm_runtime.so": ("apache-tvm", "tvm/lib/libtvm_runtime.so"),
+           "libtvm_runtime_cuda.so": ("apache-tvm", "tvm/lib/libtvm_runtime_cuda.so")}
+
+
 def tvm_runtime_libs(arch: str, progress, cuda: bool = False) -> dict[str, Path]:
-    """libtvm_runtime.so (and libtvm_runtime_cuda.so) from the apache-tvm wheel of the
-    build's version for `arch`, cached; the 300 MB compiler never ships."""
-    version = dist_version("apache-tvm")
-    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
-    folder = cache_dir() / "tvm-runtime" / f"{version}-{arch}"
-    if not all((folder / n).is_file() for n in names):
-        [whl] = wheels.fetch_wheels([f"apache-tvm=={version}"], python_version="3.13",
-                                    platforms=wheels.manylinux_platforms(arch, "2.34"), progress=progress)
-        folder.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(whl) as zf:
-            for n in names:
-                tmp = folder / (n + ".partial")
-                tmp.write_bytes(zf.read(f"tvm/lib/{n}"))
-                tmp.replace(folder / n)
-    return {n: folder / n for n in names}
+    """libtvm_ffi.so, libtvm_runtime.so (and libtvm_runtime_cuda.so) from the apache-tvm-ffi
+    and apache-tvm wheels of the build's versions for `arch`, cached; the 300 MB compiler
+    and the Python packages never ship."""
+    names = ["libtvm_ffi.so", "libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
+    found = {}
+    for dist in dict.fromkeys(_NATIVE[n][0] for n in names):
+        version = dist_version(dist)
+        if version is None:
+            raise BundleError(f"{dist} is not installed in the build environment", hint="pip install -e .")
+        folder = cache_dir() / "tvm-runtime" / f"{dist}-{version}-{arch}"
+        wanted = [n for n in names if _NATIVE[n][0] == dist]
+        if not all((folder / n).is_file() for n in wanted):
+            [whl] = wheels.fetch_wheels([f"{dist}=={version}"], python_version="3.13",
+                                        platforms=wheels.manylinux_platforms(arch, "2.34"), progress=progress)
+            folder.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(whl) as zf:
+                for n in wanted:
+                    tmp = folder / (n + ".partial")
+                    tmp.write_bytes(zf.read(_NATIVE[n][1]))
+                    tmp.replace(folder / n)
+        found.update({n: folder / n for n in wanted})
+    return {n: found[n] for n in names}
 
 
 def _prune(root: Path) -> None:
