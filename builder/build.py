@@ -50,14 +50,18 @@ def runtime_libraries(target) -> dict:
     return {"tvm": libs, "system": system}
 
 
-def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target_dir: Path) -> dict:
-    files = {fname: file_record(target_dir / fname) for fname in [LIBRARY, *sorted(spec.files)]}
+def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target_dir: Path,
+                  weights: dict | None = None) -> dict:
+    shipped = [LIBRARY, *([weights["file"]] if weights else []), *sorted(spec.files)]
+    files = {fname: file_record(target_dir / fname) for fname in shipped}
     lib = elf.read_elf(target_dir / LIBRARY)
     return {
         "schema": 1,
         "model": {"name": name, "source": source, "family": spec.family, "task": spec.task,
                   "architecture": spec.architecture},
         "library": LIBRARY,
+        # main(*inputs, *weights): the file's tensors, in order, after the request's inputs.
+        "weights": weights,
         "inputs": [i.to_json() for i in spec.inputs],
         "outputs": [o.to_json() for o in spec.outputs],
         "max_batch": MAX_BATCH,
@@ -129,11 +133,11 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
 
                 cpu_params = (load_tuning_db(options["tuning_db"], tvm_target) if options.get("tuning_db")
                               else params_from_env())
-            device_code = compile_library(mod, target, tvm_target, tdir / LIBRARY,
-                                          schedule=options.get("schedule", True), cpu_params=cpu_params)
+            device_code, weights = compile_library(mod, target, tvm_target, tdir / LIBRARY,
+                                                   schedule=options.get("schedule", True), cpu_params=cpu_params)
         for fname, content in spec.files.items():
             (tdir / fname).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
-        manifest = make_manifest(spec, name, str(model_dir), target, tvm_target, tdir)
+        manifest = make_manifest(spec, name, str(model_dir), target, tvm_target, tdir, weights)
         if cpu_params is not None:
             manifest["schedule"] = {"enabled": options.get("schedule", True),
                                     "cpu_params": dataclasses.asdict(cpu_params),

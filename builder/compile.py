@@ -93,19 +93,26 @@ def device_code_summary(ex) -> dict | None:
 
 
 def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
-                    cpu_params=None) -> dict | None:
-    """tvm.compile for one target and export one self-contained .so (weights embedded).
-    Returns the device-code summary for GPU targets."""
+                    cpu_params=None) -> tuple[dict | None, dict | None]:
+    """tvm.compile for one target; export the code as one .so and the weights, packed as
+    the kernels read them, as model.weights beside it (builder/weights.py says why).
+    Returns (device-code summary for GPU targets, weights summary)."""
     import tvm
+    from tvm import relax
+
+    from . import weights
 
     tvm_t = tvm.target.Target(tvm_target)
-    kwargs = {}
     if target.device == "cpu" and schedule:
         from .schedules.cpu import cpu_pipeline
 
-        kwargs["relax_pipeline"] = cpu_pipeline(tvm_t, cpu_params)
+        pipeline = cpu_pipeline(tvm_t, cpu_params)
+    else:
+        pipeline = relax.get_default_pipeline(tvm_t)
+    lifted: list = []
     try:
-        ex = tvm.compile(mod, target=tvm_t, **kwargs)
+        ex = tvm.compile(mod, target=tvm_t,
+                         relax_pipeline=tvm.transform.Sequential([pipeline, weights.lift_constants_pass(lifted)]))
     except Exception as e:
         raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
                            where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e
@@ -123,7 +130,13 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
         raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
                            where=str(out_so), hint="rerun with --debug for the linker output") from e
     tmp.replace(out_so)
-    return device_code_summary(ex) if target.device != "cpu" else None
+    weights_path = out_so.with_name(weights.FILE)
+    summary = None
+    if lifted:
+        summary = {"file": weights.FILE, **weights.write(weights_path, lifted)}
+    else:
+        weights_path.unlink(missing_ok=True)
+    return (device_code_summary(ex) if target.device != "cpu" else None), summary
 
 
 def reference_outputs(spec: ModelSpec) -> list[list[np.ndarray]]:

@@ -160,10 +160,26 @@ class Function(Object):
         keep = []
         for slot, value in zip(packed, args):
             _to_any(value, slot, keep)
+        return self.call_packed(packed, len(args))
+
+    def call_packed(self, packed, count: int):
+        """Call with arguments already in an Any array (e.g. hundreds of weight tensors
+        packed once, copied per call)."""
         result = Any()
-        if _lib.TVMFFIFunctionCall(self.handle, packed, len(args), ctypes.byref(result)) != 0:
+        if _lib.TVMFFIFunctionCall(self.handle, packed, count, ctypes.byref(result)) != 0:
             _raise_last("call")
         return _from_any(result)
+
+
+def pack_args(values: list):
+    """An Any array over `values` (which must outlive every use of it)."""
+    packed = (Any * max(1, len(values)))()
+    keep: list = []
+    for slot, value in zip(packed, values):
+        _to_any(value, slot, keep)
+    if keep:
+        raise TypeError("pack_args takes tensors and numbers only")
+    return packed
 
 
 def _to_any(value, slot: Any, keep: list) -> None:

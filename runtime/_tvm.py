@@ -7,8 +7,11 @@ from the apache-tvm-ffi wheel, called through ctypes (runtime/_ffi.py).
 from __future__ import annotations
 
 import ctypes
+import json
 import math
+import mmap
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ DEVICE_TYPES = {"cpu": 1, "cuda": 2}
 _POOLED_ALLOCATOR = 2
 _DEVICE_ATTR_EXIST = 0
 _loaded: dict[str, str] = {}
+WEIGHTS_MAGIC = b"EBWEIGHT"  # builder/weights.py writes the file
 
 
 def available_cpus() -> int:
@@ -104,7 +108,7 @@ class CompiledModule:
     assume: a 16-byte aligned numpy input segfaulted one); TVMTensorCopyFromBytes/ToBytes
     also move data to and from a GPU."""
 
-    def __init__(self, so_path: Path, device: str = "cpu", device_id: int = 0):
+    def __init__(self, so_path: Path, device: str = "cpu", device_id: int = 0, weights_path: Path | None = None):
         if device not in DEVICE_TYPES:
             raise ValueError(f"unknown device {device!r}")
         load_tvm_runtime(so_path.parent, device)
@@ -122,6 +126,34 @@ class CompiledModule:
         self._alloc = _ffi.get_global("runtime.TVMTensorAllocWithScope")
         self._from_bytes = _ffi.get_global("runtime.TVMTensorCopyFromBytes")
         self._to_bytes = _ffi.get_global("runtime.TVMTensorCopyToBytes")
+        self.weights = self._load_weights(weights_path) if weights_path is not None else []
+        self._packed_weights, self._n_inputs = None, 0
+
+    def _load_weights(self, path: Path) -> list:
+        """model.weights mapped copy-on-write and wrapped in place (no copy, pages shared
+        with the page cache); for a GPU, copied to device memory once."""
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if head[:8] != WEIGHTS_MAGIC:
+                raise ValueError(f"{path} is not an edgebundle weights file")
+            (length,) = struct.unpack("<Q", head[8:])
+            header = json.loads(f.read(length))
+            start = -(-(16 + length) // 64) * 64
+            # MAP_POPULATE: fault every page in now, in one pass, not during the first request.
+            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map)) + start
+        self._keep: list = []
+        cpu = _ffi.DLDevice(DEVICE_TYPES["cpu"], 0)
+        tensors = []
+        for e in header["tensors"]:
+            t = _ffi.tensor_view(base + e["offset"], e["shape"], e["dtype"], cpu, self._keep)
+            if self.device != "cpu":
+                on_device = self._alloc(self._shape(*e["shape"]), _ffi.dtype_of(e["dtype"]), self._dev, None)
+                self._from_bytes(on_device, ctypes.c_void_p(base + e["offset"]), e["nbytes"])
+                t = on_device
+            tensors.append(t)
+        return tensors
 
     def _tensor(self, view: memoryview, dtype: str):
         raw = view.cast("B") if view.ndim != 1 or view.format != "B" else view
@@ -143,6 +175,13 @@ class CompiledModule:
         return shaped(buf, t.dtype, t.shape)
 
     def __call__(self, views: list[memoryview], dtypes: list[str]) -> list[memoryview]:
-        out = self._main(*[self._tensor(v, d) for v, d in zip(views, dtypes)])
+        inputs = [self._tensor(v, d) for v, d in zip(views, dtypes)]
+        if self._packed_weights is None or len(inputs) != self._n_inputs:
+            self._n_inputs = len(inputs)
+            self._packed_weights = _ffi.pack_args([None] * len(inputs) + self.weights)
+        args = type(self._packed_weights).from_buffer_copy(self._packed_weights)  # per call: thread-safe
+        for slot, t in zip(args, inputs):
+            slot.type_index, slot.v.v_ptr = t.type_index, t.handle
+        out = self._main.call_packed(args, len(inputs) + len(self.weights))
         outs = [out] if out.type_index == _ffi.TENSOR else out.items()
         return [self._view(o) for o in outs]

@@ -33,7 +33,9 @@ class Model:
         self.task: str = m["model"]["task"]
         self.labels: list[str] | None = m.get("labels")
         self.max_batch: int = int(m.get("max_batch", 32))
-        self.module = CompiledModule(self.dir / m["library"], device or m["target"]["device"])
+        weights = m.get("weights")
+        self.module = CompiledModule(self.dir / m["library"], device or m["target"]["device"],
+                                     weights_path=self.dir / weights["file"] if weights else None)
         pre = m["preprocessing"]
         if pre["kind"] == "text":
             from .text import TextEncoder
