@@ -105,7 +105,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
                                hint="pip install -e '.[bench]'") from None
     from .build import build
     from .families import FAMILIES
-    from .families.base import read_json
+    from .families.base import one_request, read_json
     from .targets import TARGETS
 
     threads = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
@@ -127,8 +127,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     config = read_json(model_dir / "config.json", "config.json")
     options = {"seq_len": manifest["preprocessing"].get("max_length", seq_len)}
     spec = FAMILIES[manifest["model"]["family"]].load(model_dir, config, manifest["model"]["task"], options)
-    inputs = min(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape[0])
-    inputs = {i.name: np.ascontiguousarray(inputs[i.name][:1]) for i in spec.inputs}
+    inputs = one_request(spec)
     np.savez(work / "inputs.npz", **inputs)
 
     import torch

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 
 from . import elf
-from .compile import compare, compile_library, reference_outputs, run_in_process, to_relax
+from .compile import bucket_modules, compare, compile_library, reference_outputs, run_in_process, to_relax
 from .errors import EdgebundleError, UnsupportedModelError
 from .families import FAMILIES, detect_family
 from .families.base import MAX_BATCH, read_json
@@ -18,8 +18,10 @@ from .progress import Progress
 from .source import resolve_model
 from .targets import TARGETS, resolve_target
 from .versions import build_versions, dist_version
+from .weights import write as write_weights
 
 LIBRARY = "model.so"
+WEIGHTS = "model.weights"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -51,8 +53,8 @@ def runtime_libraries(target) -> dict:
 
 
 def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target_dir: Path,
-                  weights: dict | None = None) -> dict:
-    shipped = [LIBRARY, *([weights["file"]] if weights else []), *sorted(spec.files)]
+                  weights: dict | None, libraries: list[dict]) -> dict:
+    shipped = [*(lib["file"] for lib in libraries), *([weights["file"]] if weights else []), *sorted(spec.files)]
     files = {fname: file_record(target_dir / fname) for fname in shipped}
     lib = elf.read_elf(target_dir / LIBRARY)
     return {
@@ -60,7 +62,9 @@ def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target
         "model": {"name": name, "source": source, "family": spec.family, "task": spec.task,
                   "architecture": spec.architecture},
         "library": LIBRARY,
-        # main(*inputs, *weights): the file's tensors, in order, after the request's inputs.
+        # One library per sequence length (seq null: no such dimension); each library's
+        # main(*inputs, *weights) takes the weights file's tensors at its "weights" indices.
+        "libraries": libraries,
         "weights": weights,
         "inputs": [i.to_json() for i in spec.inputs],
         "outputs": [o.to_json() for o in spec.outputs],
@@ -112,7 +116,10 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
     for note in spec.notes:
         progress.info(f"    note: {note}")
     with progress.step("torch.export + import into TVM Relax"):
-        mod = to_relax(spec)
+        modules = bucket_modules(to_relax(spec), spec)
+    max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
+    if spec.seq_buckets:
+        progress.info(f"    sequence lengths compiled: {', '.join(map(str, modules))}")
     with progress.step("PyTorch reference outputs"):
         refs = reference_outputs(spec)
 
@@ -133,11 +140,26 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
 
                 cpu_params = (load_tuning_db(options["tuning_db"], tvm_target) if options.get("tuning_db")
                               else params_from_env())
-            device_code, weights = compile_library(mod, target, tvm_target, tdir / LIBRARY,
-                                                   schedule=options.get("schedule", True), cpu_params=cpu_params)
+            device_code, lifted, libraries = None, {}, []
+            for seq, bucket in modules.items():
+                lib = LIBRARY if seq in (None, max_seq) else f"model-seq{seq}.so"
+                device_code, lifted[lib] = compile_library(bucket, target, tvm_target, tdir / lib,
+                                                           schedule=options.get("schedule", True),
+                                                           cpu_params=cpu_params)
+                libraries.append({"file": lib, "seq": seq})
+            for stale in tdir.glob("model-seq*.so"):
+                if stale.name not in lifted:
+                    stale.unlink()
+            weights = None
+            if any(lifted.values()):
+                weights, orders = write_weights(tdir / WEIGHTS, lifted)
+                for entry in libraries:
+                    entry["weights"] = orders[entry["file"]]
+            else:
+                (tdir / WEIGHTS).unlink(missing_ok=True)
         for fname, content in spec.files.items():
             (tdir / fname).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
-        manifest = make_manifest(spec, name, str(model_dir), target, tvm_target, tdir, weights)
+        manifest = make_manifest(spec, name, str(model_dir), target, tvm_target, tdir, weights, libraries)
         if cpu_params is not None:
             manifest["schedule"] = {"enabled": options.get("schedule", True),
                                     "cpu_params": dataclasses.asdict(cpu_params),

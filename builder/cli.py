@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--family", choices=list(FAMILIES), help="override the family detected from config.json")
     b.add_argument("--task", help="override the task (e.g. feature-extraction, text-classification)")
     b.add_argument("--name", help="model name recorded in manifests (default: the directory name or hub id)")
-    b.add_argument("--seq-len", type=int, default=128, help="text models: fixed sequence length (default 128)")
+    b.add_argument("--seq-len", type=int, default=128, help="text models: longest sequence, in tokens (default 128)")
+    b.add_argument("--seq-buckets", type=_int_list, metavar="N,N,...",
+                   help="text models: sequence lengths to compile, ending at --seq-len; a request runs on the "
+                        "shortest that fits (default 16,32,64,...,--seq-len; one length: --seq-buckets 128)")
     b.add_argument("--python", default=DEFAULT_PYTHON, choices=list(LAMBDA_GLIBC),
                    help=f"Python version of the Lambda bundle (default {DEFAULT_PYTHON}; "
                         "3.10/3.11 give local-test bundles only)")
@@ -89,7 +92,7 @@ def cmd_build(args) -> int:
 
     build(args.model, targets=args.target or ["x86_64"], formats=args.format, out=args.out,
           family=args.family, task=args.task, name=args.name,
-          options={"seq_len": args.seq_len, "python": args.python, "cpu": args.cpu,
+          options={"seq_len": args.seq_len, "seq_buckets": args.seq_buckets, "python": args.python, "cpu": args.cpu,
                    "cuda_arch": args.cuda_arch, "host": args.host, "schedule": args.schedule,
                    "tuning_db": args.tuning_db},
           progress=Progress(quiet=args.quiet))
@@ -135,6 +138,16 @@ def cmd_inspect(args) -> int:
 
     print(describe(args.target_dir, as_json=args.json))
     return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one length")
+    return values
 
 
 def main(argv=None) -> int:

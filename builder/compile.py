@@ -18,15 +18,19 @@ def _torch_inputs(arrays: dict, spec: ModelSpec):
 
 
 def to_relax(spec: ModelSpec):
-    """torch.export with a symbolic batch dimension, then TVM's Relax frontend."""
+    """torch.export with symbolic batch (and sequence, for several buckets) dimensions, then
+    TVM's Relax frontend."""
     import torch
     from torch.export import Dim
 
-    # torch.export specialises a dimension of size 1: trace with the largest batch.
-    arrays = max(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape[0])
+    # torch.export specialises a dimension of size 1: trace with the largest batch (and
+    # the longest sequence).
+    arrays = max(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape)
     example = _torch_inputs(arrays, spec)
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    dynamic = {i.name: {0: batch} for i in spec.inputs if i.shape and i.shape[0] == "batch"}
+    dims = {"batch": Dim("batch", min=1, max=MAX_BATCH)}
+    if spec.seq_buckets and len(spec.seq_buckets) > 1:
+        dims["seq"] = Dim("seq", min=2, max=spec.seq_buckets[-1])
+    dynamic = {i.name: {axis: dims[d] for axis, d in enumerate(i.shape) if d in dims} for i in spec.inputs}
     import warnings
 
     try:
@@ -50,6 +54,21 @@ def to_relax(spec: ModelSpec):
                            hint="an operator is probably unsupported by TVM 0.27's torch frontend; "
                                 "--debug shows which") from e
     return clip_gathers(mod)
+
+
+def bucket_modules(mod, spec: ModelSpec) -> dict:
+    """{sequence length or None: module with that length fixed}: the symbolic "seq" of the
+    export bound per bucket (TVM 0.27 cannot legalize layer norm over a symbolic length,
+    and fixed lengths schedule better anyway); the batch stays symbolic."""
+    import tvm
+
+    if not spec.seq_buckets:
+        return {None: mod}
+    index, spec_in = next((n, i) for n, i in enumerate(spec.inputs) if "seq" in i.shape)
+    dim = mod["main"].params[index].ty.shape[spec_in.shape.index("seq")]
+    if isinstance(dim, tvm.tirx.IntImm):
+        return {int(dim): mod}
+    return {n: tvm.IRModule({"main": mod["main"].bind_symbolic_vars({dim: n})}) for n in spec.seq_buckets}
 
 
 def clip_gathers(mod):
@@ -93,10 +112,10 @@ def device_code_summary(ex) -> dict | None:
 
 
 def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
-                    cpu_params=None) -> tuple[dict | None, dict | None]:
-    """tvm.compile for one target; export the code as one .so and the weights, packed as
-    the kernels read them, as model.weights beside it (builder/weights.py says why).
-    Returns (device-code summary for GPU targets, weights summary)."""
+                    cpu_params=None) -> tuple[dict | None, list]:
+    """tvm.compile for one target and export the code as one .so; main's large constants,
+    packed as the kernels read them, become trailing parameters (builder/weights.py says
+    why). Returns (device-code summary for GPU targets, those constants in order)."""
     import tvm
     from tvm import relax
 
@@ -130,13 +149,7 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
         raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
                            where=str(out_so), hint="rerun with --debug for the linker output") from e
     tmp.replace(out_so)
-    weights_path = out_so.with_name(weights.FILE)
-    summary = None
-    if lifted:
-        summary = {"file": weights.FILE, **weights.write(weights_path, lifted)}
-    else:
-        weights_path.unlink(missing_ok=True)
-    return (device_code_summary(ex) if target.device != "cpu" else None), summary
+    return (device_code_summary(ex) if target.device != "cpu" else None), lifted
 
 
 def reference_outputs(spec: ModelSpec) -> list[list[np.ndarray]]:

@@ -35,6 +35,13 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
         lines.append(f"text       tokenizer.json, max_length {pre['max_length']}, max_chars {pre['max_chars']}")
     elif pre["kind"] == "image":
         lines.append(f"image      {pre['width']}x{pre['height']} resize {pre['resize']} crop {pre['center_crop']}")
+    seqs = [lib["seq"] for lib in m.get("libraries") or [] if lib.get("seq")]
+    if seqs:
+        lines.append(f"lengths    compiled for {', '.join(map(str, seqs))} tokens; requests are padded to the "
+                     "shortest that fits")
+    if m.get("weights"):
+        w = m["weights"]
+        lines.append(f"weights    {w['file']}: {w['count']} tensors, {w['bytes'] / 1e6:.1f} MB, mapped at load")
     lines.append(f"glibc      model.so needs {m['glibc_required']}")
     v = m["versions"]
     lines.append(f"versions   tvm {v['tvm']}, tvm_ffi {v['tvm_ffi']}, torch {v['torch']}, "

@@ -47,7 +47,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     os.environ.setdefault("TVM_NUM_THREADS", str(available_cpus()))
     from .compile import to_relax
     from .families import detect_family
-    from .families.base import read_json
+    from .families.base import one_request, read_json
     from .schedules.cpu import CpuParams
     from .source import resolve_model
     from .targets import TARGETS
@@ -59,11 +59,12 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     model_dir = resolve_model(model)
     config = read_json(model_dir / "config.json", "config.json")
     fam = detect_family(config, model_dir)
-    spec = fam.load(model_dir, config, fam.default_task(config, model_dir), {"seq_len": seq_len})
+    # One sequence length: tuning times the longest, the one that matters most.
+    spec = fam.load(model_dir, config, fam.default_task(config, model_dir), {"seq_len": seq_len, "seq_buckets": [seq_len]})
     with progress.step("torch.export + import into TVM Relax"):
         mod = to_relax(spec)
-    arrays = min(spec.validation_inputs, key=lambda a: next(iter(a.values())).shape[0])
-    inputs = [arrays[i.name][:1] for i in spec.inputs]
+    arrays = one_request(spec)
+    inputs = [arrays[i.name] for i in spec.inputs]
     tvm_target = spec_t.tvm_target_json(cpu)
     has_conv = "conv2d" in mod.script(show_meta=False)
 

@@ -69,13 +69,27 @@ def lift_constants_pass(out: list):
     return _lift
 
 
-def write(path: Path, tensors: list) -> dict:
-    """Write model.weights (deterministic: same tensors, same bytes). Returns its summary."""
+def write(path: Path, lifted: dict) -> tuple[dict, dict]:
+    """One model.weights for several libraries ({library: constants in parameter order}),
+    each distinct tensor stored once (sequence buckets share almost all of theirs).
+    Deterministic: same tensors, same bytes. Returns (summary, {library: tensor indices})."""
+    import hashlib
+
     import numpy as np
 
     from runtime._tvm import WEIGHTS_MAGIC as MAGIC
 
-    arrays = [np.ascontiguousarray(t.numpy()) for t in tensors]
+    arrays, index, orders = [], {}, {}
+    for lib, tensors in lifted.items():
+        order = []
+        for t in tensors:
+            a = np.ascontiguousarray(t.numpy())
+            key = (str(a.dtype), a.shape, hashlib.sha256(a.tobytes()).digest())
+            if key not in index:
+                index[key] = len(arrays)
+                arrays.append(a)
+            order.append(index[key])
+        orders[lib] = order
     entries, offset = [], 0
     for a in arrays:
         entries.append({"dtype": str(a.dtype), "shape": list(a.shape), "offset": offset, "nbytes": int(a.nbytes)})
@@ -91,4 +105,4 @@ def write(path: Path, tensors: list) -> dict:
             f.write(a.tobytes())
         f.truncate(start + offset)
     tmp.replace(path)
-    return {"count": len(arrays), "bytes": start + offset}
+    return {"file": path.name, "count": len(arrays), "bytes": start + offset}, orders

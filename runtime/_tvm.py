@@ -101,6 +101,39 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
     return path
 
 
+class Weights:
+    """model.weights mapped copy-on-write and wrapped in place: no copy, pages shared with
+    the page cache (and between processes); for a GPU, copied to device memory once."""
+
+    def __init__(self, path: Path, device: str = "cpu", device_id: int = 0):
+        load_tvm_runtime(path.parent, device)
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if len(head) < 16 or head[:8] != WEIGHTS_MAGIC:
+                raise ValueError(f"{path} is not an edgebundle weights file")
+            (length,) = struct.unpack("<Q", head[8:])
+            header = json.loads(f.read(length))
+            start = -(-(16 + length) // 64) * 64
+            # MAP_POPULATE: fault every page in now, in one pass, not during the first request.
+            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map)) + start
+        self._keep: list = []  # DLPack structs the tensors point into: alive as long as we are
+        cpu = _ffi.DLDevice(DEVICE_TYPES["cpu"], 0)
+        self.tensors = []
+        if device != "cpu":
+            dev = _ffi.DLDevice(DEVICE_TYPES[device], device_id)
+            shape, alloc = _ffi.get_global("ffi.Shape"), _ffi.get_global("runtime.TVMTensorAllocWithScope")
+            copy = _ffi.get_global("runtime.TVMTensorCopyFromBytes")
+        for e in header["tensors"]:
+            if device == "cpu":
+                t = _ffi.tensor_view(base + e["offset"], e["shape"], e["dtype"], cpu, self._keep)
+            else:
+                t = alloc(shape(*e["shape"]), _ffi.dtype_of(e["dtype"]), dev, None)
+                copy(t, ctypes.c_void_p(base + e["offset"]), e["nbytes"])
+            self.tensors.append(t)
+
+
 class CompiledModule:
     """A Relax VM over model.so on one device (cpu, or cuda:device_id).
 
@@ -108,7 +141,7 @@ class CompiledModule:
     assume: a 16-byte aligned numpy input segfaulted one); TVMTensorCopyFromBytes/ToBytes
     also move data to and from a GPU."""
 
-    def __init__(self, so_path: Path, device: str = "cpu", device_id: int = 0, weights_path: Path | None = None):
+    def __init__(self, so_path: Path, device: str = "cpu", device_id: int = 0, weights: list = ()):
         if device not in DEVICE_TYPES:
             raise ValueError(f"unknown device {device!r}")
         load_tvm_runtime(so_path.parent, device)
@@ -126,34 +159,8 @@ class CompiledModule:
         self._alloc = _ffi.get_global("runtime.TVMTensorAllocWithScope")
         self._from_bytes = _ffi.get_global("runtime.TVMTensorCopyFromBytes")
         self._to_bytes = _ffi.get_global("runtime.TVMTensorCopyToBytes")
-        self.weights = self._load_weights(weights_path) if weights_path is not None else []
+        self.weights = list(weights)
         self._packed_weights, self._n_inputs = None, 0
-
-    def _load_weights(self, path: Path) -> list:
-        """model.weights mapped copy-on-write and wrapped in place (no copy, pages shared
-        with the page cache); for a GPU, copied to device memory once."""
-        with open(path, "rb") as f:
-            head = f.read(16)
-            if head[:8] != WEIGHTS_MAGIC:
-                raise ValueError(f"{path} is not an edgebundle weights file")
-            (length,) = struct.unpack("<Q", head[8:])
-            header = json.loads(f.read(length))
-            start = -(-(16 + length) // 64) * 64
-            # MAP_POPULATE: fault every page in now, in one pass, not during the first request.
-            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
-            self._map = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map)) + start
-        self._keep: list = []
-        cpu = _ffi.DLDevice(DEVICE_TYPES["cpu"], 0)
-        tensors = []
-        for e in header["tensors"]:
-            t = _ffi.tensor_view(base + e["offset"], e["shape"], e["dtype"], cpu, self._keep)
-            if self.device != "cpu":
-                on_device = self._alloc(self._shape(*e["shape"]), _ffi.dtype_of(e["dtype"]), self._dev, None)
-                self._from_bytes(on_device, ctypes.c_void_p(base + e["offset"]), e["nbytes"])
-                t = on_device
-            tensors.append(t)
-        return tensors
 
     def _tensor(self, view: memoryview, dtype: str):
         raw = view.cast("B") if view.ndim != 1 or view.format != "B" else view

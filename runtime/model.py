@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from ._tvm import CompiledModule
-from .arrays import as_tensor, flat
+from ._tvm import CompiledModule, Weights
+from .arrays import as_tensor, flat, pack, shaped
 from .errors import BadInput
 
 
@@ -23,6 +23,25 @@ def _sigmoid(row: list[float]) -> list[float]:
     return [1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)) for v in row]
 
 
+def _pad_seq(view: memoryview, spec: dict, length: int) -> memoryview:
+    """`view` with its "seq" axis filled up to `length` with the input's pad value."""
+    if "seq" not in spec["shape"]:
+        return view
+    axis = spec["shape"].index("seq")
+    have = view.shape[axis]
+    if have == length:
+        return view
+    outer, inner = math.prod(view.shape[:axis]), math.prod(view.shape[axis + 1:])
+    values, fill = flat(view).tolist(), [spec["pad"]] * ((length - have) * inner)
+    padded = []
+    for o in range(outer):
+        padded += values[o * have * inner:(o + 1) * have * inner]
+        padded += fill
+    shape = list(view.shape)
+    shape[axis] = length
+    return shaped(pack(padded, spec["dtype"]), spec["dtype"], shape)
+
+
 class Model:
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.dir = Path(model_dir)
@@ -33,9 +52,16 @@ class Model:
         self.task: str = m["model"]["task"]
         self.labels: list[str] | None = m.get("labels")
         self.max_batch: int = int(m.get("max_batch", 32))
-        weights = m.get("weights")
-        self.module = CompiledModule(self.dir / m["library"], device or m["target"]["device"],
-                                     weights_path=self.dir / weights["file"] if weights else None)
+        device = device or m["target"]["device"]
+        # Kept for the model's lifetime: the tensors point into its mapping.
+        self.weights = Weights(self.dir / m["weights"]["file"], device) if m.get("weights") else None
+        weights = self.weights.tensors if self.weights else []
+        libraries = m.get("libraries") or [{"file": m["library"], "seq": None, "weights": range(len(weights))}]
+        # {compiled sequence length (None: no such dimension): module}, shortest first
+        self.modules = {lib["seq"]: CompiledModule(self.dir / lib["file"], device,
+                                                   weights=[weights[i] for i in lib.get("weights", ())])
+                        for lib in sorted(libraries, key=lambda lib: lib["seq"] or 0)}
+        self.seq_lengths = [n for n in self.modules if n is not None]
         pre = m["preprocessing"]
         if pre["kind"] == "text":
             from .text import TextEncoder
@@ -74,6 +100,8 @@ class Model:
                         raise BadInput(f'"{name}" has {want}={dim}, other inputs have {symbols[want]}')
                     if want == "batch" and not 1 <= dim <= self.max_batch:
                         raise BadInput(f'"{name}" has batch {dim}; 1..{self.max_batch} accepted')
+                    if want == "seq" and not 1 <= dim <= self.seq_lengths[-1]:
+                        raise BadInput(f'"{name}" has length {dim}; 1..{self.seq_lengths[-1]} accepted')
                 elif dim != want:
                     raise BadInput(f'"{name}" has shape {got}, expected {shape}')
             rng = spec.get("range")
@@ -89,7 +117,13 @@ class Model:
         """Tensor mode. Outputs are shaped memoryviews: `.tolist()` for JSON, and
         `numpy.asarray(view)` wraps one without a copy where numpy is installed."""
         views = self.check_tensors(tensors)
-        results = self.module(views, [spec["dtype"] for spec in self.inputs])
+        module = self.modules.get(None)
+        if module is None:  # the shortest compiled length that fits, inputs padded to it
+            length = next(v.shape[s["shape"].index("seq")] for v, s in zip(views, self.inputs) if "seq" in s["shape"])
+            seq = next(n for n in self.seq_lengths if n >= length)
+            module = self.modules[seq]
+            views = [_pad_seq(v, s, seq) for v, s in zip(views, self.inputs)]
+        results = module(views, [spec["dtype"] for spec in self.inputs])
         return {spec["name"]: out for spec, out in zip(self.outputs, results)}
 
     # -- task mode ---------------------------------------------------------------------

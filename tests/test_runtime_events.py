@@ -33,12 +33,14 @@ def resnet(tiny_resnet_build):
 
 def test_manifest_describes_io(bert, tiny_bert_build):
     assert [i["name"] for i in bert.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert bert.inputs[0]["shape"] == ["batch", 32] and bert.inputs[0]["dtype"] == "int64"
+    assert bert.inputs[0]["shape"] == ["batch", "seq"] and bert.inputs[0]["dtype"] == "int64"
+    assert [i["pad"] for i in bert.inputs] == [0, 0, 0]
     assert bert.outputs == [{"name": "sentence_embedding", "shape": ["batch", 128], "dtype": "float32"}]
     m = json.loads((tiny_bert_build / "model.json").read_text())
+    assert [(lib["file"], lib["seq"]) for lib in m["libraries"]] == [("model-seq16.so", 16), ("model.so", 32)]
+    assert sorted(m["files"]) == ["model-seq16.so", "model.so", "model.weights", "tokenizer.json"]
     assert m["versions"]["tvm"] == "0.27.0.post1" and m["versions"]["tvm_ffi"]
     assert m["target"]["tvm"]["mcpu"] == "haswell"
-    assert set(m["files"]) == {"model.so", "model.weights", "tokenizer.json"}
     assert m["weights"]["file"] == "model.weights" and m["weights"]["count"] > 10
     # Weights live in the mapped file, not in the library's data (builder/weights.py).
     assert m["files"]["model.so"]["size"] < m["files"]["model.weights"]["size"]
@@ -55,6 +57,20 @@ def test_tensor_mode_matches_pytorch(bert, tiny_bert_dir, tiny_bert_build):
     ours = handle(bert, {"tensors": tensors})["tensors"]["sentence_embedding"]
     ref = reference.bert_mean_embeddings(tiny_bert_dir, tensors)
     np.testing.assert_allclose(np.array(ours), ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("length", [3, 16, 17, 32])
+def test_any_length_runs_on_the_bucket_that_fits(bert, tiny_bert_dir, length):
+    """Buckets 16 and 32: a request is padded to the shortest that fits and answers as
+    PyTorch does on the unpadded request."""
+    rng = np.random.default_rng(length)
+    ids = rng.integers(1000, 2000, size=(2, length))
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = np.ones_like(ids)
+    mask[1, length // 2 + 1:] = 0  # a padded row too
+    tensors = {"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "token_type_ids": np.zeros_like(ids).tolist()}
+    ours = handle(bert, {"tensors": tensors})["tensors"]["sentence_embedding"]
+    np.testing.assert_allclose(np.array(ours), reference.bert_mean_embeddings(tiny_bert_dir, tensors), atol=1e-4, rtol=0)
 
 
 def test_task_mode_feature_extraction(bert):
@@ -133,7 +149,9 @@ def test_http_events(bert):
     (json.dumps({"inputs": ["ok", 3]}), '"inputs"[1]'),
     (json.dumps({"inputs": "x" * 5000}), "characters"),
     (json.dumps({"tensors": {"input_ids": [[1] * 32]}}), "missing"),
-    (json.dumps({"tensors": {"input_ids": [[1] * 31], "attention_mask": [[1] * 31], "token_type_ids": [[0] * 31]}}), "shape"),
+    (json.dumps({"tensors": {"input_ids": [[1] * 33], "attention_mask": [[1] * 33], "token_type_ids": [[0] * 33]}}), "length 33"),
+        (json.dumps({"tensors": {"input_ids": [[1] * 8], "attention_mask": [[1] * 8], "token_type_ids": [[0] * 9]}}), "seq=9"),
+        (json.dumps({"tensors": {"input_ids": [1] * 8, "attention_mask": [1] * 8, "token_type_ids": [0] * 8}}), "shape"),
     (json.dumps({"tensors": {"input_ids": [[99999] * 32], "attention_mask": [[1] * 32], "token_type_ids": [[0] * 32]}}), "values must be in"),
     (json.dumps({"tensors": {"input_ids": [[1.5] * 32], "attention_mask": [[1] * 32], "token_type_ids": [[0] * 32]}}), "integers"),
     (json.dumps({"tensors": {"input_ids": [[1] * 32, [1] * 5], "attention_mask": [[1] * 32], "token_type_ids": [[0] * 32]}}), "rectangular"),

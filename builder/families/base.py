@@ -20,11 +20,14 @@ class TensorSpec:
     shape: list  # ints, or str for a symbolic dimension ("batch")
     dtype: str
     range: list | None = None  # [low, high) for integer inputs that index tables
+    pad: int | float | None = None  # fills a "seq" dimension up to the compiled length
 
     def to_json(self) -> dict:
         d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
         if self.range is not None:
             d["range"] = list(self.range)
+        if self.pad is not None:
+            d["pad"] = self.pad
         return d
 
 
@@ -45,6 +48,46 @@ class ModelSpec:
     # name -> bytes or source Path: files shipped next to model.so (tokenizer.json, ...)
     files: dict = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # Inputs with a "seq" dimension: one library per length here (ascending), all sharing
+    # the weights; a request runs on the shortest that fits, padded with each input's pad.
+    seq_buckets: list[int] | None = None
+
+
+def default_buckets(seq_len: int) -> list[int]:
+    """16, 32, 64, ... below seq_len, and seq_len: a short request pays for its own length
+    (attention is quadratic, the rest linear), never more than 2x of it."""
+    buckets, n = [], 16
+    while n < seq_len:
+        buckets.append(n)
+        n *= 2
+    return buckets + [seq_len]
+
+
+def one_request(spec: ModelSpec) -> dict:
+    """A batch-1 input set at the longest compiled length: what bench and tune time."""
+    arrays = max(spec.validation_inputs, key=lambda a: (next(iter(a.values())).shape[1:], -len(next(iter(a.values())))))
+    import numpy as np
+
+    return {i.name: np.ascontiguousarray(arrays[i.name][:1]) for i in spec.inputs}
+
+
+def fit_seq(arrays: dict, inputs: list[TensorSpec], length: int) -> dict:
+    """Validation arrays padded (with each input's pad value) or cut to `length` along "seq"."""
+    import numpy as np
+
+    out = {}
+    for spec in inputs:
+        a = arrays[spec.name]
+        if "seq" in spec.shape:
+            axis = spec.shape.index("seq")
+            if a.shape[axis] >= length:
+                a = np.take(a, range(length), axis=axis)
+            else:
+                widths = [(0, 0)] * a.ndim
+                widths[axis] = (0, length - a.shape[axis])
+                a = np.pad(a, widths, constant_values=spec.pad)
+        out[spec.name] = np.ascontiguousarray(a)
+    return out
 
 
 class Family:

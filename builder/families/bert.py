@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 from ..errors import ModelSourceError, UnsupportedModelError
-from .base import Family, quiet_transformers, ModelSpec, TensorSpec, check_task, id2label, read_json
+from .base import (Family, ModelSpec, TensorSpec, check_task, default_buckets, fit_seq, id2label,
+                   quiet_transformers, read_json)
 
 # sentence-transformers concatenates pooled vectors in this order when several are on.
 _ST_POOLING_ORDER = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")
@@ -78,7 +79,8 @@ def build_tokenizer(model_dir: Path, seq_len: int):
     if pad_id is None:
         raise ModelSourceError(f"tokenizer has no pad token {pad_token!r}", where=str(model_dir))
     tok.enable_truncation(max_length=seq_len)
-    tok.enable_padding(length=seq_len, pad_id=pad_id, pad_token=pad_token, direction="right")
+    # To the longest text of a batch only: runtime/ pads on to the compiled length that fits.
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right")
     return tok
 
 
@@ -195,10 +197,12 @@ class BertFamily(Family):
             post = {"kind": "classification", "output": "logits",
                     "function": "sigmoid" if multi else "softmax", "top_k": min(5, len(labels))}
 
+        buckets = _buckets(options.get("seq_buckets"), seq_len)
+        pad_id = tok.padding["pad_id"]
         inputs = [
-            TensorSpec("input_ids", ["batch", seq_len], "int64", [0, int(config["vocab_size"])]),
-            TensorSpec("attention_mask", ["batch", seq_len], "int64", [0, 2]),
-            TensorSpec("token_type_ids", ["batch", seq_len], "int64", [0, int(config.get("type_vocab_size", 2))]),
+            TensorSpec("input_ids", ["batch", "seq"], "int64", [0, int(config["vocab_size"])], pad=pad_id),
+            TensorSpec("attention_mask", ["batch", "seq"], "int64", [0, 2], pad=0),
+            TensorSpec("token_type_ids", ["batch", "seq"], "int64", [0, int(config.get("type_vocab_size", 2))], pad=0),
         ]
         rng = np.random.default_rng(0)
         full = {
@@ -206,11 +210,15 @@ class BertFamily(Family):
             "attention_mask": np.ones((1, seq_len), dtype=np.int64),
             "token_type_ids": np.zeros((1, seq_len), dtype=np.int64),
         }
+        texts = encode(tok, VALIDATION_TEXTS)
+        # Every compiled length is validated, on real text padded to it and on random ids
+        # filling it; the text at its own length also checks runtime/'s padding to a bucket.
+        validation = [fit_seq(a, inputs, n) for n in buckets for a in (texts, full)] + [texts]
         return ModelSpec(
             family=self.name, task=task,
             architecture=(config.get("architectures") or ["BertModel"])[0],
             module=module, inputs=inputs, outputs=outputs,
-            validation_inputs=[encode(tok, VALIDATION_TEXTS), full],
+            validation_inputs=validation,
             tolerance=dict(self.tolerance),
             preprocessing={"kind": "text", "tokenizer": "tokenizer.json", "max_length": seq_len,
                            # Text far beyond what the model sees is refused, not silently cut:
@@ -219,4 +227,15 @@ class BertFamily(Family):
             postprocessing=post, labels=labels,
             files={"tokenizer.json": tok.to_str().encode()},
             notes=notes,
+            seq_buckets=buckets,
         )
+
+
+def _buckets(requested, seq_len: int) -> list[int]:
+    if not requested:
+        return default_buckets(seq_len)
+    buckets = sorted(set(int(n) for n in requested))
+    if buckets[0] < 2 or buckets[-1] != seq_len:
+        raise UnsupportedModelError(f"--seq-buckets {','.join(map(str, buckets))} must lie in 2..{seq_len} "
+                                    f"and end at --seq-len {seq_len}", hint=f"e.g. --seq-buckets 32,{seq_len}")
+    return buckets
