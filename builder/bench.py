@@ -168,6 +168,32 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
                 fn()
                 times[name].append(time.perf_counter() - t)
 
+    # Text models with several compiled lengths: a short request next to the full one
+    # (ours and PyTorch eager on the same tokens, interleaved).
+    by_length = {}
+    if ours.seq_lengths and len(ours.seq_lengths) > 1:
+        short = ours.seq_lengths[0]
+        cut = {k: np.ascontiguousarray(v[:, :short]) for k, v in inputs.items()}
+        tcut = tuple(torch.from_numpy(cut[i.name]) for i in spec.inputs)
+
+        def short_torch():
+            with torch.no_grad():
+                return spec.module(*tcut)[0]
+
+        pair = {"edgebundle (TVM)": lambda: ours.run(cut), "PyTorch eager": short_torch}
+        short_times = {name: [] for name in pair}
+        with progress.step(f"warm latency at {short} tokens: {runs} interleaved rounds"):
+            for fn in pair.values():
+                fn(), fn()
+            for _ in range(runs):
+                for name, fn in pair.items():
+                    t = time.perf_counter()
+                    fn()
+                    short_times[name].append(time.perf_counter() - t)
+        by_length = {str(short): {name: _stats(t)["median_ms"] for name, t in short_times.items()},
+                     str(inputs[spec.inputs[0].name].shape[1]): {name: _stats(times[name])["median_ms"]
+                                                                for name in pair}}
+
     from .formats.common import stage_bundle
 
     # Our cold start runs on a bundle staged for this interpreter: its vendored wheels and
@@ -208,6 +234,8 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
         "date": time.strftime("%Y-%m-%d"), "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
         "max_abs_diff_vs_torch": agree,
         "warm": {name: _stats(t) for name, t in times.items()},
+        # {tokens: {engine: median ms}}: only for text models compiled for several lengths
+        "warm_by_length": by_length,
         # in-process: from the first line of the script (imports + load + first inference);
         # wall adds interpreter start and exit.
         "cold_start": {name: {"median_s": statistics.median(c[1] for c in runs_),
@@ -252,6 +280,8 @@ def format_table(r: dict) -> str:
         runtime_mb = f"{size['runtime_bytes'] / 2**20:.1f}" if size else "-"
         lines.append(f"{name:<18}{st['median_ms']:>10.1f}{st['p90_ms']:>9.1f}{st['speedup_vs_torch']:>8.2f}x"
                      f"{cold_s:>8}{rss:>8}{runtime_mb:>11}{r['max_abs_diff_vs_torch'][name]:>11.1e}")
+    for tokens, row in (r.get("warm_by_length") or {}).items():
+        lines.append(f"  at {tokens} tokens: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in row.items()))
     return "\n".join(lines)
 
 
