@@ -114,9 +114,9 @@ class Weights:
             (length,) = struct.unpack("<Q", head[8:])
             header = json.loads(f.read(length))
             start = -(-(16 + length) // 64) * 64
-            # MAP_POPULATE: fault every page in now, in one pass, not during the first request.
-            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
-            self._map = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            # Not MAP_POPULATE: populating BERT-base's 434 MB took 140 ms, while faulting the
+            # pages in lazily (the kernel maps 16 at a time) added ~15 ms to the first request.
+            self._map = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self._map)) + start
         self._keep: list = []  # DLPack structs the tensors point into: alive as long as we are
         cpu = _ffi.DLDevice(DEVICE_TYPES["cpu"], 0)
