@@ -79,10 +79,14 @@ def test_odd_shapes():
             self.b = torch.nn.Linear(1000, 3)
             self.c = torch.nn.Conv2d(3, 24, 5, stride=3, padding=1)
             self.d = torch.nn.Linear(50, 96)
+            # 7-tall tiles: a stride-1 3x3 on a 14-wide map, a 1x1 on a 7-wide one.
+            self.e = torch.nn.Conv2d(8, 16, 3, padding=1)
+            self.f = torch.nn.Conv2d(8, 16, 1, stride=2)
 
-        def forward(self, x, img):
-            return self.b(torch.relu(self.a(x))), torch.relu(self.c(img)), torch.nn.functional.gelu(self.d(x))
+        def forward(self, x, img, fmap):
+            return (self.b(torch.relu(self.a(x))), torch.relu(self.c(img)), torch.nn.functional.gelu(self.d(x)),
+                    self.e(fmap), self.f(fmap))
 
-    ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19)))
+    ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19), torch.randn(1, 8, 14, 14)))
     report = _check(from_exported_program(ep))
-    assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 4, report
+    assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 6, report
