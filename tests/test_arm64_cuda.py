@@ -128,6 +128,7 @@ def test_cuda_with_arm64_host_for_jetson(tiny_resnet_dir, tmp_path):
           options={"host": "arm64", "cpu": ["cortex-a78ae"], "cuda_arch": "sm_87"}, progress=Progress(quiet=True))
     m = json.loads((tmp_path / "cuda" / "model.json").read_text())
     assert m["target"]["tvm"] == {"kind": "cuda", "arch": "sm_87",
-                                  "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae"}}
+                                  "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae",
+                                           "fast-math-reassoc": True}}
     assert elf.read_elf(tmp_path / "cuda" / "model.so").machine_name == "aarch64"
     assert m["device_code"]["kernels"] > 10 and "skipped" in m["validation"]
