@@ -18,7 +18,7 @@ from .progress import Progress
 from .source import resolve_model
 from .targets import TARGETS, resolve_target
 from .versions import build_versions, dist_version
-from .weights import write as write_weights
+from .weights import Writer as WeightsWriter
 
 LIBRARY = "model.so"
 WEIGHTS = "model.weights"
@@ -118,6 +118,12 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
     with progress.step("torch.export + import into TVM Relax"):
         modules = bucket_modules(to_relax(spec), spec)
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
+    if options.get("seq_buckets") and not spec.seq_buckets:
+        raise UnsupportedModelError(f"--seq-buckets applies to text models; {spec.architecture} has no sequence "
+                                    "dimension")
+    for i in spec.inputs:
+        if "seq" in i.shape and i.pad is None:  # runtime/ pads requests to a compiled length with it
+            raise UnsupportedModelError(f"family {spec.family}: input {i.name} has a seq dimension but no pad value")
     if spec.seq_buckets:
         progress.info(f"    sequence lengths compiled: {', '.join(map(str, modules))}")
     with progress.step("PyTorch reference outputs"):
@@ -140,21 +146,22 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
 
                 cpu_params = (load_tuning_db(options["tuning_db"], tvm_target) if options.get("tuning_db")
                               else params_from_env())
-            device_code, lifted, libraries = None, {}, []
+            device_code, libraries, writer = None, [], WeightsWriter()
             for seq, bucket in modules.items():
                 lib = LIBRARY if seq in (None, max_seq) else f"model-seq{seq}.so"
-                device_code, lifted[lib] = compile_library(bucket, target, tvm_target, tdir / lib,
-                                                           schedule=options.get("schedule", True),
-                                                           cpu_params=cpu_params)
+                device_code, lifted = compile_library(bucket, target, tvm_target, tdir / lib,
+                                                      schedule=options.get("schedule", True), cpu_params=cpu_params)
+                writer.add(lib, lifted)  # keeps only tensors not seen in an earlier length
+                del lifted
                 libraries.append({"file": lib, "seq": seq})
             for stale in tdir.glob("model-seq*.so"):
-                if stale.name not in lifted:
+                if stale.name not in writer.orders:
                     stale.unlink()
             weights = None
-            if any(lifted.values()):
-                weights, orders = write_weights(tdir / WEIGHTS, lifted)
+            if writer.arrays:
+                weights = writer.write(tdir / WEIGHTS)
                 for entry in libraries:
-                    entry["weights"] = orders[entry["file"]]
+                    entry["weights"] = writer.orders[entry["file"]]
             else:
                 (tdir / WEIGHTS).unlink(missing_ok=True)
         for fname, content in spec.files.items():

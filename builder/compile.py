@@ -68,7 +68,12 @@ def bucket_modules(mod, spec: ModelSpec) -> dict:
     dim = mod["main"].params[index].ty.shape[spec_in.shape.index("seq")]
     if isinstance(dim, tvm.tirx.IntImm):
         return {int(dim): mod}
-    return {n: tvm.IRModule({"main": mod["main"].bind_symbolic_vars({dim: n})}) for n in spec.seq_buckets}
+    out = {}
+    for n in spec.seq_buckets:
+        fixed = tvm.IRModule(dict(mod.functions), attrs=mod.attrs, global_infos=mod.global_infos)
+        fixed["main"] = mod["main"].bind_symbolic_vars({dim: n})
+        out[n] = fixed
+    return out
 
 
 def clip_gathers(mod):

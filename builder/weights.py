@@ -7,9 +7,9 @@ doubling peak RSS). So the last pass of every pipeline turns each large constant
 packed in the layout the kernels read - and runtime/ passes the mapped file's tensors.
 
 File layout (little-endian): b"EBWEIGHT", u64 header length, a JSON header
-{"tensors": [{"dtype", "shape", "offset", "nbytes"}, ...]} and the raw tensors, each at an
-offset that is a multiple of 64 from the start of the file (mmap is page aligned, and
-TVM's kernels assume 64-byte aligned buffers).
+{"tensors": [{"dtype", "shape", "offset", "nbytes"}, ...]}, then the raw tensors from the
+next multiple of 64, each at an offset that is a multiple of 64 (mmap is page aligned, and
+TVM's kernels assume 64-byte aligned buffers). runtime/_tvm.py reads it (WEIGHTS_*).
 """
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ import math
 import struct
 from pathlib import Path
 
-FILE = "model.weights"
-ALIGN = 64  # runtime/_tvm.py reads data from the first multiple of 64 after the header
 # Smaller constants (scalars, tiny shape tables) stay in the code: not worth an argument.
 MIN_BYTES = 1024
 
@@ -69,40 +67,54 @@ def lift_constants_pass(out: list):
     return _lift
 
 
-def write(path: Path, lifted: dict) -> tuple[dict, dict]:
-    """One model.weights for several libraries ({library: constants in parameter order}),
-    each distinct tensor stored once (sequence buckets share almost all of theirs).
-    Deterministic: same tensors, same bytes. Returns (summary, {library: tensor indices})."""
-    import hashlib
+class Writer:
+    """Collects the lifted constants of each library as it is compiled, keeping only tensors
+    not seen before (sequence buckets share almost all of theirs: BERT-base holds one copy
+    of its 434 MB, not one per length), then writes model.weights. Deterministic: the same
+    libraries in the same order give the same bytes."""
 
-    import numpy as np
+    def __init__(self):
+        self.arrays: list = []
+        self.index: dict = {}
+        self.orders: dict = {}
 
-    from runtime._tvm import WEIGHTS_MAGIC as MAGIC
+    def add(self, library: str, tensors: list) -> None:
+        import hashlib
 
-    arrays, index, orders = [], {}, {}
-    for lib, tensors in lifted.items():
+        import numpy as np
+
+        from runtime.arrays import FORMATS
+
         order = []
         for t in tensors:
             a = np.ascontiguousarray(t.numpy())
+            if str(a.dtype) not in FORMATS:  # what runtime/ can map; e.g. not bfloat16
+                raise ValueError(f"weights of dtype {a.dtype} are not supported by the runtime")
+            a = a.astype(a.dtype.newbyteorder("<"), copy=False)  # the file is little-endian
             key = (str(a.dtype), a.shape, hashlib.sha256(a.tobytes()).digest())
-            if key not in index:
-                index[key] = len(arrays)
-                arrays.append(a)
-            order.append(index[key])
-        orders[lib] = order
-    entries, offset = [], 0
-    for a in arrays:
-        entries.append({"dtype": str(a.dtype), "shape": list(a.shape), "offset": offset, "nbytes": int(a.nbytes)})
-        offset += -(-a.nbytes // ALIGN) * ALIGN
-    header = json.dumps({"tensors": entries}, separators=(",", ":")).encode()
-    start = -(-(len(MAGIC) + 8 + len(header)) // ALIGN) * ALIGN
-    tmp = path.with_suffix(path.suffix + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-        f.write(b"\0" * (start - f.tell()))
-        for a, e in zip(arrays, entries):
-            f.seek(start + e["offset"])
-            f.write(a.tobytes())
-        f.truncate(start + offset)
-    tmp.replace(path)
-    return {"file": path.name, "count": len(arrays), "bytes": start + offset}, orders
+            if key not in self.index:
+                self.index[key] = len(self.arrays)
+                self.arrays.append(a)
+            order.append(self.index[key])
+        self.orders[library] = order
+
+    def write(self, path: Path) -> dict:
+        """Write the file; returns {"file", "count", "bytes"}."""
+        from runtime._tvm import WEIGHTS_ALIGN, WEIGHTS_HEADER, WEIGHTS_MAGIC
+
+        entries, offset = [], 0
+        for a in self.arrays:
+            entries.append({"dtype": str(a.dtype), "shape": list(a.shape), "offset": offset, "nbytes": int(a.nbytes)})
+            offset += -(-a.nbytes // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
+        header = json.dumps({"tensors": entries}, separators=(",", ":")).encode()
+        start = -(-(WEIGHTS_HEADER + len(header)) // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
+        tmp = path.with_suffix(path.suffix + ".partial")
+        with open(tmp, "wb") as f:
+            f.write(WEIGHTS_MAGIC + struct.pack("<Q", len(header)) + header)
+            f.write(b"\0" * (start - f.tell()))
+            for a, e in zip(self.arrays, entries):
+                f.seek(start + e["offset"])
+                f.write(a.tobytes())
+            f.truncate(start + offset)
+        tmp.replace(path)
+        return {"file": path.name, "count": len(self.arrays), "bytes": start + offset}

@@ -1,7 +1,8 @@
 """edgebundle's runtime: shipped inside every bundle.
 
-Imports only the standard library, numpy and tvm_ffi (plus tokenizers / Pillow for text
-and image preprocessing). Never torch, the `tvm` compiler package, or `builder`.
+Imports only the standard library (plus tokenizers / Pillow for text and image
+preprocessing); TVM is libtvm_ffi.so + libtvm_runtime.so through ctypes. Never numpy,
+torch, the tvm or tvm_ffi Python packages, or `builder`.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from .model import Model
 
 
 def load(model_dir, device: str | None = None) -> Model:
-    """Load OUT/<target>/ (model.json + model.so + preprocessing files)."""
+    """Load OUT/<target>/ (model.json, the libraries and model.weights it lists, and the
+    preprocessing files)."""
     return Model(model_dir, device=device)
 
 

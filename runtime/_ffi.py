@@ -14,7 +14,9 @@ import math
 
 # TVMFFITypeIndex
 NONE, INT, BOOL, FLOAT, OPAQUE_PTR, DATA_TYPE, DEVICE, RAW_STR, SMALL_STR = 0, 1, 2, 3, 4, 5, 6, 8, 11
-STATIC_OBJECT_BEGIN, STR, ERROR, TENSOR, ARRAY = 64, 65, 67, 70, 71
+STATIC_OBJECT_BEGIN, STR, ERROR, FUNCTION, TENSOR, ARRAY = 64, 65, 67, 68, 70, 71
+# The C ABI these layouts follow (tvm/ffi/c_api.h of apache-tvm-ffi 0.1.x, pinned).
+ABI_VERSION = (0, 1)
 
 # DLDataTypeCode
 _DTYPES = {"int": 0, "uint": 1, "float": 2, "bool": 6}
@@ -86,6 +88,13 @@ def load(path: str) -> None:
     lib.TVMFFIErrorMoveFromRaised.restype = None
     lib.TVMFFITensorFromDLPack.argtypes = [ctypes.POINTER(DLManagedTensor), ctypes.c_int32, ctypes.c_int32,
                                            ctypes.POINTER(ctypes.c_void_p)]
+    version = (ctypes.c_uint32 * 3)()
+    lib.TVMFFIGetVersion.argtypes = [ctypes.c_void_p]
+    lib.TVMFFIGetVersion.restype = None
+    lib.TVMFFIGetVersion(version)
+    if tuple(version[:2]) != ABI_VERSION:
+        raise OSError(f"{path} is tvm-ffi {'.'.join(map(str, version))}; this runtime speaks its "
+                      f"{'.'.join(map(str, ABI_VERSION))}.x C ABI (rebuild the bundle with the pinned apache-tvm-ffi)")
     _lib = lib
 
 
@@ -225,7 +234,7 @@ def _from_any(result: Any):
             obj = Object(result.v.v_ptr)
             b = ByteArray.from_address(obj.handle + _OBJECT_HEADER)
             return ctypes.string_at(b.data, b.size).decode()
-        return (Function if ti == 68 else Object)(result.v.v_ptr)
+        return (Function if ti == FUNCTION else Object)(result.v.v_ptr)
     raise TVMError(f"unexpected FFI result type index {ti}")
 
 
@@ -241,17 +250,29 @@ def get_global(name: str) -> Function:
 
 
 _NO_DELETER = _DELETER()
+# DLPack structs of zero-copy tensors. A tensor's destructor reads its struct whenever the
+# last reference goes, which may be after every Python wrapper is gone: never freed (a
+# few hundred bytes per weight, once per loaded model).
+_PINNED: list = []
 
 
-def tensor_view(ptr: int, shape, dtype: str, device: DLDevice, keep) -> Object:
-    """A tensor over memory we own (no copy): `keep` must outlive every use of it."""
+class View(Object):
+    """A tensor over memory owned by `owner` (kept alive as long as this wrapper is)."""
+
+    __slots__ = ("owner",)
+
+
+def tensor_view(ptr: int, shape, dtype: str, device: DLDevice, owner) -> View:
+    """A tensor over `owner`'s memory at `ptr`, no copy."""
     shape_arr = (ctypes.c_int64 * max(1, len(shape)))(*shape)
     managed = DLManagedTensor()
     managed.dl_tensor = DLTensor(ptr, device, len(shape), dtype_of(dtype), shape_arr, None, 0)
     managed.deleter = _NO_DELETER
+    _PINNED.append((shape_arr, managed))
     handle = ctypes.c_void_p()
     # require_alignment=64: TVM's kernels assume it (a 16-byte aligned input segfaulted one).
     if _lib.TVMFFITensorFromDLPack(ctypes.byref(managed), 64, 1, ctypes.byref(handle)) != 0:
         _raise_last("wrapping a buffer as a tensor")
-    keep.extend((shape_arr, managed))
-    return Object(handle.value)
+    view = View(handle.value)
+    view.owner = owner
+    return view

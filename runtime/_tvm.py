@@ -13,17 +13,22 @@ import mmap
 import os
 import struct
 import sys
+import threading
 from pathlib import Path
 
 from . import _ffi
-from .arrays import shaped
+from .arrays import FORMATS, shaped
 from .errors import DeviceUnavailable
 
 DEVICE_TYPES = {"cpu": 1, "cuda": 2}
 _POOLED_ALLOCATOR = 2
 _DEVICE_ATTR_EXIST = 0
 _loaded: dict[str, str] = {}
-WEIGHTS_MAGIC = b"EBWEIGHT"  # builder/weights.py writes the file
+# model.weights (builder/weights.py writes it): magic, u64 header length, JSON header, data
+# from the next multiple of WEIGHTS_ALIGN, each tensor at a multiple of it.
+WEIGHTS_MAGIC = b"EBWEIGHT"
+WEIGHTS_HEADER = 16
+WEIGHTS_ALIGN = 64
 
 
 def available_cpus() -> int:
@@ -67,8 +72,10 @@ def _dlopen(model_dir: Path, name: str, package: str) -> str:
                 ctypes.CDLL(str(path), ctypes.RTLD_GLOBAL)
             _loaded[name] = str(path)
             return _loaded[name]
+    dist = "apache-tvm-ffi" if package == "tvm_ffi" else "apache-tvm"
     raise FileNotFoundError(f"{name} not found; looked in: " + ", ".join(map(str, tried))
-                            + ". Set EDGEBUNDLE_LIBTVM_RUNTIME or install apache-tvm.")
+                            + f". A bundle has it at its root; for development install {dist}, or put it beside "
+                            "the file EDGEBUNDLE_LIBTVM_RUNTIME names.")
 
 
 def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
@@ -102,36 +109,51 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
 
 
 class Weights:
-    """model.weights mapped copy-on-write and wrapped in place: no copy, pages shared with
-    the page cache (and between processes); for a GPU, copied to device memory once."""
+    """model.weights mapped copy-on-write and wrapped in place on a CPU: no copy, pages
+    shared with the page cache (and between processes). For a GPU, copied to device memory
+    once and unmapped."""
 
-    def __init__(self, path: Path, device: str = "cpu", device_id: int = 0):
+    def __init__(self, path: Path, device: str = "cpu", device_id: int = 0, expect_count: int | None = None):
         load_tvm_runtime(path.parent, device)
+        damaged = f"{path} is damaged or belongs to another build"
         with open(path, "rb") as f:
-            head = f.read(16)
-            if len(head) < 16 or head[:8] != WEIGHTS_MAGIC:
+            head = f.read(WEIGHTS_HEADER)
+            if len(head) < WEIGHTS_HEADER or head[:8] != WEIGHTS_MAGIC:
                 raise ValueError(f"{path} is not an edgebundle weights file")
             (length,) = struct.unpack("<Q", head[8:])
-            header = json.loads(f.read(length))
-            start = -(-(16 + length) // 64) * 64
+            try:
+                header = json.loads(f.read(length))
+            except ValueError:
+                raise ValueError(f"{damaged}: unreadable header") from None
+            start = -(-(WEIGHTS_HEADER + length) // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
             # Not MAP_POPULATE: populating BERT-base's 434 MB took 140 ms, while faulting the
             # pages in lazily (the kernel maps 16 at a time) added ~15 ms to the first request.
-            self._map = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map)) + start
-        self._keep: list = []  # DLPack structs the tensors point into: alive as long as we are
-        cpu = _ffi.DLDevice(DEVICE_TYPES["cpu"], 0)
+            mapping = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        entries = header.get("tensors", [])
+        if expect_count is not None and len(entries) != expect_count:
+            raise ValueError(f"{damaged}: {len(entries)} tensors, the manifest says {expect_count}")
+        # The VM does not check weight arguments (they became parameters after its checks
+        # were generated): a bad entry must be refused here, not read out of bounds.
+        for n, e in enumerate(entries):
+            size = math.prod(e["shape"]) * struct.calcsize(FORMATS.get(e["dtype"], "x"))
+            if (e["offset"] % WEIGHTS_ALIGN or e["nbytes"] != size
+                    or start + e["offset"] + e["nbytes"] > len(mapping) or e["dtype"] not in FORMATS):
+                raise ValueError(f"{damaged}: tensor {n} ({e['dtype']}{e['shape']}) does not fit the file")
+        base = ctypes.addressof(ctypes.c_char.from_buffer(mapping)) + start
         self.tensors = []
-        if device != "cpu":
+        if device == "cpu":
+            cpu = _ffi.DLDevice(DEVICE_TYPES["cpu"], 0)
+            self.tensors = [_ffi.tensor_view(base + e["offset"], e["shape"], e["dtype"], cpu, mapping)
+                            for e in entries]
+        else:
             dev = _ffi.DLDevice(DEVICE_TYPES[device], device_id)
             shape, alloc = _ffi.get_global("ffi.Shape"), _ffi.get_global("runtime.TVMTensorAllocWithScope")
             copy = _ffi.get_global("runtime.TVMTensorCopyFromBytes")
-        for e in header["tensors"]:
-            if device == "cpu":
-                t = _ffi.tensor_view(base + e["offset"], e["shape"], e["dtype"], cpu, self._keep)
-            else:
+            for e in entries:
                 t = alloc(shape(*e["shape"]), _ffi.dtype_of(e["dtype"]), dev, None)
                 copy(t, ctypes.c_void_p(base + e["offset"]), e["nbytes"])
-            self.tensors.append(t)
+                self.tensors.append(t)
+            mapping.close()
 
 
 class CompiledModule:
@@ -161,6 +183,9 @@ class CompiledModule:
         self._to_bytes = _ffi.get_global("runtime.TVMTensorCopyToBytes")
         self.weights = list(weights)
         self._packed_weights, self._n_inputs = None, 0
+        # One call at a time: the VM's registers and pooled output memory are not re-entrant
+        # (ctypes releases the GIL during the call).
+        self._lock = threading.Lock()
 
     def _tensor(self, view: memoryview, dtype: str):
         raw = view.cast("B") if view.ndim != 1 or view.format != "B" else view
@@ -183,10 +208,14 @@ class CompiledModule:
 
     def __call__(self, views: list[memoryview], dtypes: list[str]) -> list[memoryview]:
         inputs = [self._tensor(v, d) for v, d in zip(views, dtypes)]
+        with self._lock:
+            return self._call(inputs)
+
+    def _call(self, inputs: list) -> list[memoryview]:
         if self._packed_weights is None or len(inputs) != self._n_inputs:
             self._n_inputs = len(inputs)
             self._packed_weights = _ffi.pack_args([None] * len(inputs) + self.weights)
-        args = type(self._packed_weights).from_buffer_copy(self._packed_weights)  # per call: thread-safe
+        args = type(self._packed_weights).from_buffer_copy(self._packed_weights)
         for slot, t in zip(args, inputs):
             slot.type_index, slot.v.v_ptr = t.type_index, t.handle
         out = self._main.call_packed(args, len(inputs) + len(self.weights))

@@ -94,6 +94,8 @@ def as_tensor(value, name: str, dtype: str) -> memoryview:
         if got is None:
             raise BadInput(f'"{name}" must hold numbers (got buffer format {view.format!r})')
         shape = list(view.shape)
+        if 0 in shape:
+            raise BadInput(f'"{name}" is empty (shape {shape})')
         if got == (want, struct.calcsize(FORMATS[dtype]), True) and view.c_contiguous:
             return view if view.format == FORMATS[dtype] else shaped(view, dtype, shape)
         if want in "iu" and got[0] == "f":
@@ -107,6 +109,8 @@ def as_tensor(value, name: str, dtype: str) -> memoryview:
         shape, leaves = _nested(value, name)
         if want in "iu" and any(type(x) is float for x in leaves):
             raise BadInput(f'"{name}" must hold integers ({dtype}), got floats')
+    if 0 in shape:
+        raise BadInput(f'"{name}" is empty (shape {shape})')
     try:
         packed = pack(leaves, dtype)
     except OverflowError:

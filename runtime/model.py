@@ -53,11 +53,15 @@ class Model:
         self.labels: list[str] | None = m.get("labels")
         self.max_batch: int = int(m.get("max_batch", 32))
         device = device or m["target"]["device"]
-        # Kept for the model's lifetime: the tensors point into its mapping.
-        self.weights = Weights(self.dir / m["weights"]["file"], device) if m.get("weights") else None
+        self.weights = (Weights(self.dir / m["weights"]["file"], device, expect_count=m["weights"]["count"])
+                        if m.get("weights") else None)
         weights = self.weights.tensors if self.weights else []
         libraries = m.get("libraries") or [{"file": m["library"], "seq": None, "weights": range(len(weights))}]
-        # {compiled sequence length (None: no such dimension): module}, shortest first
+        for lib in libraries:
+            if any(not 0 <= i < len(weights) for i in lib.get("weights", ())):
+                raise ValueError(f"{self.dir / 'model.json'}: {lib['file']} names weights model.weights lacks")
+        # {compiled sequence length (None: no such dimension): module}, shortest first; each
+        # holds its weight tensors, which keep the mapping alive.
         self.modules = {lib["seq"]: CompiledModule(self.dir / lib["file"], device,
                                                    weights=[weights[i] for i in lib.get("weights", ())])
                         for lib in sorted(libraries, key=lambda lib: lib["seq"] or 0)}

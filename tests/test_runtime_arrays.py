@@ -47,6 +47,8 @@ def test_other_buffers_are_converted(src, dtype):
     ([[2 ** 70]], "int64", "outside int64"),
     ([[2]], "bool", "outside bool"),
     (np.array([["a"]]), "float32", "must hold numbers"),
+    ([[]], "int64", "empty"),
+    (np.zeros((2, 0), np.float32), "float32", "empty"),
 ])
 def test_bad_values_are_bad_input(value, dtype, message):
     with pytest.raises(BadInput, match=message):

@@ -173,3 +173,42 @@ def test_bad_direct_input_raises_badinput(bert, resnet):
         handle(resnet, {"inputs": base64.b64encode(b"GIF89a this is not an image").decode()})
     with pytest.raises(runtime.BadInput, match="top_k"):
         handle(resnet, {"inputs": reference.png_base64(), "parameters": {"top_k": 0}})
+
+
+def test_damaged_weights_file_is_refused(tiny_bert_build, tmp_path):
+    import shutil
+
+    for name in ("model.json", "model.so", "model-seq16.so", "tokenizer.json"):
+        shutil.copy(tiny_bert_build / name, tmp_path / name)
+    raw = (tiny_bert_build / "model.weights").read_bytes()
+    (tmp_path / "model.weights").write_bytes(raw[: len(raw) // 2])  # truncated
+    with pytest.raises(ValueError, match="damaged or belongs to another build"):
+        runtime.load(tmp_path)
+    (tmp_path / "model.weights").write_bytes(b"not weights" + raw)
+    with pytest.raises(ValueError, match="not an edgebundle weights file"):
+        runtime.load(tmp_path)
+
+
+def test_threads_and_reloads_share_nothing_unsafely(tiny_bert_build):
+    """Concurrent calls on one model (the VM is not re-entrant: a lock serialises them) and
+    models loaded and dropped in one process (weight tensors outlive their Python wrappers)."""
+    import gc
+    import threading
+
+    tensors = reference.tokenize(tiny_bert_build / "tokenizer.json", SENTENCES)
+    expected = handle(runtime.load(tiny_bert_build), {"tensors": tensors})
+    for _ in range(3):
+        model = runtime.load(tiny_bert_build)
+        answers = [None] * 8
+
+        def work(i):
+            answers[i] = handle(model, {"tensors": tensors})
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(a == expected for a in answers)
+        del model, answers
+        gc.collect()

@@ -54,8 +54,8 @@ class ModelSpec:
 
 
 def default_buckets(seq_len: int) -> list[int]:
-    """16, 32, 64, ... below seq_len, and seq_len: a short request pays for its own length
-    (attention is quadratic, the rest linear), never more than 2x of it."""
+    """16, 32, 64, ... below seq_len, and seq_len: a request pays for at most twice its own
+    length (at least 16 tokens) instead of always seq_len."""
     buckets, n = [], 16
     while n < seq_len:
         buckets.append(n)

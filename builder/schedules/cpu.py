@@ -437,7 +437,8 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True)
     Before legalization: BatchNorm is decomposed for inference (its scale/shift then fuses
     into the conv epilogue) and conv2d goes NHWC x HWIO, the layout the contraction rule
     vectorises along output channels. After scheduling, weight packing is split into its
-    own function and folded, since weights are embedded constants."""
+    own function and folded while the weights are still constants; builder/weights.py then
+    lifts them, packed, into model.weights."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cg  # the package does not re-export all stages
