@@ -14,6 +14,7 @@ import reference
 from builder import elf
 from builder.errors import BundleError
 from builder.progress import Progress
+from builder.targets import FAST_MATH
 from builder.targets import TARGETS
 from test_bundles import run_zip
 
@@ -129,6 +130,6 @@ def test_cuda_with_arm64_host_for_jetson(tiny_resnet_dir, tmp_path):
     m = json.loads((tmp_path / "cuda" / "model.json").read_text())
     assert m["target"]["tvm"] == {"kind": "cuda", "arch": "sm_87",
                                   "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae",
-                                           "fast-math-reassoc": True}}
+                                           **FAST_MATH}}
     assert elf.read_elf(tmp_path / "cuda" / "model.so").machine_name == "aarch64"
     assert m["device_code"]["kernels"] > 10 and "skipped" in m["validation"]
