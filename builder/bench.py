@@ -24,10 +24,9 @@ _COLD_OURS = """
 import json, sys, time
 t0 = time.perf_counter()
 import runtime
-from runtime.arrays import shaped
+from runtime.arrays import read_raw
 model = runtime.load(sys.argv[1])
-index = json.load(open(sys.argv[2]))
-model.run({name: shaped(open(path, "rb").read(), dtype, shape) for name, (path, dtype, shape) in index.items()})
+model.run(read_raw(json.load(open(sys.argv[2]))))
 """
 
 _COLD_ORT = """
@@ -73,6 +72,20 @@ def _cold(code: str, args: list[str], env: dict, cwd: Path, isolated: bool = Fal
                               where=" ".join(args[:1]))
     elapsed, hwm = out.decode().strip().splitlines()[-1].split()
     return wall, float(elapsed), int(hwm)
+
+
+def _interleaved(candidates: dict, runs: int) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, round by round (two warm-up calls each first):
+    on a noisy shared machine only side-by-side rounds compare."""
+    for fn in candidates.values():
+        fn(), fn()
+    times = {name: [] for name in candidates}
+    for _ in range(runs):
+        for name, fn in candidates.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
 def _stats(times: list[float]) -> dict:
@@ -158,20 +171,13 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     candidates = {"edgebundle (TVM)": run_ours, "PyTorch eager": run_torch, "ONNX Runtime": run_ort}
     ref = run_torch()
     agree = {name: float(np.max(np.abs(fn() - ref))) for name, fn in candidates.items()}
-    times = {name: [] for name in candidates}
     with progress.step(f"warm latency: {runs} interleaved rounds, {threads} threads"):
-        for name, fn in candidates.items():  # warm-up
-            fn(), fn()
-        for _ in range(runs):
-            for name, fn in candidates.items():
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
+        times = _interleaved(candidates, runs)
 
     # Text models with several compiled lengths: a short request next to the full one
     # (ours and PyTorch eager on the same tokens, interleaved).
     by_length = {}
-    if ours.seq_lengths and len(ours.seq_lengths) > 1:
+    if len(ours.seq_lengths) > 1:
         short = ours.seq_lengths[0]
         cut = {k: np.ascontiguousarray(v[:, :short]) for k, v in inputs.items()}
         tcut = tuple(torch.from_numpy(cut[i.name]) for i in spec.inputs)
@@ -181,15 +187,8 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
                 return spec.module(*tcut)[0]
 
         pair = {"edgebundle (TVM)": lambda: ours.run(cut), "PyTorch eager": short_torch}
-        short_times = {name: [] for name in pair}
         with progress.step(f"warm latency at {short} tokens: {runs} interleaved rounds"):
-            for fn in pair.values():
-                fn(), fn()
-            for _ in range(runs):
-                for name, fn in pair.items():
-                    t = time.perf_counter()
-                    fn()
-                    short_times[name].append(time.perf_counter() - t)
+            short_times = _interleaved(pair, runs)
         by_length = {str(short): {name: _stats(t)["median_ms"] for name, t in short_times.items()},
                      str(inputs[spec.inputs[0].name].shape[1]): {name: _stats(times[name])["median_ms"]
                                                                 for name in pair}}
@@ -202,11 +201,9 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     bundle = work / "bundle"
     bundle.mkdir()
     stage_bundle(bundle, tdir, manifest, TARGETS[target], host_python, progress)
-    index = {}
-    for name, value in inputs.items():
-        (work / f"{name}.bin").write_bytes(value.tobytes())
-        index[name] = [str(work / f"{name}.bin"), str(value.dtype), list(value.shape)]
-    (work / "inputs.json").write_text(json.dumps(index))
+    from .emulate import write_raw
+
+    (work / "inputs.json").write_text(json.dumps(write_raw(inputs, work, "")))
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TVM_NUM_THREADS": str(threads),
                 "OMP_NUM_THREADS": str(threads)}
     cold = {"edgebundle (TVM)": [], "ONNX Runtime": []}

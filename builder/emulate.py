@@ -23,20 +23,31 @@ import json, sys
 stage, index_path, out_dir = sys.argv[1:4]
 sys.path.insert(0, stage)
 import runtime
-from runtime.arrays import shaped
+from runtime.arrays import read_raw
 model = runtime.load(stage)
 index = json.load(open(index_path))
 written = []
 for i, tensors in enumerate(index):
-    arrays = {name: shaped(open(path, "rb").read(), dtype, shape) for name, (path, dtype, shape) in tensors.items()}
     outs = {}
-    for name, view in model.run(arrays).items():
+    for name, view in model.run(read_raw(tensors)).items():
         path = f"{out_dir}/{i}-{name}.bin"
         open(path, "wb").write(view.tobytes())
         outs[name] = [path, view.format, list(view.shape)]
     written.append(outs)
 json.dump(written, open(f"{out_dir}/index.json", "w"))
 """
+
+
+def write_raw(arrays: dict, folder: Path, prefix: str, to_path=str) -> dict:
+    """Arrays as raw C-order files folder/<prefix><name>.bin; returns the index that
+    runtime.arrays.read_raw reads ({name: [to_path(file), dtype, shape]})."""
+    index = {}
+    for name, value in arrays.items():
+        value = np.ascontiguousarray(value)
+        path = folder / f"{prefix}{name}.bin"
+        path.write_bytes(value.tobytes())
+        index[name] = [to_path(path), str(value.dtype), list(value.shape)]
+    return index
 
 
 def can_emulate(target) -> bool:
@@ -54,15 +65,7 @@ def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Pro
         stage_bundle(stage, target_dir, manifest, target, EMULATION_PYTHON, progress)
         argv, paths = sandbox.python_command(EMULATION_PYTHON, arch, progress)
         (tmp / "out").mkdir()
-        index = []
-        for i, tensors in enumerate(input_sets):
-            entry = {}
-            for name, value in tensors.items():
-                value = np.ascontiguousarray(value)
-                path = tmp / f"in-{i}-{name}.bin"
-                path.write_bytes(value.tobytes())
-                entry[name] = [paths.to_sandbox(path), str(value.dtype), list(value.shape)]
-            index.append(entry)
+        index = [write_raw(tensors, tmp, f"in-{i}-", paths.to_sandbox) for i, tensors in enumerate(input_sets)]
         (tmp / "inputs.json").write_text(json.dumps(index))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), **sandbox.EMULATOR_ENV.get(arch, {})}
         with progress.step(f"run {target.name} module under emulation (qemu, {env.get('QEMU_CPU', 'default cpu')})"):

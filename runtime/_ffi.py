@@ -165,10 +165,7 @@ class Function(Object):
     __slots__ = ()
 
     def __call__(self, *args):
-        packed = (Any * max(1, len(args)))()
-        keep = []
-        for slot, value in zip(packed, args):
-            _to_any(value, slot, keep)
+        packed, _keep = _pack(args)  # _keep: encoded strings, alive until the call returns
         return self.call_packed(packed, len(args))
 
     def call_packed(self, packed, count: int):
@@ -180,15 +177,26 @@ class Function(Object):
         return _from_any(result)
 
 
-def pack_args(values: list):
-    """An Any array over `values` (which must outlive every use of it)."""
+def _pack(values) -> tuple:
+    """(Any array over `values`, Python objects it points into)."""
     packed = (Any * max(1, len(values)))()
     keep: list = []
     for slot, value in zip(packed, values):
         _to_any(value, slot, keep)
+    return packed, keep
+
+
+def pack_args(values: list):
+    """An Any array over `values` (which must outlive every use of it)."""
+    packed, keep = _pack(values)
     if keep:
         raise TypeError("pack_args takes tensors and numbers only")
     return packed
+
+
+def address(buffer) -> int:
+    """Address of a writable buffer's first byte (bytearray, mmap, C-contiguous memoryview)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
 def _to_any(value, slot: Any, keep: list) -> None:

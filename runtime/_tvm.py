@@ -139,7 +139,7 @@ class Weights:
             if (e["offset"] % WEIGHTS_ALIGN or e["nbytes"] != size
                     or start + e["offset"] + e["nbytes"] > len(mapping) or e["dtype"] not in FORMATS):
                 raise ValueError(f"{damaged}: tensor {n} ({e['dtype']}{e['shape']}) does not fit the file")
-        base = ctypes.addressof(ctypes.c_char.from_buffer(mapping)) + start
+        base = _ffi.address(mapping) + start
         self.tensors = []
         if device == "cpu":
             cpu = _ffi.DLDevice(DEVICE_TYPES["cpu"], 0)
@@ -188,13 +188,12 @@ class CompiledModule:
         self._lock = threading.Lock()
 
     def _tensor(self, view: memoryview, dtype: str):
-        raw = view.cast("B") if view.ndim != 1 or view.format != "B" else view
-        if raw.readonly:
+        raw = view.cast("B")
+        if raw.readonly:  # ctypes takes addresses of writable buffers only
             raw = memoryview(bytearray(raw))
         t = self._alloc(self._shape(*view.shape), _ffi.dtype_of(dtype), self._dev, None)
         if raw.nbytes:
-            ptr = ctypes.addressof((ctypes.c_char * raw.nbytes).from_buffer(raw))
-            self._from_bytes(t, ctypes.c_void_p(ptr), raw.nbytes)
+            self._from_bytes(t, ctypes.c_void_p(_ffi.address(raw)), raw.nbytes)
         return t
 
     def _view(self, t) -> memoryview:
@@ -202,8 +201,7 @@ class CompiledModule:
         nbytes = t.nbytes
         buf = bytearray(nbytes)
         if nbytes:
-            ptr = ctypes.addressof((ctypes.c_char * nbytes).from_buffer(buf))
-            self._to_bytes(t, ctypes.c_void_p(ptr), nbytes)
+            self._to_bytes(t, ctypes.c_void_p(_ffi.address(buf)), nbytes)
         return shaped(buf, t.dtype, t.shape)
 
     def __call__(self, views: list[memoryview], dtypes: list[str]) -> list[memoryview]:

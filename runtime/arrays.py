@@ -42,11 +42,15 @@ def shaped(raw, dtype: str, shape) -> memoryview:
     """A writable or read-only bytes-like object viewed as a `dtype` tensor of `shape`."""
     flat = memoryview(raw).cast("B")
     shape = [int(d) for d in shape]
-    if not shape:
-        return flat.cast(FORMATS[dtype])
-    if 0 in shape:  # memoryview.cast refuses empty shapes; such a tensor has no data anyway
+    if not shape or 0 in shape:  # memoryview.cast refuses these; such a tensor has <= 1 element
         return flat.cast(FORMATS[dtype])
     return flat.cast(FORMATS[dtype], shape)
+
+
+def read_raw(index: dict) -> dict[str, memoryview]:
+    """{name: [path, dtype, shape]} (raw C-order files, as builder/emulate.write_raw writes
+    them) -> {name: tensor}: how the build hands inputs to a numpy-free runtime/."""
+    return {name: shaped(open(path, "rb").read(), dtype, shape) for name, (path, dtype, shape) in index.items()}
 
 
 def pack(values: list, dtype: str) -> bytearray | array.array:

@@ -71,11 +71,11 @@ class ImageEncoder:
         Pillow's 32-bit float mode does the arithmetic in C (point() on an "F" image takes a
         linear map), so no numpy is needed; per channel x * (rescale/std) - mean/std."""
         pre = self.pre
-        out = bytearray()
+        planes = []
         for band, mean, std in zip(img.split(), pre["mean"], pre["std"]):
             scale, offset = pre["rescale"] / std, -mean / std
-            out += band.convert("F").point(lambda v, a=scale, b=offset: v * a + b).tobytes()
-        return bytes(out)
+            planes.append(band.convert("F").point(lambda v, a=scale, b=offset: v * a + b).tobytes())
+        return b"".join(planes)
 
     def __call__(self, images: list[str]) -> dict:
         crops = [self.transform(self.decode(im, i)) for i, im in enumerate(images)]

@@ -351,10 +351,9 @@ def sink_reshapes_through_elementwise():
     elementwise. torch.export writes Linear on a 3-D input as reshape -> 2-D matmul + bias ->
     reshape back, so GELU sits between two reshapes and FuseOps cannot put it into the
     matmul's epilogue: it would cost a separate pass over the FFN activations."""
-    import tvm
     import tvm_ffi
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, wildcard
 
     x = wildcard()
     inner = is_op("relax.reshape")(x, wildcard())
@@ -375,23 +374,15 @@ def sink_reshapes_through_elementwise():
         op_call = next(matches[a] for a in acts if a in matches)
         return relax.Call(op_call.op, [src], op_call.attrs)
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgebundleSinkReshapes")
-    def _pass(mod, _ctx):
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gvar] = rewrite_call(outer, rewriter, func)
-        return mod
-
-    return _pass
+    return _rewrite_pass("EdgebundleSinkReshapes", outer, rewriter)
 
 
 def decompose_gelu():
     """nn.gelu(x) -> x * (0.5 + erf(x / sqrt 2) * 0.5) as Relax ops, so FastMathTransform
     turns the erf into a polynomial. Legalized whole, gelu lowers to a scalar erff call per
     element: BERT-base's FFN kernels spent 1-2 ms of 4.3 in it (2 threads)."""
-    import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, wildcard
 
     x = wildcard()
     pattern = is_op("relax.nn.gelu")(x)
@@ -403,7 +394,16 @@ def decompose_gelu():
         erf = relax.op.erf(relax.op.multiply(src, relax.const(0.7071067811865476, dtype)))
         return relax.op.multiply(src, relax.op.add(half, relax.op.multiply(erf, half)))
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgebundleDecomposeGelu")
+    return _rewrite_pass("EdgebundleDecomposeGelu", pattern, rewriter)
+
+
+def _rewrite_pass(name: str, pattern, rewriter):
+    """A module pass applying relax.dpl.rewrite_call(pattern, rewriter) to every Relax function."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
