@@ -31,12 +31,18 @@ class CpuParams:
     # on ResNet50 (70 vs 78 ms at 2 threads), while BERT's dense layers prefer 4x16.
     conv_mr: int = 2
     conv_nr: int = 32
-    # stride-1 spatial convs (3x3) and 7-wide maps: tall, one-vector tiles. ResNet50 at 2
-    # threads, per kernel: 3x3 on 14x14x256 10.4 -> 8.9 ms, 3x3 on 7x7x512 6.8 -> 3.8 ms,
-    # 1x1 on 7x7 3.5 -> 2.2 ms; 1x1 convs on larger maps stay faster with conv_mr x conv_nr.
-    spatial_mr: int = 7
+    # stride-1 spatial convs (3x3): 14 output pixels x one vector = 14 accumulators, enough
+    # to hide FMA latency (5 cycles x 2 pipes on Zen 2) with one weight vector and one
+    # broadcast in registers. With the padding kept out of the inner loop, ResNet50's 3x3
+    # convs went 1.66 -> 1.27 ms (14x14x256), 1.70 -> 1.34 ms (56x56x64) at 2 threads.
+    spatial_mr: int = 14
     spatial_nr: int = 8
-    spatial_ku: int = 2  # their reduction unroll: 7x8 tiles x 4 measured 8% slower than x 2
+    spatial_ku: int = 1  # 14 accumulators leave no registers for a second unrolled step
+    # maps only 7 wide (ResNet50's last stage): 7x8 tiles; 3x3 on 7x7x512 6.8 -> 3.8 ms and
+    # 1x1 on 7x7 3.5 -> 2.2 ms against conv_mr x conv_nr
+    narrow_mr: int = 7
+    narrow_nr: int = 8
+    narrow_ku: int = 2  # 7x8 tiles x 4 measured 8% slower than x 2
     ku: int = 4  # reduction unroll
     vector: int = 8  # fp32 lanes (AVX2: 8, AVX-512: 16, NEON: 4)
     pack: bool = True  # pack constant weights to [N/NR, K, NR]
@@ -98,6 +104,23 @@ def _classify(sch, block):
     return kinds, inputs
 
 
+def _pads(stmt) -> bool:
+    """Whether a producer block writes a larger buffer than it reads (conv padding), rather
+    than copying one (topi's zero-size pad of a 1x1 conv, which should be inlined)."""
+    def size(buf):
+        n = 1
+        for d in buf.shape:
+            d = _const_int(d)
+            if d is None:
+                return None
+            n *= d
+        return n
+
+    out = size(stmt.writes[0].source) if len(stmt.writes) == 1 else None
+    ins = [size(r.source) for r in stmt.reads]
+    return out is not None and len(ins) == 1 and ins[0] is not None and out > ins[0]
+
+
 def _pack_map(ndim: int, jpos: int, nr: int):
     """IndexMap B[..., j, ...] -> Bp[j // nr, ..., j % nr] (IndexMap.from_func binds every
     parameter of the lambda, so the constants are closed over, not defaulted)."""
@@ -145,8 +168,9 @@ def contraction_rule(params: CpuParams):
         for b in infos:
             if b.block_rv.same_as(mm) or not b.is_injective():
                 continue
-            if any(c.same_as(mm) for c in sch.get_consumers(b.block_rv)):
-                continue  # a producer of the contraction (padding, transposes)
+            if (any(sch.get(c).same_as(sch.get(mm)) for c in sch.get_consumers(b.block_rv))
+                    and _pads(sch.get(b.block_rv))):
+                continue  # padding: a separate pass keeps the bounds tests out of the inner loop
             try:
                 sch.compute_inline(b.block_rv)
             except Exception:
@@ -179,9 +203,10 @@ def contraction_rule(params: CpuParams):
             a_shape = [_const_int(d) for d in inputs[0].source.shape]
             # stride 1: the (padded) input row is at most kernel - 1 wider than the output
             stride1 = out_w is not None and a_shape[-2] is not None and a_shape[-2] < 2 * out_w
-            if out_w is not None and out_w % p.spatial_mr == 0 and (out_w == p.spatial_mr
-                                                                     or (len(k_loops) > 1 and stride1)):
+            if out_w is not None and out_w % p.spatial_mr == 0 and len(k_loops) > 1 and stride1:
                 want_mr, want_nr, ku = p.spatial_mr, p.spatial_nr, p.spatial_ku
+            elif out_w is not None and out_w == p.narrow_mr:
+                want_mr, want_nr, ku = p.narrow_mr, p.narrow_nr, p.narrow_ku
         n_ext = _const_int(extent(j_loops[0]))
         nr = next((c for c in (want_nr, 2 * p.vector, p.vector) if n_ext is not None and n_ext % c == 0), p.vector)
         # Rows that divide the extent: a partial tile's predicates cost more than a few
