@@ -26,12 +26,12 @@ def _spec(family, model_dir, task, seq_len=16):
     return FAMILIES[family].load(model_dir, config, task, {"seq_len": seq_len})
 
 
-def _check(mod, symbol_value=2):
+def _check(mod, symbol_value=2, params=None):
     import tvm
 
     from builder.schedules.check import check_kernels
 
-    report = check_kernels(mod, tvm.target.Target(TARGETS["x86_64"]), symbol_value=symbol_value)
+    report = check_kernels(mod, tvm.target.Target(TARGETS["x86_64"]), params=params, symbol_value=symbol_value)
     bad = [r for r in report if r["rule"] and r["max_rel_diff"] > 1e-5]
     assert not bad, bad
     return report
@@ -63,6 +63,7 @@ def test_resnet_kernels(tiny_resnet_dir):
     # stem 7x7/2, 1x1, 3x3, strided 3x3 and 1x1 projection shortcuts, with BN+ReLU(+residual) epilogues
     assert len(convs) >= 8, rules
     assert any("relu" in k for k in convs) and any("add" in k for k in convs), convs
+    assert rules.get("EdgebundleCPUWinograd"), rules  # its stride-1 3x3 convs
     assert None not in rules, rules[None]
 
 
@@ -88,7 +89,10 @@ def test_odd_shapes():
                     self.e(fmap), self.f(fmap))
 
     ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19), torch.randn(1, 8, 14, 14)))
-    report = _check(from_exported_program(ep))
+    from builder.schedules.cpu import CpuParams
+
+    # direct convs here (the 3x3 would go Winograd): the tiles are what is tested
+    report = _check(from_exported_program(ep), params=CpuParams(winograd=False))
     assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 6, report
 
 
@@ -107,7 +111,7 @@ def test_conv_padding_stays_out_of_the_inner_loop():
     target = tvm.target.Target(TARGETS["x86_64"])
     for k, padded in ((3, True), (1, False)):
         ep = torch.export.export(torch.nn.Conv2d(8, 16, k, padding=k // 2).eval(), (torch.randn(1, 8, 14, 14),))
-        fused = fused_module(from_exported_program(ep), target)
+        fused = fused_module(from_exported_program(ep), target, CpuParams(winograd=False))
         [func] = [f for g, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "conv2d" in g.name_hint]
         with target:
             sch = contraction_rule(CpuParams()).apply(func, target, False)
@@ -118,3 +122,58 @@ def test_conv_padding_stays_out_of_the_inner_loop():
         assert ('T.sblock("pad_temp")' in text) is padded, text
         if padded:
             assert text.split('T.sblock("pad_temp")')[0].count("T.parallel") == 1, text
+
+
+def test_winograd_matches_pytorch():
+    """Stride-1 3x3 convs compiled as Winograd F(2x2, 3x3) against PyTorch's direct conv:
+    odd and even map sizes (partial 2x2 tiles, tile counts padded to the gemm's rows),
+    non-square maps, 3 input channels, 8/16/24 output channels (8- and 16-wide weight
+    panels), a batch of 2 for the symbolic batch, with BatchNorm+ReLU fused after it."""
+    import numpy as np
+    import torch
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from builder.schedules.cpu import cpu_pipeline
+    from builder.schedules.winograd import tile_rows
+
+    assert [tile_rows(t) for t in (16, 49, 196, 784)] == [4, 5, 6, 6]
+
+    class Convs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+            self.b = torch.nn.Conv2d(16, 24, 3, padding=1, bias=False)
+            self.c = torch.nn.Conv2d(24, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return y, self.c(self.b(y))
+
+    torch.manual_seed(0)
+    model = Convs().eval()
+    with torch.no_grad():
+        model.a[1].running_mean.uniform_(-1, 1)
+        model.a[1].running_var.uniform_(0.5, 2)
+    target = tvm.target.Target(TARGETS["x86_64"])
+    batch = torch.export.Dim("batch", min=1, max=8)
+    for h, w in ((7, 9), (14, 14), (5, 12)):
+        x = torch.randn(2, 3, h, w)
+        ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
+        seen = []
+
+        @tvm.transform.module_pass(opt_level=0, name="Seen")
+        def spy(mod, _ctx):
+            seen.extend(g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
+            return mod
+
+        ex = tvm.compile(from_exported_program(ep), target=target,
+                         relax_pipeline=tvm.transform.Sequential([cpu_pipeline(target), spy]))
+        got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
+        with torch.no_grad():
+            want = model(x)
+        assert sum("winograd" in n for n in seen) == 3, seen
+        for g, r in zip(got, want):
+            r = r.numpy()
+            assert np.abs(g.numpy() - r).max() <= 1e-5 * max(1.0, np.abs(r).max()), (h, w)

@@ -11,7 +11,7 @@ import numpy as np
 _DEBUG = bool(os.environ.get("EDGEBUNDLE_SCHEDULE_DEBUG"))
 
 
-def fused_module(mod, target):
+def fused_module(mod, target, params=None):
     """The Relax module after legalization and fusion, before scheduling (what the rules see)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cg
@@ -19,7 +19,7 @@ def fused_module(mod, target):
     from .cpu import pre_legalize_passes
 
     with target:
-        return tvm.transform.Sequential([*pre_legalize_passes(), *cg.library_dispatch_passes(target),
+        return tvm.transform.Sequential([*pre_legalize_passes(params), *cg.library_dispatch_passes(target),
                                          *cg.legalize_passes(target)])(mod)
 
 
@@ -67,7 +67,7 @@ def check_kernels(mod, target, params=None, symbol_value: int = 1, time_runs: in
 
     from .cpu import cpu_rules
 
-    fused = fused_module(mod, target)
+    fused = fused_module(mod, target, params)
     rules = cpu_rules(params)
     report = []
     with target:

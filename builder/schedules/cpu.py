@@ -46,6 +46,8 @@ class CpuParams:
     ku: int = 4  # reduction unroll
     vector: int = 8  # fp32 lanes (AVX2: 8, AVX-512: 16, NEON: 4)
     pack: bool = True  # pack constant weights to [N/NR, K, NR]
+    winograd: bool = True  # stride-1 3x3 convs as Winograd F(2x2, 3x3) (schedules/winograd.py)
+    winograd_min_width: int = 4  # narrower maps stay direct
     parallel_min: int = 2048  # fewer output elements than this: no thread-pool dispatch
 
 
@@ -364,8 +366,10 @@ def params_from_env() -> CpuParams:
 def cpu_rules(params: CpuParams | None = None) -> list:
     from tvm.s_tir import dlight as dl
 
+    from .winograd import winograd_rule
+
     params = params or params_from_env()
-    return [contraction_rule(params), dl.cpu.Reduction(), fallback_rule(params)]
+    return [winograd_rule(params), contraction_rule(params), dl.cpu.Reduction(), fallback_rule(params)]
 
 
 _ELEMENTWISE_UNARY = ("relax.nn.gelu", "relax.nn.relu", "relax.nn.silu", "relax.tanh", "relax.sigmoid")
@@ -438,9 +442,12 @@ def _rewrite_pass(name: str, pattern, rewriter):
     return _pass
 
 
-def pre_legalize_passes() -> list:
+def pre_legalize_passes(params: CpuParams | None = None) -> list:
     from tvm import relax
 
+    from .winograd import use_winograd
+
+    params = params or params_from_env()
     return [
         sink_reshapes_through_elementwise(),
         # BatchNorm becomes elementwise ops the conv epilogue absorbs. (FoldBatchnormToConv2D
@@ -452,6 +459,7 @@ def pre_legalize_passes() -> list:
         relax.transform.DeadCodeElimination(),
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
+        *([use_winograd(params.winograd_min_width)] if params.winograd else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
         relax.transform.FastMathTransform(),
@@ -475,7 +483,7 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True)
     def _pipeline(mod, _ctx):
         with target:
             passes = [
-                *pre_legalize_passes(),
+                *pre_legalize_passes(params),
                 *cg.library_dispatch_passes(target),
                 *cg.legalize_passes(target),
             ]
