@@ -50,14 +50,6 @@ print(elapsed, int(hwm) * 1024)
 """
 
 
-def quiet_thread_pools() -> None:
-    """Three engines share this process's cores in the interleaved rounds: a thread pool
-    that spin-waits after its call steals the next engine's CPU. All three wait passively
-    (read by TVM, OpenMP and ONNX Runtime when their pools start)."""
-    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
 def _cold(code: str, args: list[str], env: dict, cwd: Path, isolated: bool = False) -> tuple[float, float, int]:
     """(wall seconds incl. interpreter start, seconds inside the process, peak RSS bytes).
     isolated: no site-packages (-S), only what PYTHONPATH names."""
@@ -75,13 +67,19 @@ def _cold(code: str, args: list[str], env: dict, cwd: Path, isolated: bool = Fal
 
 
 def _interleaved(candidates: dict, runs: int) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, round by round (two warm-up calls each first):
-    on a noisy shared machine only side-by-side rounds compare."""
+    """Seconds per call of each candidate, round by round: on a noisy shared machine only
+    side-by-side rounds compare. Each engine keeps its default thread pool (TVM's, OpenMP's
+    and ONNX Runtime's spin-wait between parallel regions, as they would serving requests),
+    so in every round each first makes one untimed call: the previous engine's threads
+    still spinning steal the cores from that call, not from the timed one. (Forcing all
+    three pools passive instead made every parallel region wake a sleeping thread: ~10 ms
+    on ResNet50's ~90 kernels for us, less for engines with fewer parallel regions.)"""
     for fn in candidates.values():
         fn(), fn()
     times = {name: [] for name in candidates}
     for _ in range(runs):
         for name, fn in candidates.items():
+            fn()
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
@@ -110,7 +108,6 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
           cold_runs: int = 3, json_path: Path | None = None, plot_path: Path | None = None,
           seq_len: int = 128, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
-    quiet_thread_pools()
     try:
         import onnxruntime as ort
     except ImportError:
@@ -153,7 +150,6 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
         _export_onnx(spec, inputs, onnx_path)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     ours = runtime.load(tdir)
     tin = tuple(torch.from_numpy(inputs[i.name]) for i in spec.inputs)

@@ -115,9 +115,6 @@ def cmd_invoke(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import quiet_thread_pools
-
-    quiet_thread_pools()  # before torch, TVM or ONNX Runtime load in this process
     from .bench import bench
 
     bench(args.model, target=args.target, threads=args.threads, runs=args.runs, cold_runs=args.cold_runs,

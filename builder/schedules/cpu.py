@@ -107,20 +107,13 @@ def _classify(sch, block):
 
 
 def _pads(stmt) -> bool:
-    """Whether a producer block writes a larger buffer than it reads (conv padding), rather
-    than copying one (topi's zero-size pad of a 1x1 conv, which should be inlined)."""
-    def size(buf):
-        n = 1
-        for d in buf.shape:
-            d = _const_int(d)
-            if d is None:
-                return None
-            n *= d
-        return n
-
-    out = size(stmt.writes[0].source) if len(stmt.writes) == 1 else None
-    ins = [size(r.source) for r in stmt.reads]
-    return out is not None and len(ins) == 1 and ins[0] is not None and out > ins[0]
+    """Whether a producer block writes a buffer of another shape than the one it reads (conv
+    padding), rather than copying it (topi's zero-size pad of a 1x1 conv, to be inlined).
+    Dims are compared as expressions: the batch is symbolic."""
+    if len(stmt.writes) != 1 or len(stmt.reads) != 1:
+        return False
+    out, src = stmt.writes[0].source.shape, stmt.reads[0].source.shape
+    return len(out) != len(src) or any(str(a) != str(b) for a, b in zip(out, src))
 
 
 def _pack_map(ndim: int, jpos: int, nr: int):
