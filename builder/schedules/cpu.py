@@ -48,6 +48,7 @@ class CpuParams:
     pack: bool = True  # pack constant weights to [N/NR, K, NR]
     winograd: bool = True  # stride-1 3x3 convs as Winograd F(2x2, 3x3) (schedules/winograd.py)
     winograd_min_width: int = 4  # narrower maps stay direct
+    pointwise: bool = True  # 1x1 convs as packed-input GEMMs (schedules/pointwise.py)
     parallel_min: int = 2048  # fewer output elements than this: no thread-pool dispatch
 
 
@@ -130,18 +131,9 @@ def _pack_map(ndim: int, jpos: int, nr: int):
 
 def contraction_rule(params: CpuParams):
     from tvm import s_tir, tirx
-    from tvm.s_tir import dlight as dl
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-    def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        try:
-            return _schedule(func, params)
-        except Exception:  # a shape this rule cannot handle: the next rule takes it
-            if _DEBUG:
-                raise
-            return None
+    from .gemm import cpu_rule
 
     def _schedule(func, p: CpuParams):
         sch = s_tir.Schedule(func)
@@ -261,7 +253,7 @@ def contraction_rule(params: CpuParams):
                 parallel_nest(sch, producer, p)
         return sch
 
-    return dl.ScheduleRule.from_callable("EdgebundleCPUContraction")(apply)
+    return cpu_rule("EdgebundleCPUContraction", lambda func: _schedule(func, params))
 
 
 def parallel_nest(sch, block, params: CpuParams) -> None:
@@ -359,10 +351,12 @@ def params_from_env() -> CpuParams:
 def cpu_rules(params: CpuParams | None = None) -> list:
     from tvm.s_tir import dlight as dl
 
+    from .pointwise import pointwise_rule
     from .winograd import winograd_rule
 
     params = params or params_from_env()
-    return [winograd_rule(params), contraction_rule(params), dl.cpu.Reduction(), fallback_rule(params)]
+    return [winograd_rule(params), pointwise_rule(params), contraction_rule(params), dl.cpu.Reduction(),
+            fallback_rule(params)]
 
 
 _ELEMENTWISE_UNARY = ("relax.nn.gelu", "relax.nn.relu", "relax.nn.silu", "relax.tanh", "relax.sigmoid")
@@ -438,6 +432,7 @@ def _rewrite_pass(name: str, pattern, rewriter):
 def pre_legalize_passes(params: CpuParams | None = None) -> list:
     from tvm import relax
 
+    from .pointwise import use_pointwise
     from .winograd import use_winograd
 
     params = params or params_from_env()
@@ -453,6 +448,7 @@ def pre_legalize_passes(params: CpuParams | None = None) -> list:
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
         *([use_winograd(params.winograd_min_width)] if params.winograd else []),
+        *([use_pointwise()] if params.pointwise else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
         relax.transform.FastMathTransform(),

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .gemm import conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows, vectorize_inner
+
 # F(2x2, 3x3) (Lavin & Gray): Y = A^T [(G g G^T) . (B^T d B)] A
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -32,23 +34,6 @@ def weight_transform(w_hwio: np.ndarray, nr: int) -> np.ndarray:
     ci, co = w_hwio.shape[2], w_hwio.shape[3]
     u = u.reshape(4, 4, ci, co // nr, nr).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(u.astype(w_hwio.dtype))
-
-
-def tile_rows(tiles: int) -> int:
-    """Rows of the gemm's register tile (x 16 columns): 6 (12 accumulators) unless padding
-    the tile count to a multiple of 6 wastes more than 5%, then 5, else 4 (8 accumulators:
-    measured 30% slower than 6 on 56x56x64)."""
-    for mr in (6, 5):
-        if (-tiles) % mr <= 0.05 * tiles:
-            return mr
-    return 4
-
-
-def _vectorize_inner(sch, loop, vec: int) -> None:
-    from .cpu import _const_int
-
-    if (_const_int(sch.get(loop).extent) or 1) % vec == 0:
-        sch.vectorize(sch.split(loop, [None, vec])[1])
 
 
 def _select(idx, table):
@@ -115,101 +100,48 @@ def winograd_te(x, u, mr: int):
     return te.compute((n_, h, w, co), out, name="wino_out")
 
 
-def _eligible(call, min_width: int) -> bool:
-    from tvm import relax
-
-    a = call.attrs
-    if (a.data_layout != "NHWC" or a.kernel_layout != "HWIO" or a.out_layout != "NHWC" or int(a.groups) != 1
-            or [int(s) for s in a.strides] != [1, 1] or [int(d) for d in a.dilation] != [1, 1]
-            or [int(p) for p in a.padding] != [1, 1, 1, 1]):
-        return False
-    x, w = call.args
-    if type(w).__name__ != "GenericConst" or not hasattr(w.value, "shape"):
-        return False
-    xs, ws = x.ty, w.ty
-    if not isinstance(xs, relax.TensorType) or xs.ndim != 4 or str(xs.dtype) != "float32":
-        return False
-    try:
-        shape = [int(d) for d in ws.shape]
-        hw = [int(d) for d in xs.shape.values[1:3]]
-    except (TypeError, AttributeError):
-        return False
-    if shape[:2] != [3, 3] or shape[3] % 4 or str(ws.dtype) != "float32" or str(a.out_dtype) not in ("", "float32"):
-        return False
-    return min(hw) >= min_width
-
-
 def use_winograd(min_width: int = 4):
-    """Relax pass: eligible 3x3 convs -> call_tir(winograd) with transformed constant weights."""
-    import tvm
-    from tvm import relax
+    """Relax pass: stride-1 pad-1 3x3 convs on maps at least min_width wide -> call_tir of
+    winograd_te with the weights transformed here, once."""
+    def rewrite(bb, call, info):
+        strides, padding, hw, weights = info
+        if (strides != [1, 1] or padding != [1, 1, 1, 1] or list(weights.shape[:2]) != [3, 3]
+                or weights.shape[3] % 4 or min(hw) < min_width):
+            return None
+        nr = next(n for n in (16, 8, 4) if weights.shape[3] % n == 0)
+        mr = tile_rows(((hw[0] + 1) // 2) * ((hw[1] + 1) // 2))
+        from tvm import relax
 
-    @relax.expr_functor.mutator
-    class Rewrite(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d") or not _eligible(call, min_width):
-                return call
-            x, w = call.args
-            weights = w.value.numpy()
-            nr = next(n for n in (16, 8, 4) if weights.shape[3] % n == 0)
-            h, wd = (int(d) for d in x.ty.shape.values[1:3])
-            mr = tile_rows(((h + 1) // 2) * ((wd + 1) // 2))
-            u = relax.const(weight_transform(weights, nr))
-            return self.builder_.call_te(winograd_te, x, u, mr, primfunc_name_hint="conv2d_winograd")
+        u = relax.const(weight_transform(weights, nr))
+        return bb.call_te(winograd_te, call.args[0], u, mr, primfunc_name_hint="conv2d_winograd")
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgebundleWinograd")
-    def _pass(mod, _ctx):
-        rw = Rewrite(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
-        return rw.builder_.get()
-
-    return _pass
+    return conv_rewrite_pass("EdgebundleWinograd", rewrite)
 
 
 def winograd_rule(params):
     """Schedule for a PrimFunc holding the four wino_* blocks plus any elementwise epilogue:
     padding parallel over rows; the input transform per tile with its 4x4 outputs unrolled
     and channels vectorised; the gemm as MR x NR register tiles (NR = the weight panel
-    width) parallel over (e, n, batch, column panel); the output transform per 2x2 block
+    width) parallel over (e, n, column panel, row tile); the output transform per 2x2 block
     with the epilogue inlined into it. The batch (symbolic in our exports) stays a serial
     outer loop: fused into the parallel loop, its symbolic strides cost 20-40% per kernel."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir import dlight as dl
+    from tvm import s_tir
 
-    from .cpu import _DEBUG, _const_int
-
-    def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        try:
-            return _schedule(func)
-        except Exception:
-            if _DEBUG:
-                raise
-            return None
+    from .cpu import _const_int
 
     def _schedule(func):
         sch = s_tir.Schedule(func)
-        try:
-            pad, pack, gemm, out = (sch.get_sblock(n) for n in BLOCKS)
-        except Exception:
+        found = named_blocks(sch, BLOCKS)
+        if found is None:
             return None
+        pad, pack, gemm, out = found
         vec = params.vector
-        # the epilogue (BatchNorm scale/shift, ReLU, residual add) folds into the output transform
-        while True:
-            consumers = sch.get_consumers(out)
-            if not consumers:
-                break
-            if len(consumers) != 1:
-                return None
-            sch.reverse_compute_inline(consumers[0])
+        if not inline_epilogue(sch, out):
+            return None
 
         loops = sch.get_loops(pad)
         sch.parallel(loops[1])
-        _vectorize_inner(sch, loops[3], vec)
+        vectorize_inner(sch, loops[3], vec)
 
         e, n, b, p, c = sch.get_loops(pack)
         sch.reorder(b, p, c, e, n)
@@ -226,14 +158,7 @@ def winograd_rule(params):
         own = (sch.get(pack).writes[0].source, sch.get(gemm).writes[0].source)
         nr = next(int(r.source.shape[4]) for r in sch.get(gemm).reads
                   if not any(r.source.same_as(o) for o in own))  # U[4, 4, CO/nr, CI, nr]
-        e, n, b, p, c, k = sch.get_loops(gemm)
-        po, pi = sch.split(p, [None, mr])
-        co_, ci = sch.split(c, [None, nr])
-        sch.reorder(b, e, n, co_, po, k, pi, ci)
-        sch.parallel(sch.fuse(e, n, co_))
-        sch.unroll(pi)
-        sch.vectorize(ci)
-        sch.decompose_reduction(gemm, k)
+        schedule_gemm(sch, gemm, mr, nr, rows_outer=False)
 
         b, y, x, c = sch.get_loops(out)
         yo, yi = sch.split(y, [None, 2])
@@ -247,4 +172,4 @@ def winograd_rule(params):
         sch.vectorize(ci)
         return sch
 
-    return dl.ScheduleRule.from_callable("EdgebundleCPUWinograd")(apply)
+    return cpu_rule("EdgebundleCPUWinograd", _schedule)
