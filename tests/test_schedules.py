@@ -59,13 +59,13 @@ def test_bert_kernels(tiny_bert_cls_dir):
 def test_resnet_kernels(tiny_resnet_dir):
     report = _check(_relax(_spec("resnet", tiny_resnet_dir, "image-classification")))
     rules = _by_rule(report)
-    convs = [k for r in ("EdgebundleCPUContraction", "EdgebundleCPUWinograd", "EdgebundleCPUPointwise")
+    convs = [k for r in ("EdgebundleCPUContraction", "EdgebundleCPUWinograd", "EdgebundleCPUPackedConv")
              for k in rules.get(r, []) if "conv2d" in k]
     # stem 7x7/2, 1x1, 3x3, strided 3x3 and 1x1 projection shortcuts, with BN+ReLU(+residual) epilogues
     assert len(convs) >= 8, rules
     assert any("relu" in k for k in convs) and any("add" in k for k in convs), convs
     assert rules.get("EdgebundleCPUWinograd"), rules  # its stride-1 3x3 convs
-    assert len(rules.get("EdgebundleCPUPointwise", [])) >= 3, rules  # its 1x1 convs
+    assert len(rules.get("EdgebundleCPUPackedConv", [])) >= 3, rules  # its 1x1 convs
     assert any("conv2d" in k for k in rules.get("EdgebundleCPUContraction", [])), rules  # stem, strided 3x3
     assert None not in rules, rules[None]
 
@@ -94,8 +94,8 @@ def test_odd_shapes():
     ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19), torch.randn(1, 8, 14, 14)))
     from builder.schedules.cpu import CpuParams
 
-    # direct convs here (the 3x3 would go Winograd, the 1x1 pointwise): the tiles are tested
-    report = _check(from_exported_program(ep), params=CpuParams(winograd=False, pointwise=False))
+    # direct convs here (the 3x3 would go Winograd, the others packed): the tiles are tested
+    report = _check(from_exported_program(ep), params=CpuParams(winograd=False, packed_conv=False))
     assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 6, report
 
 
@@ -116,7 +116,7 @@ def test_conv_padding_stays_out_of_the_inner_loop():
         # a symbolic batch, as our exports have: the pad test must not need static shapes
         ep = torch.export.export(torch.nn.Conv2d(8, 16, k, padding=k // 2).eval(), (torch.randn(2, 8, 14, 14),),
                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},))
-        fused = fused_module(from_exported_program(ep), target, CpuParams(winograd=False, pointwise=False))
+        fused = fused_module(from_exported_program(ep), target, CpuParams(winograd=False, packed_conv=False))
         [func] = [f for g, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "conv2d" in g.name_hint]
         with target:
             sch = contraction_rule(CpuParams()).apply(func, target, False)
@@ -129,12 +129,12 @@ def test_conv_padding_stays_out_of_the_inner_loop():
             assert text.split('T.sblock("pad_temp")')[0].count("T.parallel") == 1, text
 
 
-def test_winograd_and_pointwise_match_pytorch():
-    """Stride-1 3x3 convs compiled as Winograd F(2x2, 3x3), and 1x1 convs as packed-input
-    GEMMs, against PyTorch: odd and even map sizes (partial 2x2 tiles, tile and pixel counts
-    padded to the GEMM's rows), non-square maps, 3 input channels, 8/16/24 output channels
-    (8- and 16-wide weight panels), a strided 1x1, a batch of 2 for the symbolic batch, with
-    BatchNorm+ReLU and a residual add fused after them."""
+def test_winograd_and_packed_convs_match_pytorch():
+    """Stride-1 3x3 convs compiled as Winograd F(2x2, 3x3), and 1x1 and strided convs as
+    packed-input GEMMs, against PyTorch: odd and even map sizes (partial 2x2 tiles, tile and
+    pixel counts padded to the GEMM's rows), non-square maps, 3 input channels, 8/16/24
+    output channels (8- and 16-wide weight panels), a strided 1x1, a padded strided 5x5, a
+    batch of 2 for the symbolic batch, with BatchNorm+ReLU and a residual add fused after."""
     import numpy as np
     import torch
     import tvm
@@ -155,12 +155,13 @@ def test_winograd_and_pointwise_match_pytorch():
             self.d = torch.nn.Sequential(torch.nn.Conv2d(8, 32, 1), torch.nn.BatchNorm2d(32))
             self.e = torch.nn.Conv2d(16, 32, 1, stride=2, bias=False)
             self.f = torch.nn.Conv2d(32, 24, 1)
+            self.g = torch.nn.Conv2d(16, 16, 5, stride=2, padding=2)  # strided, padded
 
         def forward(self, x):
             y = self.a(x)
             z = self.c(self.b(y))
             r = torch.relu(self.d(z) + self.e(y).repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :z.shape[2], :z.shape[3]])
-            return y, z, self.f(r)
+            return y, z, self.f(r), self.g(y)
 
     torch.manual_seed(0)
     model = Convs().eval()
@@ -186,7 +187,7 @@ def test_winograd_and_pointwise_match_pytorch():
         with torch.no_grad():
             want = model(x)
         assert sum("winograd" in n for n in seen) == 3, seen
-        assert sum("pointwise" in n for n in seen) == 3, seen
+        assert sum("conv2d_packed" in n for n in seen) == 4, seen
         for g, r in zip(got, want):
             r = r.numpy()
             assert np.abs(g.numpy() - r).max() <= 1e-5 * max(1.0, np.abs(r).max()), (h, w)

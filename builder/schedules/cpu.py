@@ -48,7 +48,7 @@ class CpuParams:
     pack: bool = True  # pack constant weights to [N/NR, K, NR]
     winograd: bool = True  # stride-1 3x3 convs as Winograd F(2x2, 3x3) (schedules/winograd.py)
     winograd_min_width: int = 4  # narrower maps stay direct
-    pointwise: bool = True  # 1x1 convs as packed-input GEMMs (schedules/pointwise.py)
+    packed_conv: bool = True  # 1x1 and strided convs as packed-input GEMMs (schedules/packed.py)
     parallel_min: int = 2048  # fewer output elements than this: no thread-pool dispatch
 
 
@@ -351,11 +351,11 @@ def params_from_env() -> CpuParams:
 def cpu_rules(params: CpuParams | None = None) -> list:
     from tvm.s_tir import dlight as dl
 
-    from .pointwise import pointwise_rule
+    from .packed import packed_conv_rule
     from .winograd import winograd_rule
 
     params = params or params_from_env()
-    return [winograd_rule(params), pointwise_rule(params), contraction_rule(params), dl.cpu.Reduction(),
+    return [winograd_rule(params), packed_conv_rule(params), contraction_rule(params), dl.cpu.Reduction(),
             fallback_rule(params)]
 
 
@@ -432,7 +432,7 @@ def _rewrite_pass(name: str, pattern, rewriter):
 def pre_legalize_passes(params: CpuParams | None = None) -> list:
     from tvm import relax
 
-    from .pointwise import use_pointwise
+    from .packed import use_packed_conv
     from .winograd import use_winograd
 
     params = params or params_from_env()
@@ -448,7 +448,7 @@ def pre_legalize_passes(params: CpuParams | None = None) -> list:
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
         *([use_winograd(params.winograd_min_width)] if params.winograd else []),
-        *([use_pointwise()] if params.pointwise else []),
+        *([use_packed_conv()] if params.packed_conv else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
         relax.transform.FastMathTransform(),

@@ -1,4 +1,4 @@
-"""Register-tiled GEMM blocks shared by the Winograd and pointwise (1x1) conv kernels,
+"""Register-tiled GEMM blocks shared by the Winograd and packed-input conv kernels,
 whose computes pad the row count so every tile is whole: C[..., P, CO] += A[..., P, K] * B."""
 from __future__ import annotations
 
