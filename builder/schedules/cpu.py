@@ -108,13 +108,24 @@ def _classify(sch, block):
 
 
 def _pads(stmt) -> bool:
-    """Whether a producer block writes a buffer of another shape than the one it reads (conv
-    padding), rather than copying it (topi's zero-size pad of a 1x1 conv, to be inlined).
-    Dims are compared as expressions: the batch is symbolic."""
+    """Whether a producer block pads: it writes a buffer of the rank it reads, each dim equal
+    or, both static, larger, one at least larger (conv padding). A copy (topi's zero-size pad
+    of a 1x1 conv) or a transpose is inlined instead. Dims are compared as expressions: the
+    batch is symbolic."""
     if len(stmt.writes) != 1 or len(stmt.reads) != 1:
         return False
     out, src = stmt.writes[0].source.shape, stmt.reads[0].source.shape
-    return len(out) != len(src) or any(str(a) != str(b) for a, b in zip(out, src))
+    if len(out) != len(src):
+        return False
+    larger = False
+    for a, b in zip(out, src):
+        if str(a) == str(b):
+            continue
+        a, b = _const_int(a), _const_int(b)
+        if a is None or b is None or a < b:
+            return False
+        larger = larger or a > b
+    return larger
 
 
 def _pack_map(ndim: int, jpos: int, nr: int):
