@@ -83,7 +83,7 @@ def test_odd_shapes():
             self.b = torch.nn.Linear(1000, 3)
             self.c = torch.nn.Conv2d(3, 24, 5, stride=3, padding=1)
             self.d = torch.nn.Linear(50, 96)
-            # 7-tall tiles: a stride-1 3x3 on a 14-wide map, a 1x1 on a 7-wide one.
+            # 14x8 tiles for a stride-1 3x3 on a 14-wide map, 7x8 for a 1x1 on a 7-wide one
             self.e = torch.nn.Conv2d(8, 16, 3, padding=1)
             self.f = torch.nn.Conv2d(8, 16, 1, stride=2)
 
@@ -94,7 +94,7 @@ def test_odd_shapes():
     ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19), torch.randn(1, 8, 14, 14)))
     from builder.schedules.cpu import CpuParams
 
-    # direct convs here (the 3x3 would go Winograd, the others packed): the tiles are tested
+    # direct convs here (the 3x3 and 1x1 would go Winograd and packed): the tiles are tested
     report = _check(from_exported_program(ep), params=CpuParams(winograd=False, packed_conv=False))
     assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 6, report
 
@@ -191,3 +191,25 @@ def test_winograd_and_packed_convs_match_pytorch():
         for g, r in zip(got, want):
             r = r.numpy()
             assert np.abs(g.numpy() - r).max() <= 1e-5 * max(1.0, np.abs(r).max()), (h, w)
+
+
+def test_conv_rules_take_branching_epilogues():
+    """SiLU and decomposed GELU read the conv's value twice: the epilogue is a branching chain.
+    The Winograd and packed-conv rules still take their kernels (the contraction rule must
+    not: its per-tile epilogue raced on their flattened pixels), matching the unscheduled
+    kernels with 2 threads."""
+    import torch
+    import tvm
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from builder.schedules.check import check_kernels
+
+    target = tvm.target.Target(TARGETS["x86_64"])
+    expect = {(1, 1): "EdgebundleCPUPackedConv", (3, 2): "EdgebundleCPUPackedConv", (3, 1): "EdgebundleCPUWinograd"}
+    for act in (torch.nn.SiLU(), torch.nn.GELU()):
+        for (k, s), rule in expect.items():
+            m = torch.nn.Sequential(torch.nn.Conv2d(16, 32, k, s, k // 2), act).eval()
+            ep = torch.export.export(m, (torch.randn(1, 16, 14, 14),))
+            report = [r for r in check_kernels(from_exported_program(ep), target) if "conv2d" in r["kernel"]]
+            assert [r["rule"] for r in report] == [rule], (act, k, s, report)
+            assert report[0]["max_rel_diff"] <= 1e-5, (act, k, s, report)

@@ -1,5 +1,7 @@
 """CPU schedule rules, applied dlight-style after FuseTIR (no tuning step).
 
+Before legalization, stride-1 3x3 convs become Winograd computes (winograd.py) and 1x1 and
+strided convs packed-input GEMMs (packed.py); their own rules run first. Then:
 - Contraction: matmul / dense / batch matmul / conv2d (NHWC x HWIO) as C[S,I,J] += A[S,I,K]*B[S,J,K]:
   an MR x NR register tile of outputs (NR = one or two vectors), the reduction unrolled by KU,
   parallel outer loops, the fused epilogue (bias, GELU, residual, BatchNorm scale/shift, ReLU)
@@ -122,7 +124,7 @@ def _pads(stmt) -> bool:
         if str(a) == str(b):
             continue
         a, b = _const_int(a), _const_int(b)
-        if a is None or b is None or a < b:
+        if a is None or b is None or a < b or b == 1:  # b == 1: a broadcast, not padding
             return False
         larger = larger or a > b
     return larger
@@ -150,6 +152,11 @@ def contraction_rule(params: CpuParams):
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
+            return None
+        # Our own conv computes (wino_*, pc_*) have their rules: this one's epilogue tiling
+        # cannot follow their flattened-pixel GEMMs (a parallel tile would read rows another
+        # thread has not written).
+        if any(sch.get(b.block_rv).name_hint.startswith(("wino_", "pc_")) for b in infos):
             return None
         reductions = [b for b in infos if b.is_reduction()]
         if len(reductions) != 1:
@@ -350,12 +357,13 @@ def fallback_rule(params: CpuParams):
 
 
 def params_from_env() -> CpuParams:
-    """EDGEBUNDLE_CPU_PARAMS="mr=6,nr=16": experiments without code changes."""
+    """EDGEBUNDLE_CPU_PARAMS="mr=6,nr=16,winograd=false": experiments without code changes."""
     raw = os.environ.get("EDGEBUNDLE_CPU_PARAMS", "")
+    kinds = {f.name: f.type for f in dataclasses.fields(CpuParams)}
     fields = {}
     for item in filter(None, raw.split(",")):
-        key, value = item.split("=")
-        fields[key.strip()] = int(value) if key.strip() != "pack" else value.strip() in ("1", "true")
+        key, value = (x.strip() for x in item.split("="))
+        fields[key] = value.lower() in ("1", "true", "yes") if kinds.get(key) in (bool, "bool") else int(value)
     return CpuParams(**fields)
 
 

@@ -38,15 +38,25 @@ def schedule_gemm(sch, block, mr: int, nr: int, rows_outer: bool = True) -> None
 
 
 def inline_epilogue(sch, block) -> bool:
-    """Inline the elementwise chain after block (BatchNorm scale/shift, residual add, ReLU)
-    into it; False when the chain branches."""
-    while True:
+    """Fold the elementwise blocks after block (BatchNorm scale/shift, residual add, ReLU,
+    and SiLU / decomposed GELU, which read the value twice) into it: all but the last are
+    inlined into their consumers first, so a branching chain becomes one block, which is then
+    inlined into block. False when that fails (the caller's rule then gives up)."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    name = sch.get(block).name_hint
+    after = [b for n, b in enumerate(blocks) if n > [sch.get(x).name_hint for x in blocks].index(name)]
+    try:
+        for b in after[:-1]:
+            sch.compute_inline(b)
         consumers = sch.get_consumers(block)
-        if not consumers:
-            return True
-        if len(consumers) != 1:
-            return False
-        sch.reverse_compute_inline(consumers[0])
+        while consumers:
+            if len(consumers) != 1:
+                return False
+            sch.reverse_compute_inline(consumers[0])
+            consumers = sch.get_consumers(block)
+    except Exception:
+        return False
+    return True
 
 
 def vectorize_inner(sch, loop, vec: int) -> None:
@@ -63,7 +73,7 @@ def static_conv(call):
 
     a = call.attrs
     if (a.data_layout != "NHWC" or a.kernel_layout != "HWIO" or a.out_layout != "NHWC" or int(a.groups) != 1
-            or [int(d) for d in a.dilation] != [1, 1] or str(a.out_dtype) not in ("", "float32")):
+            or [int(d) for d in a.dilation] != [1, 1] or str(a.out_dtype) not in ("", "None", "void", "float32")):
         return None
     x, w = call.args
     # TVM 0.27: constants are ir.GenericConst

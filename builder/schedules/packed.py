@@ -28,6 +28,12 @@ def pack_weights(w_hwio: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(w_hwio.reshape(k, co // nr, nr).transpose(1, 0, 2))
 
 
+def out_size(hw, kernel, stride: int, pad) -> tuple[int, int]:
+    """Output height and width; pad = (top, left, bottom, right)."""
+    return ((hw[0] + pad[0] + pad[2] - kernel[0]) // stride + 1,
+            (hw[1] + pad[1] + pad[3] - kernel[1]) // stride + 1)
+
+
 def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
     """x [N, H, W, CI], w [CO/nr, KH*KW*CI, nr] -> [N, OH, OW, CO]; pad = (top, left,
     bottom, right)."""
@@ -38,8 +44,7 @@ def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
     kh_, kw_ = kernel
     nr = int(w.shape[2])
     co = int(w.shape[0]) * nr
-    oh = (h + pad[0] + pad[2] - kh_) // stride + 1
-    ow = (wd + pad[1] + pad[3] - kw_) // stride + 1
+    oh, ow = out_size((h, wd), kernel, stride, pad)
     pixels = oh * ow
     padded = -(-pixels // mr) * mr
 
@@ -74,8 +79,7 @@ def use_packed_conv():
         if kernel != (1, 1) and (strides[0] == 1 or weights.shape[2] < 16 or weights.nbytes > 4 << 20):
             return None
         nr = 16 if weights.shape[3] % 16 == 0 else 8
-        oh = (hw[0] + padding[0] + padding[2] - kernel[0]) // strides[0] + 1
-        ow = (hw[1] + padding[1] + padding[3] - kernel[1]) // strides[1] + 1
+        oh, ow = out_size(hw, kernel, strides[0], padding)
         if oh < 1 or ow < 1:
             return None
         from tvm import relax
@@ -106,7 +110,7 @@ def packed_conv_rule(params):
         sch.unroll(pi)
         a = sch.get(pack).writes[0].source
         w = next(r.source for r in sch.get(gemm).reads if len(r.source.shape) == 3
-                 and not r.source.same_as(sch.get(gemm).writes[0].source))  # [CO/nr, CI, nr]
+                 and not r.source.same_as(sch.get(gemm).writes[0].source))  # [CO/nr, KH*KW*CI, nr]
         schedule_gemm(sch, gemm, int(a.shape[3]), int(w.shape[2]), rows_outer=True)
         b, y, x, c = sch.get_loops(out)
         sch.parallel(y)

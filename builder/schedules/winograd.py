@@ -9,8 +9,8 @@ two cheap transforms and transformed weights 16/9 the size. On ResNet50's 3x3 co
 8 and its weights are 4x the size; F(2x2, 3x3) only adds, subtracts and halves.
 
 - `use_winograd()`: a Relax pass, after ConvertLayout and FoldConstant, turning
-  conv2d(NHWC x HWIO, 3x3, stride 1, dilation 1, pad 1, constant weight) into a call_tir of
-  the compute below, with the weight transform (G g G^T) done once at compile time.
+  conv2d(NHWC x HWIO, 3x3, stride 1, dilation 1, pad 1, constant weight, CO a multiple of
+  4, maps at least 4 wide) into a call_tir of the compute below, with the weight transform (G g G^T) done once at compile time.
 - `winograd_rule()`: the schedule of that compute (and of the epilogue FuseOps adds to it).
 """
 from __future__ import annotations
