@@ -14,6 +14,9 @@ from .progress import Progress
 
 DENSE_TILES = [(4, 24), (4, 16), (2, 32), (8, 8), (2, 48)]
 CONV_TILES = [(2, 32), (4, 16), (1, 32), (4, 32)]
+# The conv rewrites trade weight bytes for FLOPs (Winograd's transformed weights are 16/9
+# the size): where memory bandwidth is short, fewer of them can win.
+CONV_CHOICES = [{"winograd_min_width": 8}, {"winograd": False}, {"packed_conv": False}]
 
 
 def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float:
@@ -77,7 +80,8 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
         progress.info(f"    {ms:.2f} ms")
         return ms
 
-    # Coordinate search: dense tiles with the default conv tiles, then conv tiles.
+    # Coordinate search: dense tiles with the default conv tiles, then conv tiles, then
+    # which convs go Winograd / packed.
     default = CpuParams()
     best, best_ms = default, measure(default)
     baseline = best_ms
@@ -86,8 +90,8 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
         if cand != best and (ms := measure(cand)) < best_ms:
             best, best_ms = cand, ms
     if has_conv:
-        for mr, nr in CONV_TILES:
-            cand = dataclasses.replace(best, conv_mr=mr, conv_nr=nr)
+        for change in [{"conv_mr": mr, "conv_nr": nr} for mr, nr in CONV_TILES] + CONV_CHOICES:
+            cand = dataclasses.replace(best, **change)
             if cand != best and (ms := measure(cand)) < best_ms:
                 best, best_ms = cand, ms
     db = {"schema": 1, "target": tvm_target, "threads": int(os.environ["TVM_NUM_THREADS"]), "model": {"source": str(model_dir), "family": fam.name},

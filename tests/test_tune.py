@@ -28,3 +28,21 @@ def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     with pytest.raises(EdgebundleError, match="tuning database was made for"):
         build(str(tiny_bert_dir), targets=["x86_64"], formats=[], out=tmp_path / "out2",
               options={"seq_len": 32, "tuning_db": db_path, "cpu": "skylake-avx512"}, progress=Progress(quiet=True))
+
+
+def test_tune_searches_conv_choices(tiny_resnet_dir, tmp_path):
+    """On a model with convs, tune also tries conv tiles and turning the Winograd and
+    packed-conv rewrites off, and a build with the result validates."""
+    from builder.build import build
+    from builder.tune import CONV_CHOICES, tune
+
+    db_path = tmp_path / "db.json"
+    db = tune(str(tiny_resnet_dir), out=db_path, runs=2, progress=Progress(quiet=True))
+    tried = [c["params"] for c in db["candidates"]]
+    for choice in CONV_CHOICES:
+        assert any(all(p[k] == v for k, v in choice.items()) for p in tried), choice
+    assert db["best_ms"] <= db["default_ms"]
+    build(str(tiny_resnet_dir), targets=["x86_64"], formats=[], out=tmp_path / "out",
+          options={"tuning_db": db_path}, progress=Progress(quiet=True))
+    m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
+    assert m["schedule"]["cpu_params"] == db["params"]
