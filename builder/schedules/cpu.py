@@ -146,7 +146,10 @@ def contraction_rule(params: CpuParams):
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
+    from . import packed, winograd
     from .gemm import cpu_rule
+
+    ours = {*packed.BLOCKS, *winograd.BLOCKS}
 
     def _schedule(func, p: CpuParams):
         sch = s_tir.Schedule(func)
@@ -156,7 +159,7 @@ def contraction_rule(params: CpuParams):
         # Our own conv computes (wino_*, pc_*) have their rules: this one's epilogue tiling
         # cannot follow their flattened-pixel GEMMs (a parallel tile would read rows another
         # thread has not written).
-        if any(sch.get(b.block_rv).name_hint.startswith(("wino_", "pc_")) for b in infos):
+        if any(sch.get(b.block_rv).name_hint in ours for b in infos):
             return None
         reductions = [b for b in infos if b.is_reduction()]
         if len(reductions) != 1:

@@ -15,7 +15,12 @@ def tile_rows(rows: int) -> int:
     return 4
 
 
-def schedule_gemm(sch, block, mr: int, nr: int, rows_outer: bool = True) -> None:
+# The block annotation our computes put on their GEMM: (MR, NR), the register tile they padded
+# the rows and packed the weights for.
+TILE_ATTR = "edgebundle.tile"
+
+
+def schedule_gemm(sch, block, rows_outer: bool = True) -> None:
     """Loops [*lead, p, c, k]: MR x NR tiles over (p, c), the reduction inside, rows unrolled
     and columns vectorised; the static lead loops and the tile loops fused and parallel.
     A symbolic lead loop (the batch) stays serial and outermost: fused into the parallel
@@ -24,6 +29,7 @@ def schedule_gemm(sch, block, mr: int, nr: int, rows_outer: bool = True) -> None
     otherwise a weight panel stays while the rows stream past."""
     from .cpu import _const_int
 
+    mr, nr = (int(v) for v in sch.get(block).annotations[TILE_ATTR])
     *lead, p, c, k = sch.get_loops(block)
     serial = [l for l in lead if _const_int(sch.get(l).extent) is None]
     par = [l for l in lead if _const_int(sch.get(l).extent) is not None]
@@ -43,8 +49,8 @@ def inline_epilogue(sch, block) -> bool:
     inlined into their consumers first, so a branching chain becomes one block, which is then
     inlined into block. False when that fails (the caller's rule then gives up)."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    name = sch.get(block).name_hint
-    after = [b for n, b in enumerate(blocks) if n > [sch.get(x).name_hint for x in blocks].index(name)]
+    names = [sch.get(b).name_hint for b in blocks]
+    after = blocks[names.index(sch.get(block).name_hint) + 1:]
     try:
         for b in after[:-1]:
             sch.compute_inline(b)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gemm import conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows, vectorize_inner
+from .gemm import (TILE_ATTR, conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows,
+                   vectorize_inner)
 
 BLOCKS = ("pc_pack", "pc_gemm", "pc_out")
 
@@ -60,7 +61,7 @@ def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
     a = te.compute((n_, padded // mr, kh_ * kw_ * ci, mr), pack, name="pc_pack")
     k = te.reduce_axis((0, kh_ * kw_ * ci), name="k")
     g = te.compute((n_, padded, co), lambda b, p, c: te.sum(a[b, p // mr, k, p % mr] * w[c // nr, k, c % nr], axis=k),
-                   name="pc_gemm")
+                   name="pc_gemm", attrs={TILE_ATTR: [mr, nr]})
     return te.compute((n_, oh, ow, co), lambda b, y, xx, c: g[b, y * ow + xx, c], name="pc_out")
 
 
@@ -108,10 +109,7 @@ def packed_conv_rule(params):
         _, po, _, pi = sch.get_loops(pack)
         sch.parallel(po)
         sch.unroll(pi)
-        a = sch.get(pack).writes[0].source
-        w = next(r.source for r in sch.get(gemm).reads if len(r.source.shape) == 3
-                 and not r.source.same_as(sch.get(gemm).writes[0].source))  # [CO/nr, KH*KW*CI, nr]
-        schedule_gemm(sch, gemm, int(a.shape[3]), int(w.shape[2]), rows_outer=True)
+        schedule_gemm(sch, gemm, rows_outer=True)
         b, y, x, c = sch.get_loops(out)
         sch.parallel(y)
         vectorize_inner(sch, c, params.vector)

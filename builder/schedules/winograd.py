@@ -10,14 +10,16 @@ two cheap transforms and transformed weights 16/9 the size. On ResNet50's 3x3 co
 
 - `use_winograd()`: a Relax pass, after ConvertLayout and FoldConstant, turning
   conv2d(NHWC x HWIO, 3x3, stride 1, dilation 1, pad 1, constant weight, CO a multiple of
-  4, maps at least 4 wide) into a call_tir of the compute below, with the weight transform (G g G^T) done once at compile time.
+  4, maps at least 4 wide) into a call_tir of the compute below, with the weight transform
+  (G g G^T) done once at compile time.
 - `winograd_rule()`: the schedule of that compute (and of the epilogue FuseOps adds to it).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .gemm import conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows, vectorize_inner
+from .gemm import (TILE_ATTR, conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows,
+                   vectorize_inner)
 
 # F(2x2, 3x3) (Lavin & Gray): Y = A^T [(G g G^T) . (B^T d B)] A
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -89,7 +91,7 @@ def winograd_te(x, u, mr: int):
     k = te.reduce_axis((0, ci), name="k")
     m = te.compute((4, 4, n_, padded, co),
                    lambda e, n, b, p, c: te.sum(v[e, n, b, p, k] * u[e, n, c // nr, k, c % nr], axis=k),
-                   name="wino_gemm")
+                   name="wino_gemm", attrs={TILE_ATTR: [mr, nr]})
 
     def out(b, y, xx, c):
         p = (y // 2) * nw + xx // 2
@@ -153,12 +155,7 @@ def winograd_rule(params):
         sch.unroll(e)
         sch.unroll(n)
 
-        shape = sch.get(out).writes[0].source.shape
-        mr = tile_rows(((int(shape[1]) + 1) // 2) * ((int(shape[2]) + 1) // 2))
-        own = (sch.get(pack).writes[0].source, sch.get(gemm).writes[0].source)
-        nr = next(int(r.source.shape[4]) for r in sch.get(gemm).reads
-                  if not any(r.source.same_as(o) for o in own))  # U[4, 4, CO/nr, CI, nr]
-        schedule_gemm(sch, gemm, mr, nr, rows_outer=False)
+        schedule_gemm(sch, gemm, rows_outer=False)
 
         b, y, x, c = sch.get_loops(out)
         yo, yi = sch.split(y, [None, 2])
