@@ -7,18 +7,20 @@ import json
 import platform
 from pathlib import Path
 
-from . import elf
-from .compile import bucket_modules, compare, compile_library, reference_outputs, run_in_process, to_relax
+from builder.bundle import elf
+from builder.compiler.export import bucket_modules, to_relax
+from builder.compiler.library import compile_library
+from builder.validate.compare import compare, reference_outputs, run_in_process
 from .errors import EdgebundleError, UnsupportedModelError
-from .families import FAMILIES, detect_family
-from .families.base import MAX_BATCH, read_json
-from .formats import FORMATS
-from .formats.common import file_record
+from builder.model.families import FAMILIES, detect_family
+from builder.model.families.base import MAX_BATCH, read_json
+from builder.bundle.formats import FORMATS
+from builder.bundle.stage import file_record
 from .progress import Progress
-from .source import resolve_model
-from .targets import TARGETS, resolve_target
+from builder.model.source import resolve_model
+from builder.compiler.targets import TARGETS, resolve_target
 from .versions import build_versions, dist_version
-from .weights import Writer as WeightsWriter
+from builder.compiler.weights import Writer as WeightsWriter
 
 LIBRARY = "model.so"
 WEIGHTS = "model.weights"
@@ -141,8 +143,8 @@ def build(model: str, *, targets: list[str], formats: list[str], out: Path, fami
             cpu_params = None
             if target.device == "cpu":
                 # Resolved once: what compiles is exactly what the manifest records.
-                from .schedules.cpu import params_from_env
-                from .tune import load_tuning_db
+                from builder.compiler.schedules.cpu import params_from_env
+                from builder.tools.tune import load_tuning_db
 
                 cpu_params = (load_tuning_db(options["tuning_db"], tvm_target) if options.get("tuning_db")
                               else params_from_env())
@@ -217,7 +219,7 @@ def validate_target(tdir: Path, target, spec, refs, progress: Progress) -> dict:
     """Run what was built against PyTorch: in-process where the host can run it, under
     qemu for arm64, on the GPU when there is one; otherwise say loudly it was not."""
     import runtime
-    from .emulate import can_emulate, run_emulated
+    from builder.validate.emulated import can_emulate, run_emulated
 
     where = str(tdir / LIBRARY)
     if target.host_can_run():

@@ -10,9 +10,9 @@ from .progress import Progress
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .families import FAMILIES
-    from .formats import FORMATS
-    from .targets import CUDA_ARCHS, DEFAULT_CUDA_ARCH, DEFAULT_PYTHON, LAMBDA_GLIBC, PLATFORMS, TARGETS
+    from builder.model.families import FAMILIES
+    from builder.bundle.formats import FORMATS
+    from builder.compiler.targets import CUDA_ARCHS, DEFAULT_CUDA_ARCH, DEFAULT_PYTHON, LAMBDA_GLIBC, PLATFORMS, TARGETS
 
     p = argparse.ArgumentParser(prog="edgebundle", description=(
         "Compile a PyTorch / Hugging Face model with Apache TVM into self-contained bundles "
@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_build(args) -> int:
-    from .build import build
+    from builder.build import build
 
     build(args.model, targets=args.target or ["x86_64"], formats=args.format, out=args.out,
           family=args.family, task=args.task, name=args.name,
@@ -101,7 +101,7 @@ def cmd_build(args) -> int:
 
 def cmd_invoke(args) -> int:
     from .errors import InvokeError
-    from .lambda_local import invoke_zip
+    from builder.local.lambda_runtime import invoke_zip
 
     if not args.bundle.is_file():
         raise InvokeError("no such bundle", where=str(args.bundle), hint="pass OUT/<target>/lambda.zip")
@@ -115,7 +115,7 @@ def cmd_invoke(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench
+    from builder.tools.bench import bench
 
     bench(args.model, target=args.target, threads=args.threads, runs=args.runs, cold_runs=args.cold_runs,
           json_path=args.json, plot_path=args.plot, seq_len=args.seq_len, progress=Progress(quiet=args.quiet))
@@ -123,7 +123,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune import tune
+    from builder.tools.tune import tune
 
     tune(args.model, target=args.target, out=args.out, seq_len=args.seq_len, runs=args.runs, cpu=args.cpu,
          progress=Progress(quiet=args.quiet))
@@ -131,7 +131,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect import describe
+    from builder.tools.describe import describe
 
     print(describe(args.target_dir, as_json=args.json))
     return 0

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builder.build import build  # noqa: E402
 from builder.errors import BundleError  # noqa: E402
-from builder.formats import lambda_zip  # noqa: E402
+from builder.bundle.formats import lambda_zip  # noqa: E402
 from builder.progress import Progress  # noqa: E402
-from builder.targets import TARGETS  # noqa: E402
+from builder.compiler.targets import TARGETS  # noqa: E402
 
 
 def make_bert_base(dest: Path) -> Path:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import reference
-from builder import elf
+from builder.bundle import elf
 from builder.errors import BundleError
 from builder.progress import Progress
-from builder.targets import FAST_MATH
-from builder.targets import TARGETS
+from builder.compiler.targets import FAST_MATH
+from builder.compiler.targets import TARGETS
 from test_bundles import run_zip
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulated_arm64]
@@ -26,7 +26,7 @@ needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
 
 @pytest.fixture(scope="module")
 def resnet_arm64_zip(tiny_resnet_multi_build):
-    from builder.formats.lambda_zip import build as build_lambda
+    from builder.bundle.formats.lambda_zip import build as build_lambda
 
     out, _ = tiny_resnet_multi_build
     build_lambda(out / "arm64", TARGETS["arm64"], {"python": "3.13"}, Progress(quiet=True))
@@ -110,7 +110,7 @@ def test_arm64_bert_zip_under_emulation(tiny_bert_dir, tiny_bert_arm64_build):
 
 @needs_cross
 def test_elf_audit_rejects_x86_64_library_in_arm64_zip(resnet_arm64_zip, tiny_resnet_multi_build, tmp_path):
-    from builder.lambda_local import invoke_zip
+    from builder.local.lambda_runtime import invoke_zip
 
     out, _ = tiny_resnet_multi_build
     tampered = tmp_path / "lambda.zip"

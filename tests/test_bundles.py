@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import reference
-from builder import elf
+from builder.bundle import elf
 from builder.errors import BundleError
-from builder.lambda_local import invoke_zip
+from builder.local.lambda_runtime import invoke_zip
 from builder.progress import Progress
-from builder.targets import TARGETS
+from builder.compiler.targets import TARGETS
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_tiny_resnet_zip(tiny_resnet_dir, tiny_resnet_build):
 
 
 def test_zips_are_deterministic(tiny_resnet_build, tmp_path):
-    from builder.formats.lambda_zip import build as build_lambda
+    from builder.bundle.formats.lambda_zip import build as build_lambda
 
     first = (tiny_resnet_build / "lambda.zip").read_bytes()
     copy = tmp_path / "x86_64"
@@ -111,7 +111,7 @@ def test_zips_are_deterministic(tiny_resnet_build, tmp_path):
 
 
 def test_unzipped_size_limit_points_to_image_format(tiny_resnet_build, tmp_path, monkeypatch):
-    from builder.formats import lambda_zip
+    from builder.bundle.formats import lambda_zip
 
     copy = tmp_path / "x86_64"
     shutil.copytree(tiny_resnet_build, copy)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import ModelSourceError
-from builder.source import resolve_model
+from builder.model.source import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = {"torch", "tvm", "transformers", "boto3", "tokenizers", "jinja2", "numpy"}

@@ -1,4 +1,4 @@
-"""builder.lambda_local: hand-made Lambda zips run through awslambdaric and the Runtime API."""
+"""builder.local.lambda_runtime: hand-made Lambda zips run through awslambdaric and the Runtime API."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from builder.errors import InvokeError
-from builder.lambda_local import invoke_zip, read_lambda_json
+from builder.local.lambda_runtime import invoke_zip, read_lambda_json
 
 HOST_PYTHON = "%d.%d" % sys.version_info[:2]
 HOST_PREFIXES = (sys.prefix, sys.base_prefix, "/usr/lib/python3", "/usr/local/lib/python3", "/root/.pyenv")

@@ -1,4 +1,4 @@
-"""builder.sandbox: an interpreter of the bundle's Python with nothing of the host's."""
+"""builder.local.sandbox: an interpreter of the bundle's Python with nothing of the host's."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from builder.errors import BundleError
-from builder.sandbox import ensure_rootfs, normalize_arch, python_command, suite_for
+from builder.local.sandbox import ensure_rootfs, normalize_arch, python_command, suite_for
 
 HOST_PREFIXES = (sys.prefix, sys.base_prefix, "/usr/lib/python3", "/usr/local/lib/python3", "/root/.pyenv")
 

@@ -8,19 +8,19 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-from builder.targets import TARGETS as _ALL
+from builder.compiler.targets import TARGETS as _ALL
 
 TARGETS = {"x86_64": _ALL["x86_64"].tvm_target_json()}  # what builds use
 
 
 def _relax(spec):
-    from builder.compile import to_relax
+    from builder.compiler.export import to_relax
 
     return to_relax(spec)
 
 
 def _spec(family, model_dir, task, seq_len=16):
-    from builder.families import FAMILIES
+    from builder.model.families import FAMILIES
 
     config = json.loads((model_dir / "config.json").read_text())
     return FAMILIES[family].load(model_dir, config, task, {"seq_len": seq_len})
@@ -29,7 +29,7 @@ def _spec(family, model_dir, task, seq_len=16):
 def _check(mod, symbol_value=2, params=None):
     import tvm
 
-    from builder.schedules.check import check_kernels
+    from builder.tools.kernels import check_kernels
 
     report = check_kernels(mod, tvm.target.Target(TARGETS["x86_64"]), params=params, symbol_value=symbol_value)
     bad = [r for r in report if r["rule"] and r["max_rel_diff"] > 1e-5]
@@ -92,7 +92,7 @@ def test_odd_shapes():
                     self.e(fmap), self.f(fmap))
 
     ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19), torch.randn(1, 8, 14, 14)))
-    from builder.schedules.cpu import CpuParams
+    from builder.compiler.schedules.cpu import CpuParams
 
     # direct convs here (the 3x3 and 1x1 would go Winograd and packed): the tiles are tested
     report = _check(from_exported_program(ep), params=CpuParams(winograd=False, packed_conv=False))
@@ -108,8 +108,8 @@ def test_conv_padding_stays_out_of_the_inner_loop():
     from tvm import tirx
     from tvm.relax.frontend.torch import from_exported_program
 
-    from builder.schedules.check import fused_module
-    from builder.schedules.cpu import contraction_rule, CpuParams
+    from builder.tools.kernels import fused_module
+    from builder.compiler.schedules.cpu import contraction_rule, CpuParams
 
     target = tvm.target.Target(TARGETS["x86_64"])
     for k, padded in ((3, True), (1, False)):
@@ -141,8 +141,8 @@ def test_winograd_and_packed_convs_match_pytorch():
     from tvm import relax, tirx
     from tvm.relax.frontend.torch import from_exported_program
 
-    from builder.schedules.cpu import cpu_pipeline
-    from builder.schedules.gemm import tile_rows
+    from builder.compiler.schedules.cpu import cpu_pipeline
+    from builder.compiler.schedules.gemm import tile_rows
 
     assert [tile_rows(t) for t in (16, 49, 196, 784)] == [4, 5, 6, 6]
 
@@ -202,7 +202,7 @@ def test_conv_rules_take_branching_epilogues():
     import tvm
     from tvm.relax.frontend.torch import from_exported_program
 
-    from builder.schedules.check import check_kernels
+    from builder.tools.kernels import check_kernels
 
     target = tvm.target.Target(TARGETS["x86_64"])
     expect = {(1, 1): "EdgebundleCPUPackedConv", (3, 2): "EdgebundleCPUPackedConv", (3, 1): "EdgebundleCPUWinograd"}

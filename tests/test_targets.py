@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from builder import targets
+from builder.compiler import targets
 from builder.build import cpu_per_target
 from builder.errors import BundleError, ToolMissingError, UnsupportedModelError
-from builder.formats import FORMATS
-from builder.targets import FAST_MATH, TARGETS, resolve_target
+from builder.bundle.formats import FORMATS
+from builder.compiler.targets import FAST_MATH, TARGETS, resolve_target
 
 
 def test_registry_keys_are_the_cli_choices():

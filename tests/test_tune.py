@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     from builder.build import build
-    from builder.tune import tune
+    from builder.tools.tune import tune
 
     db_path = tmp_path / "db.json"
     db = tune(str(tiny_bert_dir), out=db_path, seq_len=32, runs=2, progress=Progress(quiet=True))
@@ -34,7 +34,7 @@ def test_tune_searches_conv_choices(tiny_resnet_dir, tmp_path):
     """On a model with convs, tune also tries conv tiles and turning the Winograd and
     packed-conv rewrites off, and a build with the result validates."""
     from builder.build import build
-    from builder.tune import CONV_CHOICES, tune
+    from builder.tools.tune import CONV_CHOICES, tune
 
     db_path = tmp_path / "db.json"
     db = tune(str(tiny_resnet_dir), out=db_path, runs=2, progress=Progress(quiet=True))

@@ -1,4 +1,4 @@
-"""builder.wheels against the real PyPI (small packages only)."""
+"""builder.bundle.wheels against the real PyPI (small packages only)."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import pytest
 
 from builder.errors import BundleError
 from builder.progress import Progress
-from builder.wheels import (
+from builder.bundle.wheels import (
     canonical_name,
     fetch_wheels,
     manylinux_platforms,

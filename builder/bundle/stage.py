@@ -6,10 +6,10 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from .. import wheels
-from ..cache import cache_dir
-from ..errors import BundleError
-from ..versions import dist_version
+from builder.bundle import wheels
+from builder.cache import cache_dir
+from builder.errors import BundleError
+from builder.versions import dist_version
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "runtime"
 

@@ -28,10 +28,11 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from .cache import cache_dir
-from .errors import InvokeError
-from .progress import QUIET, Progress
-from . import elf, sandbox, wheels
+from builder.cache import cache_dir
+from builder.errors import InvokeError
+from builder.progress import QUIET, Progress
+from builder.bundle import elf, wheels
+from builder.local import sandbox
 
 # The runtime client and its dependencies, pinned so every local run uses the same code.
 # simplejson and snapshot-restore-py are awslambdaric 4.2.2's only requirements

@@ -10,13 +10,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from .. import elf
-from ..errors import BundleError
-from ..render import render
-from ..targets import LAMBDA_DEPLOYABLE_PYTHONS, LAMBDA_GLIBC, TargetSpec
-from ..versions import EDGEBUNDLE_VERSION
-from ..ziputil import tree_size, write_zip
-from .common import file_record, stage_bundle
+from builder.bundle import elf
+from builder.errors import BundleError
+from builder.bundle.render import render
+from builder.compiler.targets import LAMBDA_DEPLOYABLE_PYTHONS, LAMBDA_GLIBC, TargetSpec
+from builder.versions import EDGEBUNDLE_VERSION
+from builder.bundle.archive import tree_size, write_zip
+from builder.bundle.stage import file_record, stage_bundle
 
 MIB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped (AWS: 262,144,000 bytes)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .cache import cache_dir
-from .errors import BundleError, ToolMissingError
-from .progress import QUIET, Progress
+from builder.cache import cache_dir
+from builder.errors import BundleError, ToolMissingError
+from builder.progress import QUIET, Progress
 
 # Debian ships exactly one python3 per release; these are the versions we can emulate.
 SUITES = {"3.11": "bookworm", "3.13": "trixie"}

@@ -15,9 +15,9 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .cache import cache_dir
-from .errors import BundleError, ToolMissingError
-from .progress import QUIET, Progress
+from builder.cache import cache_dir
+from builder.errors import BundleError, ToolMissingError
+from builder.progress import QUIET, Progress
 
 _LEGACY_MANYLINUX = {
     # Old names pip only accepts verbatim: manylinux2014 == 2_17, 2010 == 2_12, 1 == 2_5.

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelSourceError, UnsupportedModelError
+from builder.errors import ModelSourceError, UnsupportedModelError
 
 # The batch dimension is symbolic in every compiled module; requests larger than this are
 # refused by the runtime before they can exhaust a Lambda's memory.

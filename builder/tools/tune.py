@@ -9,8 +9,8 @@ import statistics
 import time
 from pathlib import Path
 
-from .errors import EdgebundleError
-from .progress import Progress
+from builder.errors import EdgebundleError
+from builder.progress import Progress
 
 DENSE_TILES = [(4, 24), (4, 16), (2, 32), (8, 8), (2, 48)]
 CONV_TILES = [(2, 32), (4, 16), (1, 32), (4, 32)]
@@ -23,7 +23,7 @@ def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float
     import tvm
     from tvm import relax
 
-    from .schedules.cpu import cpu_pipeline
+    from builder.compiler.schedules.cpu import cpu_pipeline
 
     target = tvm.target.Target(tvm_target)
     ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, params))
@@ -48,12 +48,12 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     # TVM's pool is sized once, from this variable, when first used; unset it is 1 thread
     # on small machines, which would tune for the wrong machine.
     os.environ.setdefault("TVM_NUM_THREADS", str(available_cpus()))
-    from .compile import to_relax
-    from .families import detect_family
-    from .families.base import one_request, read_json
-    from .schedules.cpu import CpuParams
-    from .source import resolve_model
-    from .targets import TARGETS
+    from builder.compiler.export import to_relax
+    from builder.model.families import detect_family
+    from builder.model.families.base import one_request, read_json
+    from builder.compiler.schedules.cpu import CpuParams
+    from builder.model.source import resolve_model
+    from builder.compiler.targets import TARGETS
 
     spec_t = TARGETS[target]
     if not spec_t.host_can_run():
@@ -106,7 +106,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
 
 def load_tuning_db(path: Path, tvm_target: dict):
     """CpuParams from a database `tune` wrote for the same TVM target."""
-    from .schedules.cpu import CpuParams
+    from builder.compiler.schedules.cpu import CpuParams
 
     try:
         db = json.loads(Path(path).read_text())

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgebundleError, ToolMissingError
-from .progress import Progress
-from .ziputil import tree_size
+from builder.errors import EdgebundleError, ToolMissingError
+from builder.progress import Progress
+from builder.bundle.archive import tree_size
 
 # Runs on a staged bundle (its vendored wheels, no site-packages, no numpy): what a
 # Lambda cold start pays once the interpreter is up.
@@ -113,10 +113,10 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     except ImportError:
         raise ToolMissingError("onnxruntime is not installed (the benchmark's reference)",
                                hint="pip install -e '.[bench]'") from None
-    from .build import build
-    from .families import FAMILIES
-    from .families.base import one_request, read_json
-    from .targets import TARGETS
+    from builder.build import build
+    from builder.model.families import FAMILIES
+    from builder.model.families.base import one_request, read_json
+    from builder.compiler.targets import TARGETS
 
     threads = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
     # Both thread pools are sized when their libraries load: before anything imports them.
@@ -189,7 +189,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
                      str(inputs[spec.inputs[0].name].shape[1]): {name: _stats(times[name])["median_ms"]
                                                                 for name in pair}}
 
-    from .formats.common import stage_bundle
+    from builder.bundle.stage import stage_bundle
 
     # Our cold start runs on a bundle staged for this interpreter: its vendored wheels and
     # libtvm_runtime.so, no site-packages.
@@ -197,7 +197,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     bundle = work / "bundle"
     bundle.mkdir()
     stage_bundle(bundle, tdir, manifest, TARGETS[target], host_python, progress)
-    from .emulate import write_raw
+    from builder.validate.emulated import write_raw
 
     (work / "inputs.json").write_text(json.dumps(write_raw(inputs, work, "")))
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TVM_NUM_THREADS": str(threads),

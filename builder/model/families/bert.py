@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from ..errors import ModelSourceError, UnsupportedModelError
+from builder.errors import ModelSourceError, UnsupportedModelError
 from .base import (Family, ModelSpec, TensorSpec, check_task, default_buckets, fit_seq, id2label,
                    quiet_transformers, read_json)
 

@@ -5,7 +5,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from .errors import EdgebundleError
+from builder.errors import EdgebundleError
 
 
 def _shape(s: dict) -> str:

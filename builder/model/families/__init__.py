@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UnsupportedModelError
+from builder.errors import UnsupportedModelError
 from .base import Family, ModelSpec, TensorSpec
 from .bert import BertFamily
 from .resnet import ResNetFamily

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-from .errors import ToolMissingError, UnsupportedModelError
+from builder.errors import ToolMissingError, UnsupportedModelError
 
 # Lambda python3.12+ runs on Amazon Linux 2023 (glibc 2.34); python3.10/3.11 on Amazon
 # Linux 2 (glibc 2.26), which is older than libtvm_runtime.so's 2.27.

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sandbox
-from .errors import ValidationError
-from .formats.common import stage_bundle
-from .progress import Progress
+from builder.local import sandbox
+from builder.errors import ValidationError
+from builder.bundle.stage import stage_bundle
+from builder.progress import Progress
 
 EMULATION_PYTHON = "3.13"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from ..errors import ModelSourceError, UnsupportedModelError
+from builder.errors import ModelSourceError, UnsupportedModelError
 from .base import Family, quiet_transformers, ModelSpec, TensorSpec, check_task, id2label, read_json
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

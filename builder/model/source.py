@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ModelSourceError
+from builder.errors import ModelSourceError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 

@@ -8,7 +8,7 @@ import dataclasses
 import struct
 from pathlib import Path
 
-from .errors import BundleError
+from builder.errors import BundleError
 
 MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 40: "arm", 243: "riscv"}
 LAMBDA_MACHINES = {"x86_64": 62, "arm64": 183}

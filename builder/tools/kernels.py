@@ -16,7 +16,7 @@ def fused_module(mod, target, params=None):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cg
 
-    from .cpu import pre_legalize_passes
+    from builder.compiler.schedules.cpu import pre_legalize_passes
 
     with target:
         return tvm.transform.Sequential([*pre_legalize_passes(params), *cg.library_dispatch_passes(target),
@@ -65,7 +65,7 @@ def check_kernels(mod, target, params=None, symbol_value: int = 1, time_runs: in
     import tvm
     from tvm import tirx
 
-    from .cpu import cpu_rules
+    from builder.compiler.schedules.cpu import cpu_rules
 
     fused = fused_module(mod, target, params)
     rules = cpu_rules(params)

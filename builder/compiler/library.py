@@ -1,0 +1,65 @@
+"""Relax IRModule -> one compiled library per target and length (tvm.compile with our CPU
+schedules or TVM's GPU defaults, then export_library with the target's linker)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.compiler.targets import TargetSpec
+from builder.errors import CompileError
+
+
+def device_code_summary(ex) -> dict | None:
+    """What device code the executable carries (GPU targets), for the manifest and tests."""
+    found = []
+
+    def walk(mod):
+        for sub in mod.imports:
+            if sub.kind not in ("llvm", "c", "library", "static_library"):
+                src = sub.inspect_source()
+                found.append({"kind": sub.kind, "kernels": src.count('extern "C" __global__'),
+                              "source_bytes": len(src)})
+            walk(sub)
+
+    walk(ex.mod)
+    return found[0] if len(found) == 1 else ({"modules": found} if found else None)
+
+
+def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
+                    cpu_params=None) -> tuple[dict | None, list]:
+    """tvm.compile for one target and export the code as one .so; main's large constants,
+    packed as the kernels read them, become trailing parameters (builder/weights.py says
+    why). Returns (device-code summary for GPU targets, those constants in order)."""
+    import tvm
+    from tvm import relax
+
+    from builder.compiler import weights
+
+    tvm_t = tvm.target.Target(tvm_target)
+    if target.device == "cpu" and schedule:
+        from builder.compiler.schedules.cpu import cpu_pipeline
+
+        pipeline = cpu_pipeline(tvm_t, cpu_params)
+    else:
+        pipeline = relax.get_default_pipeline(tvm_t)
+    lifted: list = []
+    try:
+        ex = tvm.compile(mod, target=tvm_t,
+                         relax_pipeline=tvm.transform.Sequential([pipeline, weights.lift_constants_pass(lifted)]))
+    except Exception as e:
+        raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
+                           where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e
+    kwargs = {}
+    if target.cross_compiler:
+        from tvm.support import cc
+
+        kwargs["fcompile"] = cc.cross_compiler(target.cross_compiler)
+    out_so.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_so.with_suffix(".so.partial")
+    try:
+        ex.export_library(str(tmp), **kwargs)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
+                           where=str(out_so), hint="rerun with --debug for the linker output") from e
+    tmp.replace(out_so)
+    return (device_code_summary(ex) if target.device != "cpu" else None), lifted
