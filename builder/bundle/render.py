@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 
 def _py(value) -> str:
