@@ -5,19 +5,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import EdgebundleError
-from .progress import Progress
+from builder.errors import EdgebundleError
+from builder.options import BuildOptions
+from builder.progress import Progress
+
+# Where a failure that is edgebundle's own fault should be reported.
+REPORT = "report it to the edgebundle maintainers with the command line and the output of `--debug`"
 
 
 def _parser() -> argparse.ArgumentParser:
-    from builder.model.families import FAMILIES
     from builder.bundle.formats import FORMATS
-    from builder.compiler.targets import CUDA_ARCHS, DEFAULT_CUDA_ARCH, DEFAULT_PYTHON, LAMBDA_GLIBC, PLATFORMS, TARGETS
+    from builder.compiler.targets import CUDA_ARCHS, TARGETS
+    from builder.model.families import FAMILIES
+    from builder.options import DEFAULT_CUDA_ARCH, DEFAULT_PYTHON, DEFAULT_SEQ_LEN
+    from builder.platforms import PLATFORMS
+    from builder.versions import EDGEBUNDLE_VERSION
 
     p = argparse.ArgumentParser(prog="edgebundle", description=(
         "Compile a PyTorch / Hugging Face model with Apache TVM into self-contained bundles "
         "for AWS Lambda, containers and edge devices - no PyTorch at run time."))
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"edgebundle {EDGEBUNDLE_VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="compile a model for one or more targets and write bundles")
@@ -30,13 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--family", choices=list(FAMILIES), help="override the family detected from config.json")
     b.add_argument("--task", help="override the task (e.g. feature-extraction, text-classification)")
     b.add_argument("--name", help="model name recorded in manifests (default: the directory name or hub id)")
-    b.add_argument("--seq-len", type=int, default=128, help="text models: longest sequence, in tokens (default 128)")
+    b.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
+                   help=f"text models: longest sequence, in tokens (default {DEFAULT_SEQ_LEN})")
     b.add_argument("--seq-buckets", type=_int_list, metavar="N,N,...",
                    help="text models: sequence lengths to compile, ending at --seq-len; a request runs on the "
                         "shortest that fits (default 16,32,64,...,--seq-len; one length: --seq-buckets 128)")
-    b.add_argument("--python", default=DEFAULT_PYTHON, choices=list(LAMBDA_GLIBC),
-                   help=f"Python version of the Lambda bundle (default {DEFAULT_PYTHON}; "
-                        "3.10/3.11 give local-test bundles only)")
+    b.add_argument("--python", default=DEFAULT_PYTHON, metavar="X.Y",
+                   help=f"Python version of the bundle (default {DEFAULT_PYTHON}; lambda: 3.12-3.14, and "
+                        "3.10/3.11 for local-test bundles only)")
     b.add_argument("--cpu", action="append",
                    help="LLVM CPU to compile for: NAME, or TARGET=NAME with several targets (defaults: x86_64 "
                         "haswell = every Lambda x86_64 host; arm64 neoverse-n1 = Graviton2; e.g. cortex-a72 for a "
@@ -64,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, help="threads for all three (default: the CPUs this process may use)")
     bn.add_argument("--runs", type=int, default=30, help="interleaved warm rounds (default 30)")
     bn.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine for cold start")
-    bn.add_argument("--seq-len", type=int, default=128, help="text models built here: sequence length")
+    bn.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="text models built here: sequence length")
     bn.add_argument("--json", type=Path, help="write the results as JSON")
     bn.add_argument("--plot", type=Path, help="draw a bar chart (PNG)")
     bn.add_argument("--quiet", action="store_true")
@@ -75,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--target", default="x86_64", choices=list(TARGETS))
     t.add_argument("--out", type=Path, required=True, help="the JSON database to write (for build --tuning-db)")
     t.add_argument("--cpu", help="LLVM CPU, as for build")
-    t.add_argument("--seq-len", type=int, default=128)
+    t.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
     t.add_argument("--runs", type=int, default=10, help="timed runs per candidate")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -87,20 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_options(args) -> BuildOptions:
+    return BuildOptions(targets=tuple(args.target or ("x86_64",)), formats=tuple(args.format), family=args.family,
+                        task=args.task, name=args.name, seq_len=args.seq_len, seq_buckets=args.seq_buckets,
+                        python=args.python, cpu=tuple(args.cpu or ()), cuda_arch=args.cuda_arch, host=args.host,
+                        schedule=args.schedule, tuning_db=args.tuning_db)
+
+
 def cmd_build(args) -> int:
     from builder.build import build
 
-    build(args.model, targets=args.target or ["x86_64"], formats=args.format, out=args.out,
-          family=args.family, task=args.task, name=args.name,
-          options={"seq_len": args.seq_len, "seq_buckets": args.seq_buckets, "python": args.python, "cpu": args.cpu,
-                   "cuda_arch": args.cuda_arch, "host": args.host, "schedule": args.schedule,
-                   "tuning_db": args.tuning_db},
-          progress=Progress(quiet=args.quiet))
+    build(args.model, args.out, build_options(args), progress=Progress(quiet=args.quiet))
     return 0
 
 
 def cmd_invoke(args) -> int:
-    from .errors import InvokeError
+    from builder.errors import InvokeError
     from builder.local.lambda_runtime import invoke_zip
 
     if not args.bundle.is_file():
@@ -160,6 +171,21 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug of ours (or of a library under us): one readable line, not a trace
+        if args.debug:
+            raise
+        where = _innermost_frame(e)
+        print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
+              f"  where: {where}\n  what to do: this is a bug; rerun with --debug for the traceback and {REPORT}",
+              file=sys.stderr)
+        return 70  # EX_SOFTWARE
+
+
+def _innermost_frame(e: BaseException) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "unknown"
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from builder.build import build  # noqa: E402
 from builder.errors import BundleError  # noqa: E402
 from builder.bundle.formats import lambda_zip  # noqa: E402
+from builder.options import BuildOptions  # noqa
 from builder.progress import Progress  # noqa: E402
 from builder.compiler.targets import TARGETS  # noqa: E402
 
@@ -70,14 +71,14 @@ def main() -> int:
             model.mkdir(parents=True, exist_ok=True)
             (make_bert_base if args.which == "bert-base" else make_resnet50)(model)
     start = time.perf_counter()
-    record = build(str(model), targets=["x86_64"], formats=[], out=out, name=args.which)
+    record = build(str(model), out, BuildOptions(name=args.which))
     built = time.perf_counter()
     t = record["targets"]["x86_64"]
     summary = {"model": args.which, "build_seconds_incl_validation": round(built - start, 1),
                "model_so_mb": round(t["library"]["size"] / 1e6, 1),
                "max_abs_diff": t["validation"].get("max_abs_diff")}
     try:
-        z = lambda_zip.build(out / "x86_64", TARGETS["x86_64"], {"python": "3.13"}, Progress())
+        z = lambda_zip.build(out / "x86_64", TARGETS["x86_64"], BuildOptions(), Progress())
         summary.update(lambda_zip_mb=round(z["size"] / 1e6, 1), lambda_unzipped_mb=round(z["unzipped_size"] / 1e6, 1),
                        lambda_format_seconds=round(time.perf_counter() - built, 1))
     except BundleError as e:

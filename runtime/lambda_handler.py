@@ -12,7 +12,7 @@ from .events import handle
 def make_handler(model_dir: str):
     start = time.perf_counter()
     model = load(model_dir)
-    print(f"edgebundle: loaded {model.manifest['model']['name']} ({model.task}) in "
+    print(f"edgebundle: loaded {model.manifest.model.name} ({model.task}) in "
           f"{(time.perf_counter() - start) * 1000:.0f} ms, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}",
           file=sys.stderr, flush=True)
 

@@ -2,13 +2,15 @@
 (`predict`)."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from pathlib import Path
 
+from . import manifest
 from ._tvm import CompiledModule, Weights
 from .arrays import as_tensor, flat, pack, shaped
 from .errors import BadInput
+from .manifest import Tensor
 
 
 def _softmax(row: list[float]) -> list[float]:
@@ -23,54 +25,52 @@ def _sigmoid(row: list[float]) -> list[float]:
     return [1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)) for v in row]
 
 
-def _pad_seq(view: memoryview, spec: dict, length: int) -> memoryview:
+def _pad_seq(view: memoryview, spec: Tensor, length: int) -> memoryview:
     """`view` with its "seq" axis filled up to `length` with the input's pad value."""
-    if "seq" not in spec["shape"]:
+    axis = spec.seq_axis
+    if axis is None:
         return view
-    axis = spec["shape"].index("seq")
     have = view.shape[axis]
     if have == length:
         return view
     outer, inner = math.prod(view.shape[:axis]), math.prod(view.shape[axis + 1:])
-    values, fill = flat(view).tolist(), [spec["pad"]] * ((length - have) * inner)
+    values, fill = flat(view).tolist(), [spec.pad] * ((length - have) * inner)
     padded = []
     for o in range(outer):
         padded += values[o * have * inner:(o + 1) * have * inner]
         padded += fill
     shape = list(view.shape)
     shape[axis] = length
-    return shaped(pack(padded, spec["dtype"]), spec["dtype"], shape)
+    return shaped(pack(padded, spec.dtype), spec.dtype, shape)
 
 
 class Model:
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.dir = Path(model_dir)
-        self.manifest = json.loads((self.dir / "model.json").read_text())
-        m = self.manifest
-        self.inputs: list[dict] = m["inputs"]
-        self.outputs: list[dict] = m["outputs"]
-        self.task: str = m["model"]["task"]
-        self.labels: list[str] | None = m.get("labels")
-        self.max_batch: int = int(m.get("max_batch", 32))
-        device = device or m["target"]["device"]
-        self.weights = (Weights(self.dir / m["weights"]["file"], device, expect_count=m["weights"]["count"])
-                        if m.get("weights") else None)
+        self.manifest = m = manifest.read(self.dir)
+        self.inputs: tuple[Tensor, ...] = m.inputs
+        self.outputs: tuple[Tensor, ...] = m.outputs
+        self.task: str = m.model.task
+        self.labels: tuple[str, ...] | None = m.labels
+        self.max_batch: int = m.max_batch
+        device = device or m.target.device
+        self.weights = (Weights(self.dir / m.weights.file, device, expect_count=m.weights.count)
+                        if m.weights else None)
         weights = self.weights.tensors if self.weights else []
-        libraries = m.get("libraries") or [{"file": m["library"], "seq": None, "weights": range(len(weights))}]
-        for lib in libraries:
-            if any(not 0 <= i < len(weights) for i in lib.get("weights", ())):
-                raise ValueError(f"{self.dir / 'model.json'}: {lib['file']} names weights model.weights lacks")
+        for lib in m.libraries:
+            if any(not 0 <= i < len(weights) for i in lib.weights):
+                raise manifest.ManifestError(f"{self.dir / manifest.FILENAME}: {lib.file} names weights "
+                                             "model.weights lacks")
         # {compiled sequence length (None: no such dimension): module}, shortest first; each
         # holds its weight tensors, which keep the mapping alive.
-        self.modules = {lib["seq"]: CompiledModule(self.dir / lib["file"], device,
-                                                   weights=[weights[i] for i in lib.get("weights", ())])
-                        for lib in sorted(libraries, key=lambda lib: lib["seq"] or 0)}
-        self.seq_lengths = [n for n in self.modules if n is not None]
-        pre = m["preprocessing"]
+        self.modules = {lib.seq: CompiledModule(self.dir / lib.file, device, weights=[weights[i] for i in lib.weights])
+                        for lib in m.libraries}
+        self.seq_lengths = m.seq_lengths
+        pre = m.preprocessing
         if pre["kind"] == "text":
             from .text import TextEncoder
 
-            self.encoder = TextEncoder(self.dir, pre)
+            self.encoder = TextEncoder(self.dir, pre, self.inputs)
         elif pre["kind"] == "image":
             from .image import ImageEncoder
 
@@ -84,7 +84,7 @@ class Model:
         C-contiguous views in the manifest's dtypes and order."""
         if not isinstance(tensors, dict):
             raise BadInput('"tensors" must be an object mapping input names to arrays')
-        names = [i["name"] for i in self.inputs]
+        names = [i.name for i in self.inputs]
         unknown = sorted(set(tensors) - set(names))
         missing = [n for n in names if n not in tensors]
         if unknown or missing:
@@ -93,9 +93,9 @@ class Model:
                            + (f"; unknown {unknown}" if unknown else ""))
         views, symbols = [], {}
         for spec in self.inputs:
-            name = spec["name"]
-            view = as_tensor(tensors[name], name, spec["dtype"])
-            shape, got = spec["shape"], list(view.shape)
+            name = spec.name
+            view = as_tensor(tensors[name], name, spec.dtype)
+            shape, got = list(spec.shape), list(view.shape)
             if len(got) != len(shape):
                 raise BadInput(f'"{name}" has shape {got}, expected {shape}')
             for dim, want in zip(got, shape):
@@ -108,7 +108,7 @@ class Model:
                         raise BadInput(f'"{name}" has length {dim}; 1..{self.seq_lengths[-1]} accepted')
                 elif dim != want:
                     raise BadInput(f'"{name}" has shape {got}, expected {shape}')
-            rng = spec.get("range")
+            rng = spec.range
             # Out-of-range indices would read outside an embedding table in compiled code.
             if rng is not None and view.nbytes:
                 values = flat(view)
@@ -123,12 +123,12 @@ class Model:
         views = self.check_tensors(tensors)
         module = self.modules.get(None)
         if module is None:  # the shortest compiled length that fits, inputs padded to it
-            length = next(v.shape[s["shape"].index("seq")] for v, s in zip(views, self.inputs) if "seq" in s["shape"])
+            length = next(v.shape[s.seq_axis] for v, s in zip(views, self.inputs) if s.seq_axis is not None)
             seq = next(n for n in self.seq_lengths if n >= length)
             module = self.modules[seq]
             views = [_pad_seq(v, s, seq) for v, s in zip(views, self.inputs)]
-        results = module(views, [spec["dtype"] for spec in self.inputs])
-        return {spec["name"]: out for spec, out in zip(self.outputs, results)}
+        results = module(views, [spec.dtype for spec in self.inputs])
+        return {spec.name: out for spec, out in zip(self.outputs, results)}
 
     # -- task mode ---------------------------------------------------------------------
     def predict(self, inputs, parameters: dict | None = None):
@@ -147,7 +147,7 @@ class Model:
         return answers[0] if single else answers
 
     def _postprocess(self, out: dict, parameters: dict) -> list:
-        post = self.manifest["postprocessing"]
+        post = self.manifest.postprocessing
         values = out[post["output"]]
         if post["kind"] == "embedding":
             return values.tolist()
@@ -166,5 +166,7 @@ class Model:
 
     def info(self) -> dict:
         m = self.manifest
-        return {"model": m["model"], "inputs": self.inputs, "outputs": self.outputs,
-                "labels": self.labels, "target": m["target"]["name"], "versions": m["versions"]}
+        return {"model": dataclasses.asdict(m.model), "inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs],
+                "labels": list(self.labels) if self.labels is not None else None,
+                "target": m.target.name, "versions": m.versions}

@@ -14,11 +14,12 @@ import tiny_models  # noqa: E402
 
 def _build(model_dir: Path, out: Path, formats=("lambda",), targets=("x86_64",), progress=None, **options):
     from builder.build import build
+    from builder.options import BuildOptions
     from builder.progress import Progress
 
-    opts = {"seq_len": options.pop("seq_len", 32), "python": options.pop("python", "3.13")}
-    build(str(model_dir), targets=list(targets), formats=list(formats), out=out, options=opts,
-          progress=progress or Progress(quiet=True), **options)
+    options.setdefault("seq_len", 32)
+    build(str(model_dir), out, BuildOptions(targets=tuple(targets), formats=tuple(formats), **options),
+          progress=progress or Progress(quiet=True))
     return out / targets[0]
 
 

@@ -45,7 +45,7 @@ def test_one_build_many_targets(tiny_resnet_multi_build):
         assert m["target"]["name"] == name and m["target"]["elf_machine"] == machine
         assert elf.read_elf(out / name / "model.so").machine_name == machine
     arm = json.loads((out / "arm64" / "model.json").read_text())
-    assert arm["target"]["tvm"]["mcpu"] == "neoverse-n1" and arm["target"]["lambda_architecture"] == "arm64"
+    assert arm["target"]["tvm"]["mcpu"] == "neoverse-n1" and arm["target"]["arch"] == "aarch64"
     assert arm["validation"]["how"].startswith("emulated") and arm["validation"]["max_abs_diff"]["logits"] < 1e-4
 
 
@@ -53,7 +53,6 @@ def test_cuda_build_has_device_code_and_accounts_for_runtime_libraries(tiny_resn
     out, log = tiny_resnet_multi_build
     m = json.loads((out / "cuda" / "model.json").read_text())
     assert m["target"]["device"] == "cuda" and m["target"]["tvm"]["arch"] == "sm_80"
-    assert m["target"]["lambda_architecture"] is None
     assert m["device_code"]["kind"] == "cuda" and m["device_code"]["kernels"] > 10
     names = [lib["name"] for lib in m["runtime_libraries"]["tvm"] + m["runtime_libraries"]["system"]]
     assert {"libtvm_runtime.so", "libtvm_runtime_cuda.so", "libcudart.so.13", "libcuda.so.1"} <= set(names)
@@ -124,9 +123,10 @@ def test_elf_audit_rejects_x86_64_library_in_arm64_zip(resnet_arm64_zip, tiny_re
 @needs_cross
 def test_cuda_with_arm64_host_for_jetson(tiny_resnet_dir, tmp_path):
     from builder.build import build
+    from builder.options import BuildOptions
 
-    build(str(tiny_resnet_dir), targets=["cuda"], formats=[], out=tmp_path,
-          options={"host": "arm64", "cpu": ["cortex-a78ae"], "cuda_arch": "sm_87"}, progress=Progress(quiet=True))
+    build(str(tiny_resnet_dir), tmp_path, BuildOptions(targets=("cuda",), host="arm64", cpu=("cortex-a78ae",),
+                                                     cuda_arch="sm_87"), progress=Progress(quiet=True))
     m = json.loads((tmp_path / "cuda" / "model.json").read_text())
     assert m["target"]["tvm"] == {"kind": "cuda", "arch": "sm_87",
                                   "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae",

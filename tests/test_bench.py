@@ -1,18 +1,43 @@
 """`edgebundle bench` on a tiny build: the three engines agree with PyTorch and every
-number the README table shows is produced (timings themselves are never asserted)."""
+number the README table shows is produced (timings themselves are never asserted), and
+bench leaves no temporary directory behind."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _bench_env(tmp: Path) -> dict:
+    """bench's environment with its own TMPDIR, to see what it leaves there."""
+    tmp.mkdir()
+    return {**os.environ, "TMPDIR": str(tmp)}
+
+
+def _leftovers(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.glob("edgebundle-bench*"))
+
+
+def test_bench_cleans_up_after_an_error(tmp_path):
+    """An error once the work directory exists (here the build bench starts for a model
+    directory: an unsupported architecture) still removes it."""
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    proc = subprocess.run([sys.executable, "-m", "builder.cli", "bench", str(model)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=_bench_env(tmp_path / "tmp"))
+    assert proc.returncode == 1 and "GPT2LMHeadModel is not supported" in proc.stderr, proc.stderr[-3000:]
+    assert _leftovers(tmp_path / "tmp") == []
+
+
+@pytest.mark.slow
 def test_bench_tiny_resnet(tiny_resnet_build, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tiny_resnet_build.parent
@@ -32,12 +57,15 @@ def test_bench_tiny_resnet(tiny_resnet_build, tmp_path):
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_bench_tiny_bert_times_short_requests(tiny_bert_build, tmp_path):
     pytest.importorskip("onnxruntime")
     proc = subprocess.run([sys.executable, "-m", "builder.cli", "bench", str(tiny_bert_build.parent), "--runs", "3",
                            "--cold-runs", "1", "--json", str(tmp_path / "b.json"), "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=_bench_env(tmp_path / "tmp"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the ONNX export, the inputs and the two staged bundles went with bench's work directory
+    assert _leftovers(tmp_path / "tmp") == []
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["input_shapes"]["input_ids"] == [1, 32]
     assert all(v < 1e-4 for v in r["max_abs_diff_vs_torch"].values()), r["max_abs_diff_vs_torch"]

@@ -14,6 +14,7 @@ import reference
 from builder.bundle import elf
 from builder.errors import BundleError
 from builder.local.lambda_runtime import invoke_zip
+from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.compiler.targets import TARGETS
 
@@ -106,19 +107,30 @@ def test_zips_are_deterministic(tiny_resnet_build, tmp_path):
     copy = tmp_path / "x86_64"
     shutil.copytree(tiny_resnet_build, copy)
     (copy / "lambda.zip").unlink()
-    build_lambda(copy, TARGETS["x86_64"], {"python": "3.13"}, Progress(quiet=True))
+    build_lambda(copy, TARGETS["x86_64"], BuildOptions(), Progress(quiet=True))
     assert (copy / "lambda.zip").read_bytes() == first
 
 
-def test_unzipped_size_limit_points_to_image_format(tiny_resnet_build, tmp_path, monkeypatch):
+def test_unzipped_size_limit_says_what_is_big_and_what_to_do(tiny_resnet_build, tmp_path, monkeypatch):
     from builder.bundle.formats import lambda_zip
 
     copy = tmp_path / "x86_64"
     shutil.copytree(tiny_resnet_build, copy)
-    monkeypatch.setattr(lambda_zip, "LAMBDA_UNZIPPED_LIMIT", 10 * 1024 * 1024)
+    weights_mib = (copy / "model.weights").stat().st_size / 2**20
+    # Below what the weights need: the weights are named as the problem.
+    monkeypatch.setattr(lambda_zip, "UNZIPPED_LIMIT", int(weights_mib * 2**20 * 0.5))
     with pytest.raises(BundleError) as exc:
-        lambda_zip.build(copy, TARGETS["x86_64"], {"python": "3.13"}, Progress(quiet=True))
-    assert "MiB unzipped" in str(exc.value) and "--format image" in str(exc.value)
+        lambda_zip.build(copy, TARGETS["x86_64"], BuildOptions(), Progress(quiet=True))
+    msg = str(exc.value)
+    assert f"weights {weights_mib:.0f} MiB" in msg and "compiled code" in msg and "runtime and packages" in msg
+    assert "the weights alone exceed" in msg and "smaller checkpoint" in msg
+    assert "--format image" not in msg  # no such format in this version
+    assert not (copy / "lambda.zip").exists()
+    # Room for the weights but not for the rest: the advice is not about the weights alone.
+    monkeypatch.setattr(lambda_zip, "UNZIPPED_LIMIT", int(weights_mib * 2**20 * 1.01))
+    with pytest.raises(BundleError) as exc:
+        lambda_zip.build(copy, TARGETS["x86_64"], BuildOptions(), Progress(quiet=True))
+    assert "the weights alone" not in str(exc.value) and "smaller checkpoint" in str(exc.value)
 
 
 def test_elf_audit_rejects_foreign_and_too_new_libraries(tiny_bert_build, tmp_path):
@@ -140,8 +152,7 @@ def test_elf_audit_rejects_foreign_and_too_new_libraries(tiny_bert_build, tmp_pa
 def test_python311_bundle_is_local_test_only(tiny_resnet_dir, tmp_path, capsys):
     from builder.build import build
 
-    build(str(tiny_resnet_dir), targets=["x86_64"], formats=["lambda"], out=tmp_path,
-          options={"python": "3.11"}, progress=Progress(quiet=True))
+    build(str(tiny_resnet_dir), tmp_path, BuildOptions(formats=("lambda",), python="3.11"), progress=Progress(quiet=True))
     assert "local tests only" in capsys.readouterr().err
     zip_path = tmp_path / "x86_64" / "lambda.zip"
     with zipfile.ZipFile(zip_path) as zf:

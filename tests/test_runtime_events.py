@@ -32,11 +32,14 @@ def resnet(tiny_resnet_build):
 
 
 def test_manifest_describes_io(bert, tiny_bert_build):
-    assert [i["name"] for i in bert.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert bert.inputs[0]["shape"] == ["batch", "seq"] and bert.inputs[0]["dtype"] == "int64"
-    assert [i["pad"] for i in bert.inputs] == [0, 0, 0]
-    assert bert.outputs == [{"name": "sentence_embedding", "shape": ["batch", 128], "dtype": "float32"}]
+    assert [i.name for i in bert.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [i.source for i in bert.inputs] == ["ids", "attention_mask", "type_ids"]
+    assert bert.inputs[0].shape == ("batch", "seq") and bert.inputs[0].dtype == "int64"
+    assert [i.pad for i in bert.inputs] == [0, 0, 0]
+    assert [o.to_json() for o in bert.outputs] == [
+        {"name": "sentence_embedding", "shape": ["batch", 128], "dtype": "float32"}]
     m = json.loads((tiny_bert_build / "model.json").read_text())
+    assert m["schema"] == runtime.manifest.SCHEMA
     assert [(lib["file"], lib["seq"]) for lib in m["libraries"]] == [("model-seq16.so", 16), ("model.so", 32)]
     assert sorted(m["files"]) == ["model-seq16.so", "model.so", "model.weights", "tokenizer.json"]
     assert m["versions"]["tvm"] == "0.27.0.post1" and m["versions"]["tvm_ffi"]

@@ -9,6 +9,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 from builder.compiler.targets import TARGETS as _ALL
+from builder.options import BuildOptions
 
 TARGETS = {"x86_64": _ALL["x86_64"].tvm_target_json()}  # what builds use
 
@@ -23,7 +24,7 @@ def _spec(family, model_dir, task, seq_len=16):
     from builder.model.families import FAMILIES
 
     config = json.loads((model_dir / "config.json").read_text())
-    return FAMILIES[family].load(model_dir, config, task, {"seq_len": seq_len})
+    return FAMILIES[family].load(model_dir, config, task, BuildOptions(seq_len=seq_len))
 
 
 def _check(mod, symbol_value=2, params=None):

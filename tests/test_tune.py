@@ -2,7 +2,9 @@
 another target)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 
@@ -12,14 +14,40 @@ from builder.progress import Progress
 pytestmark = pytest.mark.slow
 
 
+def check_db(db: dict, db_path) -> list[dict]:
+    """What tune wrote is what it returned, every measured candidate has a latency, and the
+    chosen params are the fastest measured (tune's verdict follows from its own timings).
+    Returns the measured params."""
+    from builder.compiler.schedules.cpu import CpuParams
+
+    assert json.loads(db_path.read_text()) == db
+    cands = db["candidates"]
+    fields = {f.name for f in dataclasses.fields(CpuParams)}
+    assert all(set(c["params"]) == fields for c in cands), cands
+    assert all(math.isfinite(c["median_ms"]) and c["median_ms"] > 0 for c in cands), cands
+    tried = [c["params"] for c in cands]
+    assert len({json.dumps(p, sort_keys=True) for p in tried}) == len(tried), "a candidate was measured twice"
+    # the default is measured first and is the baseline
+    assert tried[0] == dataclasses.asdict(CpuParams()) and db["default_ms"] == cands[0]["median_ms"]
+    fastest = min(cands, key=lambda c: c["median_ms"])
+    assert db["best_ms"] == fastest["median_ms"] and db["params"] == fastest["params"]
+    assert db["gain"] == pytest.approx(db["default_ms"] / db["best_ms"], rel=1e-12)
+    return tried
+
+
 def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     from builder.build import build
-    from builder.tools.tune import tune
+    from builder.compiler.schedules.cpu import CpuParams
+    from builder.tools.tune import DENSE_TILES, tune
 
     db_path = tmp_path / "db.json"
     db = tune(str(tiny_bert_dir), out=db_path, seq_len=32, runs=2, progress=Progress(quiet=True))
-    assert db_path.is_file() and db["best_ms"] <= db["default_ms"]
-    assert len(db["candidates"]) >= 4  # the default and the dense tiles (no conv in BERT)
+    tried = check_db(db, db_path)
+    # the default and every dense tile (the default's among them or not); BERT has no convs,
+    # so nothing else varies
+    default = dataclasses.asdict(CpuParams())
+    assert {(p["mr"], p["nr"]) for p in tried} == {(default["mr"], default["nr"])} | set(DENSE_TILES)
+    assert all({**p, "mr": 0, "nr": 0} == {**default, "mr": 0, "nr": 0} for p in tried), tried
     build(str(tiny_bert_dir), targets=["x86_64"], formats=[], out=tmp_path / "out",
           options={"seq_len": 32, "tuning_db": db_path}, progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
@@ -38,10 +66,9 @@ def test_tune_searches_conv_choices(tiny_resnet_dir, tmp_path):
 
     db_path = tmp_path / "db.json"
     db = tune(str(tiny_resnet_dir), out=db_path, runs=2, progress=Progress(quiet=True))
-    tried = [c["params"] for c in db["candidates"]]
+    tried = check_db(db, db_path)
     for choice in CONV_CHOICES:
         assert any(all(p[k] == v for k, v in choice.items()) for p in tried), choice
-    assert db["best_ms"] <= db["default_ms"]
     build(str(tiny_resnet_dir), targets=["x86_64"], formats=[], out=tmp_path / "out",
           options={"tuning_db": db_path}, progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())

@@ -6,6 +6,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from builder.fsutil import atomic_path
+
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -19,8 +21,7 @@ def tree_size(root: Path) -> int:
 
 def write_zip(root: Path, zip_path: Path) -> None:
     root, zip_path = Path(root), Path(zip_path)
-    tmp = zip_path.with_name(zip_path.name + ".partial")
-    with zipfile.ZipFile(tmp, "w") as zf:
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         for path in tree_files(root):
             info = zipfile.ZipInfo(path.relative_to(root).as_posix(), date_time=_EPOCH)
             info.create_system = 3  # unix, so external_attr carries permissions
@@ -30,9 +31,3 @@ def write_zip(root: Path, zip_path: Path) -> None:
             with open(path, "rb") as src, zf.open(info, "w") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
-    tmp.replace(zip_path)
-
-
-def unzipped_size(zip_path: Path) -> int:
-    with zipfile.ZipFile(zip_path) as zf:
-        return sum(i.file_size for i in zf.infolist())

@@ -11,7 +11,6 @@ from pathlib import Path
 from builder.errors import BundleError
 
 MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 40: "arm", 243: "riscv"}
-LAMBDA_MACHINES = {"x86_64": 62, "arm64": 183}
 _SHT_GNU_VERNEED = 0x6FFFFFFE
 
 

@@ -1,25 +1,25 @@
 """Pieces every bundle format shares."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 import zipfile
 from pathlib import Path
 
+import runtime
 from builder.bundle import wheels
 from builder.cache import cache_dir
 from builder.errors import BundleError
+from builder.fsutil import atomic_write
+from builder.options import DEFAULT_PYTHON
 from builder.versions import dist_version
+from runtime.manifest import FILENAME, Manifest
 
-RUNTIME_DIR = Path(__file__).resolve().parents[2] / "runtime"
-
-
-def file_record(path: Path) -> dict:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return {"sha256": h.hexdigest(), "size": path.stat().st_size}
+# runtime/ ships as source, from wherever this installation keeps it (a checkout or
+# site-packages): importing it is cheap, it is the standard library only.
+RUNTIME_DIR = Path(runtime.__file__).resolve().parent
+# Wheels for bundles are picked for the newest glibc among their platforms (Lambda's Amazon
+# Linux 2023, Debian 12+); formats with older platforms pass their own.
+WHEEL_GLIBC = "2.34"
 
 
 def copy_runtime(dest_root: Path) -> None:
@@ -30,9 +30,9 @@ def copy_runtime(dest_root: Path) -> None:
         shutil.copy2(src, dest / src.name)
 
 
-def stage_model(target_dir: Path, dest: Path, manifest: dict) -> None:
+def stage_model(target_dir: Path, dest: Path, manifest: Manifest) -> None:
     """model.json and every file it lists (model.so, tokenizer.json, ...)."""
-    for name in ["model.json", *manifest["files"]]:
+    for name in [FILENAME, *manifest.files]:
         shutil.copy2(target_dir / name, dest / name)
 
 
@@ -42,11 +42,11 @@ _PRUNE_DIRS = {"include", "3rdparty", "src", "tests", "__pycache__", "cmake"}
 _PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".cu")
 
 
-def runtime_requirements(manifest: dict) -> list[str]:
+def runtime_requirements(manifest: Manifest) -> list[str]:
     """Exact versions of the Python packages runtime/ imports, equal to the build's (the
     tokenizer the build configured must behave the same at run time). Neither numpy nor the
     tvm_ffi Python package: runtime/ talks to libtvm_ffi.so through ctypes."""
-    names = {"text": ["tokenizers"], "image": ["pillow"]}.get(manifest["preprocessing"]["kind"], [])
+    names = {"text": ["tokenizers"], "image": ["pillow"]}.get(manifest.preprocessing["kind"], [])
     reqs = []
     for n in names:
         v = dist_version(n)
@@ -76,14 +76,12 @@ def tvm_runtime_libs(arch: str, progress, cuda: bool = False) -> dict[str, Path]
         folder = cache_dir() / "tvm-runtime" / f"{dist}-{version}-{arch}"
         wanted = [n for n in names if _NATIVE[n][0] == dist]
         if not all((folder / n).is_file() for n in wanted):
-            [whl] = wheels.fetch_wheels([f"{dist}=={version}"], python_version="3.13",
-                                        platforms=wheels.manylinux_platforms(arch, "2.34"), progress=progress)
+            [whl] = wheels.fetch_wheels([f"{dist}=={version}"], python_version=DEFAULT_PYTHON,
+                                        platforms=wheels.manylinux_platforms(arch, WHEEL_GLIBC), progress=progress)
             folder.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(whl) as zf:
                 for n in wanted:
-                    tmp = folder / (n + ".partial")
-                    tmp.write_bytes(zf.read(_NATIVE[n][1]))
-                    tmp.replace(folder / n)
+                    atomic_write(folder / n, zf.read(_NATIVE[n][1]))
         found.update({n: folder / n for n in wanted})
     return {n: found[n] for n in names}
 
@@ -98,13 +96,14 @@ def _prune(root: Path) -> None:
             path.unlink()
 
 
-def vendor_runtime(stage: Path, manifest: dict, target, python: str, progress) -> list[str]:
+def vendor_runtime(stage: Path, manifest: Manifest, target, python: str, progress,
+                   glibc: str = WHEEL_GLIBC) -> list[str]:
     """Unpack what runtime/ needs for `target`'s platform and `python` into stage: the
     manylinux wheels (never the host's site-packages) and the TVM runtime libraries."""
     with progress.step(f"vendor wheels for python{python} {target.arch}"):
         reqs = runtime_requirements(manifest)
         for whl in wheels.fetch_wheels(reqs, python_version=python,
-                                       platforms=wheels.manylinux_platforms(target.arch, "2.34"),
+                                       platforms=wheels.manylinux_platforms(target.arch, glibc),
                                        progress=progress):
             wheels.unpack_wheel(whl, stage)
         for name, path in tvm_runtime_libs(target.arch, progress, cuda=target.device == "cuda").items():
@@ -113,11 +112,11 @@ def vendor_runtime(stage: Path, manifest: dict, target, python: str, progress) -
     return reqs
 
 
-def stage_bundle(stage: Path, target_dir: Path, manifest: dict, target, python: str, progress,
-                 with_model: bool = True) -> list[str]:
+def stage_bundle(stage: Path, target_dir: Path, manifest: Manifest, target, python: str, progress,
+                 with_model: bool = True, glibc: str = WHEEL_GLIBC) -> list[str]:
     """What every bundle holds, staged: the vendored runtime dependencies, runtime/ and
     (with_model) model.json and its files. Returns the pinned requirements."""
-    reqs = vendor_runtime(stage, manifest, target, python, progress)
+    reqs = vendor_runtime(stage, manifest, target, python, progress, glibc)
     if with_model:
         stage_model(target_dir, stage, manifest)
     copy_runtime(stage)

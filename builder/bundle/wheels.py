@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path, PurePosixPath
 
 from builder.cache import cache_dir
 from builder.errors import BundleError, ToolMissingError
+from builder.fsutil import unzip
+from builder.platforms import platform_named
 from builder.progress import QUIET, Progress
 
 _LEGACY_MANYLINUX = {
@@ -24,7 +24,6 @@ _LEGACY_MANYLINUX = {
     "x86_64": ["manylinux2014", "manylinux_2_12", "manylinux2010", "manylinux_2_5", "manylinux1"],
     "aarch64": ["manylinux2014"],
 }
-_WHEEL_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
 def manylinux_platforms(arch: str, max_glibc: str = "2.34") -> list[str]:
@@ -34,10 +33,7 @@ def manylinux_platforms(arch: str, max_glibc: str = "2.34") -> list[str]:
     compatible tags are listed, newest first. Lambda python3.12+ (Amazon Linux 2023) has
     glibc 2.34, hence the default.
     """
-    try:
-        wheel_arch = _WHEEL_ARCH[arch]
-    except KeyError:
-        raise BundleError(f"no manylinux wheels for architecture {arch!r}", hint="use x86_64 or aarch64") from None
+    wheel_arch = platform_named(arch).machine
     m = re.fullmatch(r"2\.(\d+)", max_glibc)
     if not m or int(m.group(1)) < 17:
         raise BundleError(f"unsupported glibc version {max_glibc!r}", hint="give 2.N with N >= 17")
@@ -189,33 +185,14 @@ def unpack_wheel(whl: Path, dest: Path) -> list[str]:
     land at the top like pip installs them; scripts, headers and data files are not needed
     to import the package and are left out.
     """
-    whl = Path(whl)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    try:
-        zf = zipfile.ZipFile(whl)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise BundleError(f"cannot read wheel: {e}", where=str(whl), hint="delete it from the cache and retry") from None
-    with zf:
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            rel = PurePosixPath(info.filename)
-            if rel.is_absolute() or ".." in rel.parts:
-                raise BundleError(f"wheel entry escapes the target directory: {info.filename}", where=str(whl))
-            if "__pycache__" in rel.parts or rel.suffix == ".pyc":
-                continue
-            if rel.parts[0].endswith(".data") and len(rel.parts) > 2:
-                if rel.parts[1] not in ("purelib", "platlib"):
-                    continue
-                rel = PurePosixPath(*rel.parts[2:])
-            target = dest.joinpath(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            mode = (info.external_attr >> 16) & 0o777
-            if mode & 0o111:
-                os.chmod(target, mode | 0o644)
-            written.append(str(rel))
-    return written
+    def importable(rel: PurePosixPath) -> PurePosixPath | None:
+        if "__pycache__" in rel.parts or rel.suffix == ".pyc":
+            return None
+        if rel.parts[0].endswith(".data") and len(rel.parts) > 2:
+            return PurePosixPath(*rel.parts[2:]) if rel.parts[1] in ("purelib", "platlib") else None
+        return rel
+
+    def failed(msg: str) -> BundleError:
+        return BundleError(msg, where=str(whl), hint="delete it from the cache and retry")
+
+    return unzip(whl, dest, error=failed, rename=importable)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from builder.errors import CompileError
-from builder.model.families.base import MAX_BATCH, ModelSpec
+from builder.model.families.base import ModelSpec
+from builder.options import MAX_BATCH
 
 
 def torch_inputs(arrays: dict, spec: ModelSpec):

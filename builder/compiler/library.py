@@ -6,6 +6,7 @@ from pathlib import Path
 
 from builder.compiler.targets import TargetSpec
 from builder.errors import CompileError
+from builder.fsutil import atomic_path
 
 
 def device_code_summary(ex) -> dict | None:
@@ -54,12 +55,10 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
 
         kwargs["fcompile"] = cc.cross_compiler(target.cross_compiler)
     out_so.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_so.with_suffix(".so.partial")
     try:
-        ex.export_library(str(tmp), **kwargs)
+        with atomic_path(out_so) as tmp:
+            ex.export_library(str(tmp), **kwargs)
     except Exception as e:
-        tmp.unlink(missing_ok=True)
         raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
                            where=str(out_so), hint="rerun with --debug for the linker output") from e
-    tmp.replace(out_so)
     return (device_code_summary(ex) if target.device != "cpu" else None), lifted

@@ -18,6 +18,8 @@ import math
 import struct
 from pathlib import Path
 
+from builder.fsutil import atomic_path
+
 # Smaller constants (scalars, tiny shape tables) stay in the code: not worth an argument.
 MIN_BYTES = 1024
 
@@ -108,13 +110,11 @@ class Writer:
             offset += -(-a.nbytes // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
         header = json.dumps({"tensors": entries}, separators=(",", ":")).encode()
         start = -(-(WEIGHTS_HEADER + len(header)) // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
-        tmp = path.with_suffix(path.suffix + ".partial")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write(WEIGHTS_MAGIC + struct.pack("<Q", len(header)) + header)
             f.write(b"\0" * (start - f.tell()))
             for a, e in zip(self.arrays, entries):
                 f.seek(start + e["offset"])
                 f.write(a.tobytes())
             f.truncate(start + offset)
-        tmp.replace(path)
         return {"file": path.name, "count": len(self.arrays), "bytes": start + offset}

@@ -25,14 +25,16 @@ import threading
 import time
 import uuid
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TextIO
 
 from builder.cache import cache_dir
 from builder.errors import InvokeError
+from builder.fsutil import unzip
 from builder.progress import QUIET, Progress
 from builder.bundle import elf, wheels
 from builder.local import sandbox
+from builder.platforms import platform_named
 
 # The runtime client and its dependencies, pinned so every local run uses the same code.
 # simplejson and snapshot-restore-py are awslambdaric 4.2.2's only requirements
@@ -108,21 +110,7 @@ def read_lambda_json(zip_path: Path) -> dict:
 
 
 def _unzip(zip_path: Path, dest: Path) -> None:
-    with zipfile.ZipFile(zip_path) as zf:
-        for info in zf.infolist():
-            rel = PurePosixPath(info.filename)
-            if rel.is_absolute() or ".." in rel.parts:
-                raise InvokeError(f"zip entry escapes the task directory: {info.filename}", where=str(zip_path))
-            target = dest.joinpath(*rel.parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            mode = (info.external_attr >> 16) & 0o777
-            if mode:
-                os.chmod(target, mode | 0o400)
+    unzip(zip_path, dest, error=lambda msg: InvokeError(msg, where=str(zip_path)))
 
 
 # ---------------------------------------------------------------- runtime client
@@ -135,11 +123,10 @@ def awslambdaric_dir(python_version: str, arch: str, progress: Progress = QUIET)
     final = cache_dir() / "awslambdaric" / f"{python_version}-{arch}-{key}"
     if final.is_dir():
         return final
-    wheel_arch = {"x86_64": "x86_64", "arm64": "aarch64"}[arch]
     whls = wheels.fetch_wheels(
         list(AWSLAMBDARIC_REQUIREMENTS),
         python_version=python_version,
-        platforms=wheels.manylinux_platforms(wheel_arch),
+        platforms=wheels.manylinux_platforms(arch),
         progress=progress,
     )
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +421,7 @@ def _run_warm(
         _unzip(zip_path, task)
         # The same audit the build ran: a zip edited after the build (an x86_64 wheel slipped
         # into an arm64 bundle is the classic) is refused before anything runs.
-        elf.audit_tree(task, machine=elf.LAMBDA_MACHINES[arch],
+        elf.audit_tree(task, machine=platform_named(arch).elf_machine,
                        max_glibc=meta.get("platform_glibc") if meta.get("deployable", True) else None,
                        what=str(zip_path))
         library_path = [task, task / "lib"]
@@ -466,7 +453,7 @@ def _run_warm(
             "LD_LIBRARY_PATH": ":".join(paths.to_sandbox(p) for p in library_path),
             "HOME": "/tmp",
         }
-        env.update(sandbox.EMULATOR_ENV.get(sandbox.normalize_arch(arch), {}))
+        env.update(sandbox.emulator_env(arch))
         cmd = [*argv, "-c", _BOOTSTRAP, task_root, paths.to_sandbox(ric), handler]
 
         t0 = time.perf_counter()

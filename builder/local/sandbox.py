@@ -8,7 +8,6 @@ local runs go through a Debian root filesystem whose Python matches the bundle's
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -20,38 +19,34 @@ from typing import Sequence
 
 from builder.cache import cache_dir
 from builder.errors import BundleError, ToolMissingError
+from builder.platforms import host_arch, normalize_arch, platform_named
 from builder.progress import QUIET, Progress
 
 # Debian ships exactly one python3 per release; these are the versions we can emulate.
 SUITES = {"3.11": "bookworm", "3.13": "trixie"}
 
-# Canonical names are Lambda's ("x86_64", "arm64"); the others are what uname, Debian
-# and toolchains call the same thing.
-_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
-_DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
-_GNU_TRIPLET = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
-_LOADER = {"x86_64": "lib64/ld-linux-x86-64.so.2", "arm64": "lib/ld-linux-aarch64.so.1"}
-
-# Environment the emulated process needs on top of its own (Graviton2's CPU, so code using
-# instructions Lambda's arm64 lacks faults here too).
-EMULATOR_ENV = {"arm64": {"QEMU_CPU": "neoverse-n1"}}
+# Architecture names (ours: x86_64, arm64; uname's, Debian's, GNU triplets, loaders) come
+# from builder/platforms.py.
 
 # A build directory older than this is left over from a killed build, not a running one.
 _STALE_BUILD_S = 6 * 3600
 
 
-def normalize_arch(arch: str) -> str:
-    try:
-        return _ARCH_ALIASES[arch]
-    except KeyError:
-        raise BundleError(
-            f"unknown architecture {arch!r}",
-            hint=f"use one of {sorted(set(_ARCH_ALIASES.values()))}",
-        ) from None
+def emulator_env(arch: str) -> dict:
+    """Environment the emulated process needs on top of its own (Graviton2's CPU for arm64,
+    so code using instructions Lambda's arm64 lacks faults here too)."""
+    return dict(platform_named(arch).emulator_env)
 
 
-def host_arch() -> str:
-    return _ARCH_ALIASES.get(platform.machine(), platform.machine())
+def emulator(arch: str) -> str | None:
+    """The qemu-user binary that runs `arch` code on this host, if installed."""
+    name = platform_named(arch).emulator
+    return name and (shutil.which(name) or shutil.which(name + "-static"))
+
+
+def can_run(arch: str) -> bool:
+    """Whether this host runs `arch` Python natively or under qemu-user."""
+    return normalize_arch(arch) == host_arch() or emulator(arch) is not None
 
 
 def suite_for(python_version: str) -> str:
@@ -169,7 +164,7 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
     )
     try:
         with progress.step(f"create Debian {suite} {arch} sandbox for Python {python_version} (once)"):
-            cmd = [debootstrap, "--variant=minbase", "--include=python3,libstdc++6", f"--arch={_DEB_ARCH[arch]}"]
+            cmd = [debootstrap, "--variant=minbase", "--include=python3,libstdc++6", f"--arch={platform_named(arch).deb_arch}"]
             if foreign:
                 # A foreign second stage would need the target's binaries to run; instead
                 # the packages are only unpacked (no maintainer scripts), which is all a
@@ -192,7 +187,7 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
                     where=str(build),
                     hint=f"Debian {suite} may have moved to another Python; update SUITES in {__name__}",
                 )
-            if not foreign or (arch == "arm64" and _qemu()):
+            if not foreign or emulator(arch):
                 _check_isolated(_rootfs_argv(build, python_version, arch), build, arch, log, hint)
             # mkdtemp made it private; the sandboxed process may run as another user.
             os.chmod(build, 0o755)
@@ -258,28 +253,23 @@ def python_command(
     return _rootfs_argv(rootfs, python_version, arch, library_path), PathMap(None)
 
 
-def _qemu() -> str | None:
-    return shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
-
-
 def _rootfs_argv(
     rootfs: Path, python_version: str, arch: str, library_path: Sequence[str | os.PathLike] = ()
 ) -> list[str]:
     python = rootfs / "usr" / "bin" / f"python{python_version}"
     if arch != host_arch():
-        if arch != "arm64":
-            raise BundleError(f"cannot run {arch} code on a {host_arch()} host", hint="use an x86_64 host")
-        qemu = _qemu()
+        qemu = emulator(arch)
         if qemu is None:
             raise ToolMissingError(
-                "qemu-aarch64 is not installed (needed to run arm64 Python here)",
-                where=f"local sandbox for Python {python_version} (arm64)",
+                f"{platform_named(arch).emulator} is not installed (needed to run {arch} Python on this "
+                f"{host_arch()} host)",
+                where=f"local sandbox for Python {python_version} ({arch})",
                 hint="apt-get install qemu-user",
             )
         # qemu's -L makes the guest's loader and libraries come from the rootfs while the
         # files the program opens by path stay the host's, like the loader branch below.
         # The guest's loader honours LD_LIBRARY_PATH, so library_path needs nothing here.
-        # QEMU_CPU comes from the caller's environment (EMULATOR_ENV).
+        # QEMU_CPU comes from the caller's environment (emulator_env).
         return [qemu, "-L", str(rootfs), str(python), "-I", "-S"]
 
     # Same arch, other Python: start the rootfs's interpreter through the rootfs's own
@@ -296,11 +286,11 @@ def _rootfs_argv(
             f"the sandbox path {rootfs} contains ':', which cannot be put in a library path",
             hint="set EDGEBUNDLE_CACHE to a directory without ':'",
         )
-    triplet = _GNU_TRIPLET[arch]
+    triplet = platform_named(arch).gnu_triplet
     # The rootfs's own libraries first, as Lambda's system directories precede the task's;
     # --library-path replaces LD_LIBRARY_PATH entirely, so library_path must go here.
     libpath = ":".join([f"{rootfs}/usr/lib/{triplet}", f"{rootfs}/lib/{triplet}", *map(str, library_path)])
-    return [str(rootfs / _LOADER[arch]), "--library-path", libpath, str(python), "-I", "-S"]
+    return [str(rootfs / platform_named(arch).loader), "--library-path", libpath, str(python), "-I", "-S"]
 
 
 _ISOLATION_PROBE = """
@@ -317,7 +307,7 @@ def _check_isolated(argv: list[str], rootfs: Path, arch: str, log: Path, hint: s
         argv + ["-c", _ISOLATION_PROBE],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", **EMULATOR_ENV.get(arch, {})},
+        env={"PATH": "/usr/bin:/bin", **emulator_env(arch)},
         cwd="/",
     )
     with open(log, "a") as fh:

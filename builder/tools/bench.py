@@ -3,6 +3,7 @@ ONNX Runtime on the same inputs, interleaved in one run (the machine is shared a
 only side-by-side ratios and medians mean anything)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from builder.errors import EdgebundleError, ToolMissingError
+from builder.options import DEFAULT_PYTHON, DEFAULT_SEQ_LEN, BuildOptions
 from builder.progress import Progress
+from runtime.manifest import read as read_manifest
 from builder.bundle.archive import tree_size
 
 # Runs on a staged bundle (its vendored wheels, no site-packages, no numpy): what a
@@ -106,13 +109,23 @@ def _export_onnx(spec, inputs: dict, path: Path) -> None:
 
 def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = None, runs: int = 30,
           cold_runs: int = 3, json_path: Path | None = None, plot_path: Path | None = None,
-          seq_len: int = 128, progress: Progress | None = None) -> dict:
+          seq_len: int = DEFAULT_SEQ_LEN, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
     try:
         import onnxruntime as ort
     except ImportError:
         raise ToolMissingError("onnxruntime is not installed (the benchmark's reference)",
                                hint="pip install -e '.[bench]'") from None
+    # Everything bench writes besides --json / --plot (a build when given a model, the ONNX
+    # export, inputs, staged bundles) lives here and goes on any exit: errors, Ctrl-C.
+    with tempfile.TemporaryDirectory(prefix="edgebundle-bench-") as tmp:
+        return _bench(Path(tmp), ort, model_or_out, target=target, threads=threads, runs=runs,
+                      cold_runs=cold_runs, json_path=json_path, plot_path=plot_path, seq_len=seq_len,
+                      progress=progress)
+
+
+def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | None, runs: int, cold_runs: int,
+           json_path: Path | None, plot_path: Path | None, seq_len: int, progress: Progress) -> dict:
     from builder.build import build
     from builder.model.families import FAMILIES
     from builder.model.families.base import one_request, read_json
@@ -121,22 +134,21 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     threads = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
     # Both thread pools are sized when their libraries load: before anything imports them.
     os.environ["TVM_NUM_THREADS"] = str(threads)
-    work = Path(tempfile.mkdtemp(prefix="edgebundle-bench-"))
     src = Path(model_or_out)
     if (src / "build.json").is_file():
         out = src
     else:
         out = work / "out"
-        build(model_or_out, targets=[target], formats=[], out=out, options={"seq_len": seq_len}, progress=progress)
+        build(model_or_out, out, BuildOptions(targets=(target,), seq_len=seq_len), progress=progress)
     tdir = out / target
-    manifest = json.loads((tdir / "model.json").read_text())
+    manifest = read_manifest(tdir)
     if not TARGETS[target].host_can_run():
         raise EdgebundleError(f"bench runs on this host only; {target} code cannot run here",
                               hint="bench --target x86_64 on an x86_64 machine")
-    model_dir = Path(manifest["model"]["source"])
+    model_dir = Path(manifest.model.source)
     config = read_json(model_dir / "config.json", "config.json")
-    options = {"seq_len": manifest["preprocessing"].get("max_length", seq_len)}
-    spec = FAMILIES[manifest["model"]["family"]].load(model_dir, config, manifest["model"]["task"], options)
+    options = BuildOptions(seq_len=manifest.preprocessing.get("max_length", seq_len))
+    spec = FAMILIES[manifest.model.family].load(model_dir, config, manifest.model.task, options)
     inputs = one_request(spec)
     np.savez(work / "inputs.npz", **inputs)
 
@@ -214,15 +226,15 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     # libtvm_runtime.so and runtime/ (the lambda format's staging for Lambda's Python, measured).
     stage = work / "runtime-stage"
     stage.mkdir()
-    stage_bundle(stage, tdir, manifest, TARGETS[target], "3.13", Progress(quiet=True), with_model=False)
+    stage_bundle(stage, tdir, manifest, TARGETS[target], DEFAULT_PYTHON, Progress(quiet=True), with_model=False)
     sizes = {"edgebundle (TVM)": {"runtime_bytes": tree_size(stage),
-                                  "model_bytes": sum(f["size"] for f in manifest["files"].values())}}
+                                  "model_bytes": sum(f["size"] for f in manifest.files.values())}}
     # ONNX Runtime needs numpy beside it (ours does not).
     sizes["ONNX Runtime"] = {"runtime_bytes": tree_size(Path(ort.__file__).parent) + tree_size(Path(np.__file__).parent),
                              "model_bytes": onnx_path.stat().st_size}
 
     result = {
-        "model": manifest["model"], "target": target, "threads": threads,
+        "model": dataclasses.asdict(manifest.model), "target": target, "threads": threads,
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"), "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
         "max_abs_diff_vs_torch": agree,
@@ -237,7 +249,7 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
                        for name, runs_ in cold.items()},
         "sizes": sizes,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
-                     "tvm": manifest["versions"]["tvm"]},
+                     "tvm": manifest.versions["tvm"]},
     }
     torch_ms = result["warm"]["PyTorch eager"]["median_ms"]
     for name, st in result["warm"].items():

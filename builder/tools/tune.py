@@ -53,6 +53,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     from builder.model.families.base import one_request, read_json
     from builder.compiler.schedules.cpu import CpuParams
     from builder.model.source import resolve_model
+    from builder.options import BuildOptions
     from builder.compiler.targets import TARGETS
 
     spec_t = TARGETS[target]
@@ -63,7 +64,8 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     config = read_json(model_dir / "config.json", "config.json")
     fam = detect_family(config, model_dir)
     # One sequence length: tuning times the longest, the one that matters most.
-    spec = fam.load(model_dir, config, fam.default_task(config, model_dir), {"seq_len": seq_len, "seq_buckets": [seq_len]})
+    spec = fam.load(model_dir, config, fam.default_task(config, model_dir),
+                    BuildOptions(seq_len=seq_len, seq_buckets=(seq_len,)))
     with progress.step("torch.export + import into TVM Relax"):
         mod = to_relax(spec)
     arrays = one_request(spec)

@@ -13,9 +13,13 @@ import numpy as np
 from builder.local import sandbox
 from builder.errors import ValidationError
 from builder.bundle.stage import stage_bundle
+from builder.options import DEFAULT_PYTHON
+from builder.platforms import host_arch
 from builder.progress import Progress
+from runtime.manifest import read as read_manifest
 
-EMULATION_PYTHON = "3.13"
+# The bundles' default Python: what an emulated validation runs is what ships.
+EMULATION_PYTHON = DEFAULT_PYTHON
 
 # Raw tensor files + a JSON index: the bundle has no numpy to read .npz with.
 _SCRIPT = """
@@ -51,13 +55,15 @@ def write_raw(arrays: dict, folder: Path, prefix: str, to_path=str) -> dict:
 
 
 def can_emulate(target) -> bool:
-    return target.device == "cpu" and sandbox.normalize_arch(target.arch) == "arm64" and sandbox._qemu() is not None
+    """A CPU target of another architecture whose code qemu-user can run here."""
+    return (target.device == "cpu" and target.platform.name != host_arch()
+            and sandbox.emulator(target.platform.name) is not None)
 
 
 def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Progress,
                  timeout_s: float = 3600) -> list[dict]:
-    manifest = json.loads((Path(target_dir) / "model.json").read_text())
-    arch = sandbox.normalize_arch(target.arch)
+    manifest = read_manifest(target_dir)
+    arch = target.platform.name
     with tempfile.TemporaryDirectory(prefix="edgebundle-emulate-") as tmp:
         tmp = Path(tmp)
         stage = tmp / "stage"
@@ -67,7 +73,7 @@ def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Pro
         (tmp / "out").mkdir()
         index = [write_raw(tensors, tmp, f"in-{i}-", paths.to_sandbox) for i, tensors in enumerate(input_sets)]
         (tmp / "inputs.json").write_text(json.dumps(index))
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), **sandbox.EMULATOR_ENV.get(arch, {})}
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), **sandbox.emulator_env(arch)}
         with progress.step(f"run {target.name} module under emulation (qemu, {env.get('QEMU_CPU', 'default cpu')})"):
             proc = subprocess.run(
                 argv + ["-c", _SCRIPT, paths.to_sandbox(stage), paths.to_sandbox(tmp / "inputs.json"),
@@ -76,7 +82,7 @@ def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Pro
         if proc.returncode != 0:
             tail = "\n    ".join(proc.stderr.strip().splitlines()[-12:])
             raise ValidationError(f"the {target.name} module failed under emulation (exit {proc.returncode}):\n    {tail}",
-                                  where=str(Path(target_dir) / manifest["library"]),
+                                  where=str(Path(target_dir) / manifest.library.file),
                                   hint="an illegal instruction means code the target CPU lacks (check --cpu)")
         results = []
         for outs in json.loads((tmp / "out" / "index.json").read_text()):

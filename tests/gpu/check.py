@@ -65,20 +65,21 @@ def check(name: str, model_dir: Path, family: str, cuda_arch: str, out: Path, ru
 
     import runtime
     from builder.build import build
+    from builder.options import BuildOptions
     from builder.progress import Progress
 
     t0 = time.perf_counter()
-    build(str(model_dir), targets=["cuda"], formats=[], out=out, name=name,
-          options={"cuda_arch": cuda_arch, "seq_len": 128}, progress=Progress(quiet=True))
+    build(str(model_dir), out, BuildOptions(targets=("cuda",), name=name, cuda_arch=cuda_arch, seq_len=128),
+          progress=Progress(quiet=True))
     build_s = time.perf_counter() - t0
     model = runtime.load(out / "cuda")
     rng = np.random.default_rng(0)
     if family == "bert":
-        vocab = model.inputs[0]["range"][1]
+        vocab = model.inputs[0].range[1]
         arrays = {"input_ids": rng.integers(0, vocab, (1, 128), dtype=np.int64),
                   "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)}
     else:
-        shape = [1] + model.inputs[0]["shape"][1:]
+        shape = [1] + list(model.inputs[0].shape[1:])
         arrays = {"pixel_values": rng.standard_normal(shape).astype(np.float32)}
     ours = np.asarray(next(iter(model.run(arrays).values())))
     ref_fn = _torch_reference(model_dir, family, arrays)

@@ -1,30 +1,40 @@
-"""Bundle format registry: keys are the `--format` choices."""
+"""Bundle format registry: keys are the `--format` choices.
+
+A format is one entry naming the module that implements it; the module is imported when
+the format is used (formats pull in jinja2, wheels, archives), so `edgebundle --help`
+stays instant. The module provides:
+
+    precheck(target: TargetSpec, options: BuildOptions) -> None
+        refuse before anything is compiled (wrong target, Python, platform)
+    build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress) -> dict
+        write the bundle into target_dir; returns its record for build.json
+
+Everything a destination imposes (Lambda's architectures, glibc and size limits, an image's
+base) lives in the format's module, not in the target registry.
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import importlib
 
 
 @dataclasses.dataclass(frozen=True)
 class FormatSpec:
     name: str
     description: str
-    build: Callable  # (target_dir, TargetSpec, options, progress) -> record for build.json
-    precheck: Callable  # (TargetSpec, options) -> None; raises before anything is compiled
+    module: str  # the implementation, imported on first use
+
+    @property
+    def impl(self):
+        return importlib.import_module(self.module)
+
+    def precheck(self, target, options) -> None:
+        self.impl.precheck(target, options)
+
+    def build(self, target_dir, target, options, progress) -> dict:
+        return self.impl.build(target_dir, target, options, progress)
 
 
-def _lambda_build(*args, **kwargs):
-    from .lambda_zip import build
-
-    return build(*args, **kwargs)
-
-
-def _lambda_precheck(target, options):
-    from .lambda_zip import precheck
-
-    precheck(target, options)
-
-
-FORMATS: dict[str, FormatSpec] = {
-    "lambda": FormatSpec("lambda", "AWS Lambda zip (x86_64, arm64)", _lambda_build, _lambda_precheck),
-}
+FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
+    FormatSpec("lambda", "AWS Lambda zip (x86_64, arm64)", "builder.bundle.formats.lambda_zip"),
+)}

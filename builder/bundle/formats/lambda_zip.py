@@ -1,8 +1,12 @@
 """Format `lambda`: a deployable AWS Lambda zip for x86_64 or arm64.
 
-Zip root: handler.py, lambda.json, runtime/, model.so + model.json + preprocessing files,
-libtvm_runtime.so, and the third-party packages runtime/ needs, unpacked from manylinux
-wheels for the Lambda platform and Python version (never the host's site-packages).
+Zip root: handler.py, lambda.json, runtime/, model.json + the libraries, weights and
+preprocessing files it lists, libtvm_ffi.so + libtvm_runtime.so, and the third-party
+packages runtime/ needs, unpacked from manylinux wheels for the Lambda platform and Python
+version (never the host's site-packages).
+
+Everything Lambda-specific lives here: its architectures, the glibc of each Python
+runtime, which runtimes our libraries can run on, and its size limits.
 """
 from __future__ import annotations
 
@@ -11,58 +15,92 @@ import tempfile
 from pathlib import Path
 
 from builder.bundle import elf
-from builder.errors import BundleError
-from builder.bundle.render import render
-from builder.compiler.targets import LAMBDA_DEPLOYABLE_PYTHONS, LAMBDA_GLIBC, TargetSpec
-from builder.versions import EDGEBUNDLE_VERSION
 from builder.bundle.archive import tree_size, write_zip
-from builder.bundle.stage import file_record, stage_bundle
+from builder.bundle.manifest import file_record
+from builder.bundle.render import render
+from builder.bundle.stage import WHEEL_GLIBC, stage_bundle
+from builder.compiler.targets import TargetSpec
+from builder.errors import BundleError
+from builder.options import BuildOptions
+from builder.versions import EDGEBUNDLE_VERSION
+from runtime.manifest import read as read_manifest
+
+# Lambda python3.12+ runs on Amazon Linux 2023 (glibc 2.34); python3.10/3.11 on Amazon
+# Linux 2 (glibc 2.26), which is older than libtvm_runtime.so's 2.27: such zips are for
+# local tests only.
+LAMBDA_GLIBC = {"3.10": "2.26", "3.11": "2.26", "3.12": "2.34", "3.13": "2.34", "3.14": "2.34"}
+DEPLOYABLE_PYTHONS = ("3.12", "3.13", "3.14")
+# Our platform names are Lambda's architecture names.
+ARCHITECTURES = ("x86_64", "arm64")
 
 MIB = 1024 * 1024
-LAMBDA_UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped (AWS: 262,144,000 bytes)
-LAMBDA_DIRECT_UPLOAD_LIMIT = 50 * MIB  # larger zips go through S3
+UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped (AWS: 262,144,000 bytes)
+DIRECT_UPLOAD_LIMIT = 50 * MIB  # larger zips go through S3
 DEFAULT_MEMORY_MB = 2048
+
 
 def python_platform(python: str) -> dict:
     if python not in LAMBDA_GLIBC:
         raise BundleError(f"Lambda has no python{python} runtime",
                           hint=f"use --python one of {', '.join(LAMBDA_GLIBC)}")
-    deployable = python in LAMBDA_DEPLOYABLE_PYTHONS
+    deployable = python in DEPLOYABLE_PYTHONS
     return {"python": python, "glibc": LAMBDA_GLIBC[python], "deployable": deployable,
             "os": "Amazon Linux 2023" if deployable else "Amazon Linux 2"}
 
 
-def precheck(target: TargetSpec, options: dict) -> None:
-    if target.lambda_arch is None:
-        raise BundleError(f"format lambda is not available for target {target.name}: {target.lambda_refusal}",
-                          hint="use the image or edge format for this target")
-    python_platform(options.get("python") or "3.13")
+def precheck(target: TargetSpec, options: BuildOptions) -> None:
+    if target.device != "cpu":
+        raise BundleError(f"format lambda is not available for target {target.name}: AWS Lambda has no GPUs",
+                          hint="build --target x86_64 or arm64 for Lambda")
+    if target.platform.name not in ARCHITECTURES:
+        raise BundleError(f"format lambda is not available for {target.platform.name} code",
+                          hint=f"Lambda runs {', '.join(ARCHITECTURES)}")
+    python_platform(options.python)
 
 
-def build(target_dir: Path, target: TargetSpec, options: dict, progress) -> dict:
+def _too_big(stage: Path, size: int, manifest, out_zip: Path) -> BundleError:
+    """Say what makes the zip too big, and what can be done with this version."""
+    weights = (stage / manifest.weights.file).stat().st_size if manifest.weights else 0
+    code = sum((stage / lib.file).stat().st_size for lib in manifest.libraries)
+    rest = size - weights - code
+    return BundleError(
+        f"the Lambda bundle would be {size / MIB:.0f} MiB unzipped: weights {weights / MIB:.0f} MiB, compiled "
+        f"code {code / MIB:.1f} MiB, runtime and packages {rest / MIB:.1f} MiB; Lambda allows "
+        f"{UNZIPPED_LIMIT / MIB:.0f} MiB unzipped, layers included",
+        where=str(out_zip),
+        hint=("the weights alone exceed what a zip may hold: use a smaller checkpoint (a distilled or MiniLM-size "
+              "model) for Lambda zips; " if weights > UNZIPPED_LIMIT - rest - code else
+              "use a smaller checkpoint or fewer --seq-buckets; ")
+        + "the compiled model in OUT/<target> runs anywhere else with runtime/ (edgebundle inspect shows its "
+          "files); Lambda container images (10 GB) are not supported by this edgebundle yet")
+
+
+def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress) -> dict:
     precheck(target, options)
-    manifest = json.loads((target_dir / "model.json").read_text())
-    plat = python_platform(options.get("python") or "3.13")
+    manifest = read_manifest(target_dir)
+    plat = python_platform(options.python)
     if not plat["deployable"]:
         progress.warn(
             f"python{plat['python']} on Lambda runs {plat['os']} (glibc {plat['glibc']}), older than the "
             f"TVM runtime needs (2.27): this zip is for local tests only and is marked not deployable. "
-            f"Use --python 3.12, 3.13 or 3.14 for Lambda.")
+            f"Use --python {', '.join(DEPLOYABLE_PYTHONS)} for Lambda.")
+    arch = target.platform.name
     out_zip = target_dir / "lambda.zip"
     with tempfile.TemporaryDirectory(prefix="edgebundle-lambda-") as tmp:
         stage = Path(tmp) / "bundle"
         stage.mkdir()
-        reqs = stage_bundle(stage, target_dir, manifest, target, plat["python"], progress)
+        # Wheels for Amazon Linux 2023 even for local-test Pythons: the local sandbox's
+        # Debian is newer still.
+        reqs = stage_bundle(stage, target_dir, manifest, target, plat["python"], progress, glibc=WHEEL_GLIBC)
         (stage / "handler.py").write_text(render(
             "lambda/handler.py.j2", edgebundle_version=EDGEBUNDLE_VERSION,
-            model_name=manifest["model"]["name"], task=manifest["model"]["task"],
-            target=target.name, model_subdir="."))
+            model_name=manifest.model.name, task=manifest.model.task, target=target.name))
         # lambda.json: what `edgebundle invoke` and `deploy` need to run it like Lambda.
         info = {
             "handler": "handler.handler",
             "python": plat["python"],
             "runtime": f"python{plat['python']}",
-            "architecture": target.lambda_arch,
+            "architecture": arch,
             "deployable": plat["deployable"],
             "platform_glibc": plat["glibc"],
             "memory_mb": DEFAULT_MEMORY_MB,
@@ -79,21 +117,16 @@ def build(target_dir: Path, target: TargetSpec, options: dict, progress) -> dict
                                              f"Lambda has {plat['glibc']}")
         (stage / "lambda.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         size = tree_size(stage)
-        if size > LAMBDA_UNZIPPED_LIMIT:
-            model_size = (stage / manifest["library"]).stat().st_size
-            raise BundleError(
-                f"the Lambda bundle would be {size / MIB:.0f} MiB unzipped ({model_size / MIB:.0f} MiB of it "
-                f"model.so); Lambda allows {LAMBDA_UNZIPPED_LIMIT / MIB:.0f} MiB unzipped, layers included",
-                where=str(out_zip),
-                hint="use --format image (container images may be 10 GB) or a smaller model")
+        if size > UNZIPPED_LIMIT:
+            raise _too_big(stage, size, manifest, out_zip)
         with progress.step(f"write {out_zip.name}"):
             write_zip(stage, out_zip)
     zipped = out_zip.stat().st_size
-    if zipped > LAMBDA_DIRECT_UPLOAD_LIMIT:
+    if zipped > DIRECT_UPLOAD_LIMIT:
         progress.warn(f"{out_zip} is {zipped / MIB:.0f} MiB zipped: above Lambda's 50 MiB direct upload, "
                       f"deploy it through S3")
     progress.info(f"    lambda.zip: {zipped / MIB:.1f} MiB zipped, {size / MIB:.1f} MiB unzipped, "
-                  f"python{plat['python']} {target.lambda_arch}, glibc needed {info['glibc_required']}"
+                  f"python{plat['python']} {arch}, glibc needed {info['glibc_required']}"
                   + ("" if plat["deployable"] else "  [LOCAL TEST ONLY: not deployable]"))
     return {"path": out_zip.name, **file_record(out_zip), "unzipped_size": size,
             "python": plat["python"], "deployable": plat["deployable"],

@@ -4,11 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from builder.errors import UnsupportedModelError
-from .base import Family, ModelSpec, TensorSpec
+from .base import Family, ModelSpec
 from .bert import BertFamily
+from .distilbert import DistilBertFamily
 from .resnet import ResNetFamily
+from .roberta import RobertaFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), ResNetFamily())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), DistilBertFamily(), RobertaFamily(), ResNetFamily())}
 
 
 def supported_summary() -> str:
@@ -27,4 +29,4 @@ def detect_family(config: dict, model_dir: Path) -> Family:
     )
 
 
-__all__ = ["FAMILIES", "Family", "ModelSpec", "TensorSpec", "detect_family", "supported_summary"]
+__all__ = ["FAMILIES", "Family", "ModelSpec", "detect_family", "supported_summary"]

@@ -8,28 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import ModelSourceError, UnsupportedModelError
-
-# The batch dimension is symbolic in every compiled module; requests larger than this are
-# refused by the runtime before they can exhaust a Lambda's memory.
-MAX_BATCH = 32
-
-
-@dataclasses.dataclass
-class TensorSpec:
-    name: str
-    shape: list  # ints, or str for a symbolic dimension ("batch")
-    dtype: str
-    range: list | None = None  # [low, high) for integer inputs that index tables
-    pad: int | float | None = None  # fills a "seq" dimension up to the compiled length
-
-    def to_json(self) -> dict:
-        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-        if self.range is not None:
-            d["range"] = list(self.range)
-        if self.pad is not None:
-            d["pad"] = self.pad
-        return d
-
+from builder.options import BuildOptions
+from runtime.manifest import Tensor
 
 @dataclasses.dataclass
 class ModelSpec:
@@ -37,8 +17,8 @@ class ModelSpec:
     task: str
     architecture: str
     module: Any  # torch.nn.Module returning a tuple in `outputs` order
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: list[Tensor]
+    outputs: list[Tensor]
     # Several input sets (different batch sizes, padding) the build validates against torch.
     validation_inputs: list[dict]
     tolerance: dict  # {"atol": float, "rtol": float}: |ours - torch| <= atol + rtol * max|torch|
@@ -71,7 +51,7 @@ def one_request(spec: ModelSpec) -> dict:
     return {i.name: np.ascontiguousarray(arrays[i.name][:1]) for i in spec.inputs}
 
 
-def fit_seq(arrays: dict, inputs: list[TensorSpec], length: int) -> dict:
+def fit_seq(arrays: dict, inputs: list[Tensor], length: int) -> dict:
     """Validation arrays padded (with each input's pad value) or cut to `length` along "seq"."""
     import numpy as np
 
@@ -109,7 +89,7 @@ class Family:
     def default_task(self, config: dict, model_dir: Path) -> str:
         raise NotImplementedError
 
-    def load(self, model_dir: Path, config: dict, task: str, options: dict) -> ModelSpec:
+    def load(self, model_dir: Path, config: dict, task: str, options: BuildOptions) -> ModelSpec:
         raise NotImplementedError
 
 

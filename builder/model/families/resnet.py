@@ -5,7 +5,10 @@ from pathlib import Path
 
 
 from builder.errors import ModelSourceError, UnsupportedModelError
-from .base import Family, quiet_transformers, ModelSpec, TensorSpec, check_task, id2label, read_json
+from builder.options import BuildOptions
+from runtime.manifest import Tensor
+
+from .base import Family, ModelSpec, check_task, id2label, quiet_transformers, read_json
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -82,7 +85,7 @@ def _classifier_module(model):
 
 class ResNetFamily(Family):
     name = "resnet"
-    description = "ResNet image classifiers (ResNetForImageClassification, ResNet50 and smaller)"
+    description = "ResNet image classifiers (ResNetForImageClassification: basic-block 18/34, bottleneck 50/101/152)"
     tasks = ("image-classification",)
     architectures = ("ResNetForImageClassification",)
     model_types = ("resnet",)
@@ -90,7 +93,7 @@ class ResNetFamily(Family):
     def default_task(self, config: dict, model_dir: Path) -> str:
         return "image-classification"
 
-    def load(self, model_dir: Path, config: dict, task: str, options: dict) -> ModelSpec:
+    def load(self, model_dir: Path, config: dict, task: str, options: BuildOptions) -> ModelSpec:
         import numpy as np
         import torch
         import transformers
@@ -111,8 +114,8 @@ class ResNetFamily(Family):
         return ModelSpec(
             family=self.name, task=task, architecture="ResNetForImageClassification",
             module=_classifier_module(model),
-            inputs=[TensorSpec("pixel_values", ["batch", 3, h, w], "float32")],
-            outputs=[TensorSpec("logits", ["batch", len(labels)], "float32")],
+            inputs=[Tensor("pixel_values", ("batch", 3, h, w), "float32")],
+            outputs=[Tensor("logits", ("batch", len(labels)), "float32")],
             validation_inputs=[
                 {"pixel_values": rng.standard_normal((1, 3, h, w)).astype(np.float32)},
                 {"pixel_values": rng.standard_normal((2, 3, h, w)).astype(np.float32)},

@@ -1,0 +1,77 @@
+"""model.json, written here and only here on the build side (runtime/manifest.py defines it
+and reads it everywhere)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from builder.bundle import elf
+from builder.fsutil import atomic_write
+from builder.options import MAX_BATCH
+from builder.versions import build_versions, dist_version
+from runtime.manifest import FILENAME, Library, Manifest, ModelInfo, TargetInfo, WeightsFile
+
+# What a GPU model needs beside model.so at run time (the image / edge formats ship or
+# require these; the manifest accounts for them either way).
+CUDA_SYSTEM_LIBRARIES = [
+    {"name": "libcudart.so.13", "what": "CUDA 13 runtime, linked by libtvm_runtime_cuda.so",
+     "provided_by": "the CUDA 13 runtime (bundle, image or device)"},
+    {"name": "libcuda.so.1", "what": "NVIDIA driver API (driver >= 580 for CUDA 13)",
+     "provided_by": "the host's NVIDIA driver (containers: --gpus / nvidia-container-toolkit)"},
+]
+
+
+def file_record(path: Path) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return {"sha256": h.hexdigest(), "size": path.stat().st_size}
+
+
+def runtime_libraries(target) -> dict:
+    tvm = dist_version("apache-tvm")
+    libs = [{"name": "libtvm_ffi.so", "from": f"apache-tvm-ffi=={dist_version('apache-tvm-ffi')} wheel ({target.arch})"},
+            {"name": "libtvm_runtime.so", "from": f"apache-tvm=={tvm} wheel ({target.arch})"}]
+    system = [{"name": "libstdc++.so.6", "what": "C++ runtime of libtvm_runtime.so",
+               "provided_by": "the OS (Amazon Linux 2023, Debian, Ubuntu)"}]
+    if target.device == "cuda":
+        libs.append({"name": "libtvm_runtime_cuda.so", "from": f"apache-tvm=={tvm} wheel ({target.arch})"})
+        system += CUDA_SYSTEM_LIBRARIES
+    return {"tvm": libs, "system": system}
+
+
+def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target_dir: Path,
+                  weights: dict | None, libraries: list[Library], *, schedule: dict | None = None,
+                  device_code: dict | None = None) -> Manifest:
+    """The manifest of a compiled target directory; every listed file is hashed as it is now."""
+    shipped = [*(lib.file for lib in libraries), *([weights["file"]] if weights else []), *sorted(spec.files)]
+    main = max(libraries, key=lambda lib: lib.seq or 0)
+    code = elf.read_elf(target_dir / main.file)
+    return Manifest(
+        model=ModelInfo(name=name, source=source, family=spec.family, task=spec.task,
+                        architecture=spec.architecture),
+        target=TargetInfo(name=target.name, tvm=tvm_target, arch=target.arch, device=target.device,
+                          elf_machine=code.machine_name),
+        inputs=tuple(spec.inputs),
+        outputs=tuple(spec.outputs),
+        libraries=tuple(libraries),
+        weights=WeightsFile.from_json(weights) if weights else None,
+        max_batch=MAX_BATCH,
+        preprocessing=spec.preprocessing,
+        postprocessing=spec.postprocessing,
+        labels=tuple(spec.labels) if spec.labels is not None else None,
+        glibc_required=elf.vstr(code.glibc),
+        runtime_libraries=runtime_libraries(target),
+        versions=build_versions(),
+        files={fname: file_record(target_dir / fname) for fname in shipped},
+        notes=tuple(spec.notes),
+        schedule=schedule,
+        device_code=device_code,
+    )
+
+
+def write_manifest(target_dir: Path, manifest: Manifest) -> Path:
+    path = Path(target_dir) / FILENAME
+    atomic_write(path, manifest.dumps())
+    return path

@@ -1,0 +1,43 @@
+"""What a build is asked to do, typed: the CLI parses into BuildOptions and calls
+`builder.build.build`; families, targets and formats read the fields they need."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+# The Python of the bundles we write (Lambda's python3.13 runs Amazon Linux 2023, glibc
+# 2.34; Debian trixie ships it, so local sandboxes can match it).
+DEFAULT_PYTHON = "3.13"
+DEFAULT_SEQ_LEN = 128
+# The batch dimension is symbolic in every compiled module; requests larger than this are
+# refused by the runtime before they can exhaust a Lambda's memory.
+MAX_BATCH = 32
+DEFAULT_CUDA_ARCH = "sm_80"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    targets: tuple[str, ...] = ("x86_64",)
+    formats: tuple[str, ...] = ()
+    family: str | None = None  # None: detected from config.json
+    task: str | None = None  # None: the family's default for the checkpoint
+    name: str | None = None  # None: the directory name or hub id
+    # Text models: the longest sequence, and the lengths compiled (None: 16, 32, ... seq_len).
+    seq_len: int = DEFAULT_SEQ_LEN
+    seq_buckets: tuple[int, ...] | None = None
+    python: str = DEFAULT_PYTHON  # the bundle's Python (formats check it against their platform)
+    cpu: tuple[str, ...] = ()  # LLVM CPUs: NAME, or TARGET=NAME
+    cuda_arch: str = DEFAULT_CUDA_ARCH
+    host: str = "x86_64"  # CPU platform of GPU targets' host code
+    schedule: bool = True  # False: TVM's unscheduled default pipeline (comparison, debugging)
+    tuning_db: Path | None = None
+
+    def __post_init__(self):
+        # Lists from callers become tuples: options are hashable and cannot be mutated midway.
+        for name in ("targets", "formats", "cpu"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(dict.fromkeys([value] if isinstance(value, str) else value or ())))
+        if self.seq_buckets is not None:
+            object.__setattr__(self, "seq_buckets", tuple(self.seq_buckets))
+        if not self.targets:
+            object.__setattr__(self, "targets", ("x86_64",))

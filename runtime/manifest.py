@@ -1,0 +1,218 @@
+"""model.json: the contract between the build and every runtime, read (and, on the build
+side, written) through this one module.
+
+Standard library only: it ships in every bundle. The builder constructs a `Manifest` and
+writes `to_json()`; the runtime, inspect, bench and the formats read it with `read()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+FILENAME = "model.json"
+# Bumped whenever a reader of the old layout would misread the new one. A manifest of
+# another schema is refused with the version that wrote it: rebuilding is always possible,
+# guessing is not.
+SCHEMA = 2
+
+
+class ManifestError(ValueError):
+    """model.json is missing, unreadable, or of another schema than this runtime reads."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple  # ints, or str for a symbolic dimension ("batch", "seq")
+    dtype: str
+    range: tuple | None = None  # [low, high) for integer inputs that index tables
+    pad: int | float | None = None  # fills a "seq" dimension up to a compiled length
+    # Text inputs: the tokenizers Encoding field that fills it (ids, attention_mask, type_ids).
+    source: str | None = None
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        for key in ("range", "pad", "source"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = list(value) if key == "range" else value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Tensor:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], tuple(d["range"]) if d.get("range") else None,
+                   d.get("pad"), d.get("source"))
+
+    @property
+    def seq_axis(self) -> int | None:
+        return self.shape.index("seq") if "seq" in self.shape else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Library:
+    """One compiled library: for one sequence length (seq None: the model has no such
+    dimension); its main(*inputs, *weights) takes model.weights' tensors at `weights`."""
+
+    file: str
+    seq: int | None
+    weights: tuple = ()
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "seq": self.seq, "weights": list(self.weights)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Library:
+        return cls(d["file"], d.get("seq"), tuple(d.get("weights", ())))
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    file: str
+    count: int
+    bytes: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> WeightsFile:
+        return cls(d["file"], int(d["count"]), int(d["bytes"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    family: str
+    task: str
+    architecture: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetInfo:
+    name: str  # the --target choice
+    tvm: dict  # the TVM target, as compiled
+    arch: str  # CPU platform of the host code (x86_64, arm64)
+    device: str  # what the VM initialises: cpu or cuda
+    elf_machine: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    target: TargetInfo
+    inputs: tuple  # of Tensor, in main()'s order
+    outputs: tuple  # of Tensor
+    libraries: tuple  # of Library, shortest length first
+    weights: WeightsFile | None
+    max_batch: int
+    preprocessing: dict  # kind: text | image | none, and what runtime/text.py, image.py read
+    postprocessing: dict  # kind: embedding | classification, and its output
+    labels: tuple | None
+    glibc_required: str
+    runtime_libraries: dict  # {"tvm": [...shipped...], "system": [...required of the OS...]}
+    versions: dict  # edgebundle, tvm, tvm_ffi, torch, transformers, build_python
+    files: dict  # name -> {"sha256", "size"}: every file the model needs beside model.json
+    notes: tuple = ()
+    schedule: dict | None = None  # CPU targets: the schedule parameters compiled with
+    device_code: dict | None = None  # GPU targets: what device code the libraries carry
+    validation: dict | None = None  # the comparison with PyTorch at build time
+    schema: int = SCHEMA
+
+    # -- derived views ---------------------------------------------------------------
+    @property
+    def seq_lengths(self) -> list[int]:
+        return sorted(lib.seq for lib in self.libraries if lib.seq is not None)
+
+    @property
+    def library(self) -> Library:
+        """The library for the longest length (the only one for models without "seq")."""
+        return max(self.libraries, key=lambda lib: lib.seq or 0)
+
+    @property
+    def tokenizer_file(self) -> str | None:
+        return self.preprocessing.get("tokenizer") if self.preprocessing.get("kind") == "text" else None
+
+    # -- JSON --------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        d = {
+            "schema": self.schema,
+            "model": dataclasses.asdict(self.model),
+            "target": dataclasses.asdict(self.target),
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "libraries": [lib.to_json() for lib in self.libraries],
+            "weights": self.weights.to_json() if self.weights else None,
+            "max_batch": self.max_batch,
+            "preprocessing": self.preprocessing,
+            "postprocessing": self.postprocessing,
+            "labels": list(self.labels) if self.labels is not None else None,
+            "glibc_required": self.glibc_required,
+            "runtime_libraries": self.runtime_libraries,
+            "versions": self.versions,
+            "files": self.files,
+            "notes": list(self.notes),
+        }
+        for key in ("schedule", "device_code", "validation"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = FILENAME) -> Manifest:
+        if not isinstance(d, dict):
+            raise ManifestError(f"{where}: not a JSON object")
+        schema = d.get("schema")
+        if schema != SCHEMA:
+            wrote = (d.get("versions") or {}).get("edgebundle", "an unknown version")
+            newer = isinstance(schema, int) and schema > SCHEMA
+            raise ManifestError(
+                f"{where} has manifest schema {schema}, written by edgebundle {wrote}; this runtime reads "
+                f"schema {SCHEMA} only. " + (
+                    "Upgrade edgebundle (the runtime of the bundle) to the version that built it."
+                    if newer else "Rebuild the model with this edgebundle (edgebundle build), or run it with "
+                                  f"the runtime of edgebundle {wrote}."))
+        try:
+            return cls(
+                model=ModelInfo(**d["model"]),
+                target=TargetInfo(**d["target"]),
+                inputs=tuple(Tensor.from_json(t) for t in d["inputs"]),
+                outputs=tuple(Tensor.from_json(t) for t in d["outputs"]),
+                libraries=tuple(sorted((Library.from_json(lib) for lib in d["libraries"]),
+                                       key=lambda lib: lib.seq or 0)),
+                weights=WeightsFile.from_json(d["weights"]) if d.get("weights") else None,
+                max_batch=int(d["max_batch"]),
+                preprocessing=d["preprocessing"],
+                postprocessing=d["postprocessing"],
+                labels=tuple(d["labels"]) if d.get("labels") is not None else None,
+                glibc_required=d["glibc_required"],
+                runtime_libraries=d["runtime_libraries"],
+                versions=d["versions"],
+                files=d["files"],
+                notes=tuple(d.get("notes") or ()),
+                schedule=d.get("schedule"),
+                device_code=d.get("device_code"),
+                validation=d.get("validation"),
+                schema=schema,
+            )
+        except KeyError as e:
+            raise ManifestError(f"{where}: missing {e.args[0]!r}; the file is damaged or hand-edited") from None
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{where}: malformed ({e}); the file is damaged or hand-edited") from None
+
+
+def read(model_dir: str | Path) -> Manifest:
+    """OUT/<target>/model.json (or a bundle's copy), checked."""
+    path = Path(model_dir) / FILENAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file; pass a build's target directory (OUT/<target>) or a bundle "
+                            "root") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: not readable JSON ({e})") from None
+    return Manifest.from_json(data, where=str(path))
