@@ -73,6 +73,26 @@ def tiny_resnet_multi_build(tiny_resnet_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_resnet_basic_dir(tmp_path_factory):
+    return tiny_models.make_tiny_resnet_basic(tmp_path_factory.mktemp("tiny-resnet-basic"))
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_cls_dir(tmp_path_factory):
+    return tiny_models.make_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert-cls"), classifier=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory):
+    return tiny_models.make_tiny_roberta(tmp_path_factory.mktemp("tiny-roberta"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xlm_roberta_dir(tmp_path_factory):
+    return tiny_models.make_tiny_xlm_roberta(tmp_path_factory.mktemp("tiny-xlm-roberta"))
+
+
+@pytest.fixture(scope="session")
 def minilm_build(tmp_path_factory):
     return _build(tiny_models.minilm_dir(), tmp_path_factory.mktemp("out-minilm"), seq_len=128,
                   name="all-MiniLM-L6-v2")

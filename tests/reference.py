@@ -69,3 +69,21 @@ def png_base64(seed: int = 0, size=(80, 60)) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def hf_text(model_dir, sentences: list[str], task: str, max_length: int = 32) -> np.ndarray:
+    """Straight from transformers (AutoTokenizer + AutoModel*): logits for
+    text-classification, mean-pooled last hidden states for feature-extraction."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    batch = tok(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    cls = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+    model = cls.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        out = model(**batch)
+    if task == "text-classification":
+        return out.logits.numpy()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return ((out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy()

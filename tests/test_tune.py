@@ -9,6 +9,7 @@ import math
 import pytest
 
 from builder.errors import EdgebundleError
+from builder.options import BuildOptions
 from builder.progress import Progress
 
 pytestmark = pytest.mark.slow
@@ -48,14 +49,14 @@ def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     default = dataclasses.asdict(CpuParams())
     assert {(p["mr"], p["nr"]) for p in tried} == {(default["mr"], default["nr"])} | set(DENSE_TILES)
     assert all({**p, "mr": 0, "nr": 0} == {**default, "mr": 0, "nr": 0} for p in tried), tried
-    build(str(tiny_bert_dir), targets=["x86_64"], formats=[], out=tmp_path / "out",
-          options={"seq_len": 32, "tuning_db": db_path}, progress=Progress(quiet=True))
+    build(str(tiny_bert_dir), tmp_path / "out", BuildOptions(seq_len=32, tuning_db=db_path),
+          progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
     assert m["schedule"]["cpu_params"] == db["params"] and m["schedule"]["tuning_db"] == str(db_path)
     assert m["validation"]["max_abs_diff"]["sentence_embedding"] < 1e-4
     with pytest.raises(EdgebundleError, match="tuning database was made for"):
-        build(str(tiny_bert_dir), targets=["x86_64"], formats=[], out=tmp_path / "out2",
-              options={"seq_len": 32, "tuning_db": db_path, "cpu": "skylake-avx512"}, progress=Progress(quiet=True))
+        build(str(tiny_bert_dir), tmp_path / "out2",
+              BuildOptions(seq_len=32, tuning_db=db_path, cpu=("skylake-avx512",)), progress=Progress(quiet=True))
 
 
 def test_tune_searches_conv_choices(tiny_resnet_dir, tmp_path):
@@ -69,7 +70,6 @@ def test_tune_searches_conv_choices(tiny_resnet_dir, tmp_path):
     tried = check_db(db, db_path)
     for choice in CONV_CHOICES:
         assert any(all(p[k] == v for k, v in choice.items()) for p in tried), choice
-    build(str(tiny_resnet_dir), targets=["x86_64"], formats=[], out=tmp_path / "out",
-          options={"tuning_db": db_path}, progress=Progress(quiet=True))
+    build(str(tiny_resnet_dir), tmp_path / "out", BuildOptions(tuning_db=db_path), progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
     assert m["schedule"]["cpu_params"] == db["params"]

@@ -477,6 +477,39 @@ def pre_legalize_passes(params: CpuParams | None = None) -> list:
     ]
 
 
+def split_weight_packing():
+    """relax.transform.SplitLayoutRewritePreproc, minus the PrimFuncs it cannot read.
+
+    It visits every PrimFunc and aborts on a root holding a single subtree without blocks,
+    which is how TVM 0.27 legalizes cumsum (RoBERTa's position ids): an opaque scan. Such
+    functions have no weight packing to split; they are set aside and put back unchanged."""
+    import tvm
+    from tvm import relax, tirx
+
+    split = relax.transform.SplitLayoutRewritePreproc()
+
+    def readable(gv, func) -> bool:
+        try:
+            split(tvm.IRModule({gv: func}))
+            return True
+        except tvm.error.InternalError:
+            return False
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgebundleSplitWeightPacking")
+    def _split(mod, _ctx):
+        aside = {gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and not readable(gv, f)}
+        if not aside:
+            return split(mod)
+        kept = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in aside},
+                            attrs=mod.attrs, global_infos=mod.global_infos)
+        out = split(kept)
+        for gv, f in aside.items():
+            out[gv] = f
+        return out
+
+    return _split
+
+
 def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True):
     """The Relax pipeline for llvm targets: TVM's CPU stages with our schedules after FuseTIR.
 
@@ -500,7 +533,7 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True)
             ]
             if schedule:
                 passes += [dl.ApplyDefaultSchedule(*cpu_rules(params)),
-                           relax.transform.SplitLayoutRewritePreproc(),
+                           split_weight_packing(),
                            relax.transform.FoldConstant(),
                            relax.transform.DeadCodeElimination()]
             passes += [*cg.dataflow_lower_passes(target), *cg.finalize_passes(target)]
