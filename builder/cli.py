@@ -31,11 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="compile a model for one or more targets and write bundles")
     b.add_argument("model", help="Hugging Face model directory, or a hub id present in the local HF cache")
     b.add_argument("--target", action="append", choices=list(TARGETS),
-                   help="target to build for (repeatable; default x86_64)")
+                   help="target to build for (repeatable; default x86_64): "
+                        + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
     b.add_argument("--format", action="append", choices=list(FORMATS), default=[],
-                   help="bundle format to write per target (repeatable; default: none, only model.so/model.json)")
+                   help="bundle format to write per target (repeatable; default: none, only the compiled model): "
+                        + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()))
     b.add_argument("--out", required=True, type=Path, help="output directory")
-    b.add_argument("--family", choices=list(FAMILIES), help="override the family detected from config.json")
+    b.add_argument("--family", choices=list(FAMILIES),
+                   help="override the family detected from config.json: "
+                        + "; ".join(f"{f.name}: {f.description}" for f in FAMILIES.values()))
     b.add_argument("--task", help="override the task (e.g. feature-extraction, text-classification)")
     b.add_argument("--name", help="model name recorded in manifests (default: the directory name or hub id)")
     b.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,

@@ -130,10 +130,6 @@ class Manifest:
         """The library for the longest length (the only one for models without "seq")."""
         return max(self.libraries, key=lambda lib: lib.seq or 0)
 
-    @property
-    def tokenizer_file(self) -> str | None:
-        return self.preprocessing.get("tokenizer") if self.preprocessing.get("kind") == "text" else None
-
     # -- JSON --------------------------------------------------------------------------
     def to_json(self) -> dict:
         d = {

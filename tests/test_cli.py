@@ -103,3 +103,28 @@ def test_inspect(tiny_bert_cls_build):
                  "lambda.zip", "python3.13 x86_64", "deployable", "tvm 0.27.0.post1"):
         assert text in proc.stdout, text
     assert json.loads(edgebundle("inspect", tiny_bert_cls_build, "--json").stdout)["model"]["family"] == "bert"
+
+
+def test_unexpected_exception_is_one_readable_error(monkeypatch, capsys):
+    """A bug of ours (or a library's) is still a short message saying where and what to do;
+    --debug gives the traceback."""
+    from builder import cli
+
+    def boom(args):
+        raise ModuleNotFoundError("No module named 'builder.missing'")
+
+    monkeypatch.setattr(cli, "cmd_inspect", boom)
+    assert cli.main(["inspect", "somewhere"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 3
+    assert "error: unexpected ModuleNotFoundError: No module named 'builder.missing'" in err
+    assert "test_cli.py" in err and "--debug" in err and "report it" in err
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["--debug", "inspect", "somewhere"])
+
+
+def test_version():
+    proc = edgebundle("--version")
+    from builder.versions import EDGEBUNDLE_VERSION
+
+    assert proc.returncode == 0 and proc.stdout.strip() == f"edgebundle {EDGEBUNDLE_VERSION}"

@@ -26,7 +26,7 @@ _LEGACY_MANYLINUX = {
 }
 
 
-def manylinux_platforms(arch: str, max_glibc: str = "2.34") -> list[str]:
+def manylinux_platforms(arch: str, max_glibc: str) -> list[str]:
     """pip ``--platform`` values for every manylinux wheel that runs on glibc ``max_glibc``.
 
     pip matches a ``--platform`` tag exactly (manylinux_2_28 does not imply 2_17), so all
@@ -53,14 +53,6 @@ def parse_wheel_filename(whl: Path | str) -> tuple[str, str]:
     if len(parts) not in (5, 6):
         raise BundleError(f"not a wheel file name: {name}", where=str(whl))
     return canonical_name(parts[0]), parts[1]
-
-
-def wheel_name(whl: Path | str) -> str:
-    return parse_wheel_filename(whl)[0]
-
-
-def wheel_version(whl: Path | str) -> str:
-    return parse_wheel_filename(whl)[1]
 
 
 def _same_version(a: str, b: str) -> bool:

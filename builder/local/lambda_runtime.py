@@ -33,6 +33,7 @@ from builder.errors import InvokeError
 from builder.fsutil import unzip
 from builder.progress import QUIET, Progress
 from builder.bundle import elf, wheels
+from builder.bundle.stage import WHEEL_GLIBC
 from builder.local import sandbox
 from builder.platforms import platform_named
 
@@ -126,7 +127,7 @@ def awslambdaric_dir(python_version: str, arch: str, progress: Progress = QUIET)
     whls = wheels.fetch_wheels(
         list(AWSLAMBDARIC_REQUIREMENTS),
         python_version=python_version,
-        platforms=wheels.manylinux_platforms(arch),
+        platforms=wheels.manylinux_platforms(arch, WHEEL_GLIBC),
         progress=progress,
     )
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -44,11 +44,6 @@ def emulator(arch: str) -> str | None:
     return name and (shutil.which(name) or shutil.which(name + "-static"))
 
 
-def can_run(arch: str) -> bool:
-    """Whether this host runs `arch` Python natively or under qemu-user."""
-    return normalize_arch(arch) == host_arch() or emulator(arch) is not None
-
-
 def suite_for(python_version: str) -> str:
     try:
         return SUITES[python_version]
