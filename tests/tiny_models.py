@@ -50,13 +50,17 @@ def make_tiny_resnet(dest: Path, *, seed: int = 0, num_labels: int = 4) -> Path:
     model = ResNetForImageClassification(cfg).eval()
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
-    # What microsoft/resnet-50 ships, at a smaller size to keep tests fast.
+    _preprocessor_config(dest, 64)
+    return dest
+
+
+def _preprocessor_config(dest: Path, edge: int) -> None:
+    """What microsoft/resnet-18 and -50 ship, at a smaller size to keep tests fast."""
     (dest / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "ConvNextImageProcessor", "crop_pct": 0.875, "do_normalize": True,
         "do_rescale": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406],
         "image_std": [0.229, 0.224, 0.225], "resample": 3, "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": 64}}, indent=2))
-    return dest
+        "size": {"shortest_edge": edge}}, indent=2))
 
 
 # Text for training the tiny tokenizers below: what tests send is covered, so tokens are
@@ -173,10 +177,5 @@ def make_tiny_resnet_basic(dest: Path, *, seed: int = 0) -> Path:
     model = ResNetForImageClassification(cfg).eval()
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
-    # What microsoft/resnet-18 ships, smaller.
-    (dest / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ConvNextImageProcessor", "crop_pct": 0.875, "do_normalize": True,
-        "do_rescale": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225], "resample": 3, "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": 48}}, indent=2))
+    _preprocessor_config(dest, 48)
     return dest

@@ -104,19 +104,3 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     verdict = ("worth it" if db["gain"] >= 1.10 else "under 10%: the defaults are fine for this model")
     progress.info(f"tune: default {baseline:.1f} ms -> best {best_ms:.1f} ms ({db['gain']:.2f}x, {verdict}); wrote {out}")
     return db
-
-
-def load_tuning_db(path: Path, tvm_target: dict):
-    """CpuParams from a database `tune` wrote for the same TVM target."""
-    from builder.compiler.schedules.cpu import CpuParams
-
-    try:
-        db = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise EdgebundleError(f"cannot read the tuning database: {e}", where=str(path)) from None
-    if db.get("target") != tvm_target:
-        raise EdgebundleError(
-            f"the tuning database was made for {json.dumps(db.get('target'))}, not {json.dumps(tvm_target)}",
-            where=str(path), hint="tune again for this target / --cpu, or build without --tuning-db")
-    known = {f.name for f in dataclasses.fields(CpuParams)}
-    return CpuParams(**{k: v for k, v in db["params"].items() if k in known})
