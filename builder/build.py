@@ -9,7 +9,7 @@ from pathlib import Path
 
 from builder.bundle.formats import FORMATS
 from builder.bundle.manifest import file_record, make_manifest, write_manifest
-from builder.compiler.targets import TargetSpec, resolve_target
+from builder.compiler.targets import TargetSpec, cpu_per_target, resolve_target
 from builder.errors import UnsupportedModelError
 from builder.fsutil import write_json
 from builder.model.families import FAMILIES, ModelSpec, detect_family
@@ -140,27 +140,3 @@ def _is_gpu(name: str) -> bool:
     from builder.compiler.targets import TARGETS
 
     return name in TARGETS and TARGETS[name].device != "cpu"
-
-
-def cpu_per_target(cpu, resolved: dict) -> dict:
-    """`--cpu NAME` (one CPU platform among the targets) or `--cpu TARGET=NAME` (repeatable)."""
-    if not cpu:
-        return {}
-    if isinstance(cpu, str):
-        cpu = [cpu]
-    out, plain = {}, [c for c in cpu if "=" not in c]
-    for item in cpu:
-        if "=" in item:
-            t, name = item.split("=", 1)
-            if t not in resolved:
-                raise UnsupportedModelError(f"--cpu {item}: {t} is not among the targets being built",
-                                            hint=f"targets: {', '.join(resolved)}")
-            out[t] = name
-    if plain:
-        arches = {r.arch for r in resolved.values()}
-        if len(plain) > 1 or len(arches) > 1:
-            raise UnsupportedModelError(f"--cpu {plain[0]} is ambiguous with targets of several architectures",
-                                        hint="say which target it is for: --cpu arm64=cortex-a72")
-        for t in resolved:
-            out.setdefault(t, plain[0])
-    return out

@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 
 from builder.compiler import targets
-from builder.build import cpu_per_target
 from builder.errors import BundleError, ToolMissingError, UnsupportedModelError
 from builder.bundle.formats import FORMATS
-from builder.compiler.targets import FAST_MATH, TARGETS, resolve_target
+from builder.compiler.targets import FAST_MATH, TARGETS, cpu_per_target, resolve_target
 
 
 def test_registry_keys_are_the_cli_choices():
@@ -56,8 +55,13 @@ def test_cpu_option_per_target():
 
 
 def test_lambda_is_refused_for_cuda_before_compiling():
+    from builder.options import BuildOptions
+
     with pytest.raises(BundleError, match="no GPUs"):
-        FORMATS["lambda"].precheck(TARGETS["cuda"], {})
+        FORMATS["lambda"].precheck(TARGETS["cuda"], BuildOptions())
+    with pytest.raises(BundleError, match="Lambda has no python3.9 runtime"):
+        FORMATS["lambda"].precheck(TARGETS["x86_64"], BuildOptions(python="3.9"))
+    FORMATS["lambda"].precheck(TARGETS["arm64"], BuildOptions(python="3.12"))
 
 
 def test_missing_cross_compiler_says_how_to_install(monkeypatch):

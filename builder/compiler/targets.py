@@ -99,3 +99,27 @@ def resolve_target(name: str, host: str | None = None) -> TargetSpec:
             raise UnsupportedModelError(f"unknown --host {host!r}", hint=f"choose from {', '.join(PLATFORMS)}")
         target = dataclasses.replace(target, name=name, platform=PLATFORMS[host])
     return target
+
+
+def cpu_per_target(cpu, resolved: dict) -> dict:
+    """`--cpu NAME` (one CPU platform among the targets) or `--cpu TARGET=NAME` (repeatable)."""
+    if not cpu:
+        return {}
+    if isinstance(cpu, str):
+        cpu = [cpu]
+    out, plain = {}, [c for c in cpu if "=" not in c]
+    for item in cpu:
+        if "=" in item:
+            t, name = item.split("=", 1)
+            if t not in resolved:
+                raise UnsupportedModelError(f"--cpu {item}: {t} is not among the targets being built",
+                                            hint=f"targets: {', '.join(resolved)}")
+            out[t] = name
+    if plain:
+        arches = {r.arch for r in resolved.values()}
+        if len(plain) > 1 or len(arches) > 1:
+            raise UnsupportedModelError(f"--cpu {plain[0]} is ambiguous with targets of several architectures",
+                                        hint="say which target it is for: --cpu arm64=cortex-a72")
+        for t in resolved:
+            out.setdefault(t, plain[0])
+    return out
