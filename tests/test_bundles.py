@@ -161,3 +161,37 @@ def test_python311_bundle_is_local_test_only(tiny_resnet_dir, tmp_path, capsys):
     assert info["deployable"] is False and "2.26" in info["not_deployable_reason"]
     rc, (answer,) = run_zip(zip_path, [{"inputs": reference.png_base64()}])
     assert rc == 0 and len(answer) == 4
+
+
+def test_shape_funcs_compile_in_one_order(tmp_path):
+    """TVM 0.27's VMShapeLower orders a shape_func's stores by iterating a hash map keyed by
+    object addresses: without our sorting pass the same model gave different model.so bytes
+    from run to run. Checked in fresh processes, where addresses differ."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import re
+from tvm import relax
+from tvm.script import ir as I, relax as R, tirx as T
+from builder.compiler.library import sort_shape_funcs_pass
+
+@I.ir_module
+class M:
+    @R.function
+    def main(x: R.Tensor(("n", 32), "float32")):
+        n = T.int64()
+        return (R.shape([n * 32]), R.shape([n * 2]), R.shape([4 * n * 128]), R.shape([n * 5]))
+
+mod = sort_shape_funcs_pass()(relax.transform.VMShapeLower()(M))
+print(re.findall(r"H\\[T.int64\\((\\d+)\\)\\] =", mod["shape_func"].script()))
+"""
+    script = tmp_path / "shape_func_order.py"  # TVMScript reads its own source: a file, not -c
+    script.write_text(code)
+    orders = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()
+              for seed in range(4)}
+    assert len(orders) == 1
+    slots = [int(s) for s in json.loads(orders.pop().replace("'", '"'))]
+    assert len(slots) == 4 and slots == sorted(slots)

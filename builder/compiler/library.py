@@ -25,6 +25,40 @@ def device_code_summary(ex) -> dict | None:
     return found[0] if len(found) == 1 else ({"modules": found} if found else None)
 
 
+def sort_shape_funcs_pass():
+    """A module pass: the stores of each `shape_func` (VMShapeLower's host-side symbolic
+    shape computations) sorted by shape-heap slot, so the same model compiles to the same
+    bytes every time.
+
+    TVM 0.27's VMShapeLower (src/relax/backend/vm/vm_shape_lower.cc, PopulateSlotInfo)
+    orders them by iterating a std::unordered_map keyed by ffi::StructuralHash, which hashes
+    a free tirx.Var (the symbolic batch) by its address: the order, hence model.so's bytes,
+    changed from run to run. Each store writes a computed slot from loads of variable slots
+    only, so the stores are independent and any order is correct."""
+    import tvm
+    from tvm import tirx
+
+    def slot(stmt):
+        if (isinstance(stmt, tirx.BufferStore) and len(stmt.indices) == 1
+                and isinstance(stmt.indices[0], tirx.IntImm)):
+            return int(stmt.indices[0].value)
+        return None
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgebundleSortShapeFuncs")
+    def _sort(mod, _ctx):
+        for gvar, func in list(mod.functions.items()):
+            if not (isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith("shape_func")
+                    and isinstance(func.body, tirx.SeqStmt)):
+                continue
+            stores = list(func.body.seq)
+            if any(slot(s) is None for s in stores):
+                continue  # not the shape of VMShapeLower's output: leave it alone
+            mod[gvar] = func.with_body(tirx.SeqStmt(sorted(stores, key=slot)))
+        return mod
+
+    return _sort
+
+
 def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
                     cpu_params=None) -> tuple[dict | None, list]:
     """tvm.compile for one target and export the code as one .so; main's large constants,
@@ -45,7 +79,8 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     lifted: list = []
     try:
         ex = tvm.compile(mod, target=tvm_t,
-                         relax_pipeline=tvm.transform.Sequential([pipeline, weights.lift_constants_pass(lifted)]))
+                         relax_pipeline=tvm.transform.Sequential([pipeline, sort_shape_funcs_pass(),
+                                                                   weights.lift_constants_pass(lifted)]))
     except Exception as e:
         raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
                            where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e
