@@ -90,7 +90,7 @@ from builder.versions import EDGEBUNDLE_VERSION
 print(json.dumps({
     "builder": builder.__file__, "runtime": runtime.__file__, "templates": str(TEMPLATES),
     "sitecustomize": sitecustomize.__file__,
-    "dist": str(importlib.metadata.distribution("edgebundle")._path),
+    "dist": str(importlib.metadata.distribution("edgebundle").locate_file("")),
     "dist_version": importlib.metadata.version("edgebundle"), "version": EDGEBUNDLE_VERSION,
     "editable_hooks": [repr(f) for f in sys.meta_path + sys.path_hooks if "editable" in repr(f)],
 }))
