@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import json
 from pathlib import Path
 
 
@@ -21,11 +20,6 @@ def _templates_dir() -> Path:
 TEMPLATES = _templates_dir()
 
 
-def _py(value) -> str:
-    """A Python literal for value (str, int, float, bool, None, list, dict)."""
-    return repr(value)
-
-
 def _comment(value) -> str:
     """Safe inside a `#` comment: one line."""
     return " ".join(str(value).split())
@@ -40,5 +34,5 @@ def render(name: str, **values) -> str:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(py=_py, comment=_comment, json=lambda v: json.dumps(v, sort_keys=True))
+    env.filters.update(comment=_comment)
     return env.get_template(name).render(**values)
