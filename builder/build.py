@@ -38,7 +38,7 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
             raise UnsupportedModelError(f"unknown format {f!r}", hint=f"choose from {', '.join(FORMATS)}")
     resolved = {}
     for t in options.targets:
-        resolved[t] = resolve_target(t, options.host if _is_gpu(t) else None)
+        resolved[t] = resolve_target(t, options.host)
         resolved[t].check_toolchain()
         for f in options.formats:
             FORMATS[f].precheck(resolved[t], options)
@@ -47,7 +47,7 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
     model_dir = resolve_model(model)
     config = read_json(model_dir / "config.json", "config.json")
     fam = FAMILIES[options.family] if options.family else detect_family(config, model_dir)
-    task = options.task or fam.default_task(config, model_dir)
+    task = options.task or fam.default_task(config)
     name = options.name or (model if not Path(model).exists() else model_dir.name)
     progress.info(f"edgebundle: {name} -> family {fam.name}, task {task}, targets {', '.join(options.targets)}"
                   + (f", formats {', '.join(options.formats)}" if options.formats else ""))
@@ -134,9 +134,3 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
             trec["formats"][f] = FORMATS[f].build(tdir, target, options, progress)
     progress.info(f"    {target.name}: {tdir / LIBRARY} ({trec['library']['size'] / 1e6:.1f} MB)")
     return trec
-
-
-def _is_gpu(name: str) -> bool:
-    from builder.compiler.targets import TARGETS
-
-    return name in TARGETS and TARGETS[name].device != "cpu"

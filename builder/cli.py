@@ -163,7 +163,16 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except Exception as e:  # the registries failed to import: a broken installation
+        if debug:
+            raise
+        print(_unexpected(e), file=sys.stderr)
+        return 70
+    from runtime.manifest import ManifestError
+
     try:
         return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect,
                 "bench": cmd_bench, "tune": cmd_tune}[args.command](args)
@@ -172,24 +181,31 @@ def main(argv=None) -> int:
             raise
         print(e.render(), file=sys.stderr)
         return e.exit_code
+    except ManifestError as e:  # a model.json of another version, or damaged: the user's to fix
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug of ours (or of a library under us): one readable line, not a trace
         if args.debug:
             raise
-        where = _innermost_frame(e)
-        print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
-              f"  where: {where}\n  what to do: this is a bug; rerun with --debug for the traceback and {REPORT}",
-              file=sys.stderr)
+        print(_unexpected(e), file=sys.stderr)
         return 70  # EX_SOFTWARE
 
 
-def _innermost_frame(e: BaseException) -> str:
+def _unexpected(e: BaseException) -> str:
+    """One readable error for an exception we did not expect: what, the innermost frame, and
+    what to do."""
     import traceback
 
     frames = traceback.extract_tb(e.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "unknown"
+    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else "unknown"
+    text = str(e).strip()
+    return (f"error: unexpected {type(e).__name__}: {text.splitlines()[0] if text else ''}\n"
+            f"  where: {where}\n  what to do: this is a bug; rerun with --debug for the traceback and {REPORT}")
 
 
 if __name__ == "__main__":

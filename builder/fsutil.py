@@ -42,7 +42,7 @@ def write_json(path: Path, data) -> None:
     atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def unzip(zip_path: Path, dest: Path, *, error: type[Exception], rename: Callable | None = None) -> list[str]:
+def unzip(zip_path: Path, dest: Path, *, error: Callable[[str], Exception], rename: Callable | None = None) -> list[str]:
     """Extract `zip_path` into `dest`; returns the relative paths written.
 
     Entries that would land outside `dest` raise `error`. `rename(PurePosixPath)` may map an

@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-EDGEBUNDLE_VERSION = "0.1.0"
+# 0.2.0: manifest schema 2 (runtime/manifest.py).
+EDGEBUNDLE_VERSION = "0.2.0"
 
 
 def dist_version(name: str) -> str | None:

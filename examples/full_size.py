@@ -6,7 +6,7 @@ build reports Lambda's size limits.
     python3 examples/full_size.py resnet50    [--model DIR] [--out out/resnet50]
 
 BERT-base fp32 does not fit a Lambda zip (250 MB unzipped): the lambda format is refused
-with a size error that points to the image format; model.so and model.json are kept.
+with a size error that names the weights as the reason; the compiled model is kept.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ DEVICE_TYPES = {"cpu": 1, "cuda": 2}
 _POOLED_ALLOCATOR = 2
 _DEVICE_ATTR_EXIST = 0
 _loaded: dict[str, str] = {}
-# model.weights (builder/weights.py writes it): magic, u64 header length, JSON header, data
+# model.weights (builder/compiler/weights.py writes it): magic, u64 header length, JSON header, data
 # from the next multiple of WEIGHTS_ALIGN, each tensor at a multiple of it.
 WEIGHTS_MAGIC = b"EBWEIGHT"
 WEIGHTS_HEADER = 16

@@ -48,7 +48,7 @@ def shaped(raw, dtype: str, shape) -> memoryview:
 
 
 def read_raw(index: dict) -> dict[str, memoryview]:
-    """{name: [path, dtype, shape]} (raw C-order files, as builder/emulate.write_raw writes
+    """{name: [path, dtype, shape]} (raw C-order files, as builder/validate/emulated.write_raw writes
     them) -> {name: tensor}: how the build hands inputs to a numpy-free runtime/."""
     return {name: shaped(open(path, "rb").read(), dtype, shape) for name, (path, dtype, shape) in index.items()}
 

@@ -11,7 +11,7 @@ from .errors import BadInput, string_list
 
 
 class ImageEncoder:
-    def __init__(self, pre: dict):
+    def __init__(self, pre):
         self.pre = pre
 
     def check(self, images) -> list:
@@ -26,12 +26,12 @@ class ImageEncoder:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise BadInput(f'"inputs"[{index}] is not valid base64') from None
-        Image.MAX_IMAGE_PIXELS = int(self.pre["max_pixels"])
+        Image.MAX_IMAGE_PIXELS = self.pre.max_pixels
         try:
             img = Image.open(io.BytesIO(raw))
-            if img.size[0] * img.size[1] > self.pre["max_pixels"]:
+            if img.size[0] * img.size[1] > self.pre.max_pixels:
                 raise BadInput(f'"inputs"[{index}] is {img.size[0]}x{img.size[1]} pixels; '
-                               f'at most {self.pre["max_pixels"]} are accepted')
+                               f'at most {self.pre.max_pixels} are accepted')
             img.load()
         except BadInput:
             raise
@@ -42,7 +42,7 @@ class ImageEncoder:
     def transform(self, img):
         """Resize and centre-crop as the preprocessor config says (a PIL image)."""
         pre = self.pre
-        resize = pre.get("resize")
+        resize = pre.resize
         if resize:
             w, h = img.size
             if "shortest_edge" in resize:
@@ -53,13 +53,13 @@ class ImageEncoder:
                     size = (int(edge * w / h), edge)
             else:
                 size = (resize["width"], resize["height"])
-            img = img.resize(size, resample=pre["resample"])
-        crop = pre.get("center_crop")
+            img = img.resize(size, resample=pre.resample)
+        crop = pre.center_crop
         if crop:
             w, h = img.size
             ch, cw = crop["height"], crop["width"]
             if w < cw or h < ch:  # pad like transformers' center_crop would, by resizing up
-                img = img.resize((max(w, cw), max(h, ch)), resample=pre["resample"])
+                img = img.resize((max(w, cw), max(h, ch)), resample=pre.resample)
                 w, h = img.size
             top, left = (h - ch) // 2, (w - cw) // 2
             img = img.crop((left, top, left + cw, top + ch))
@@ -72,8 +72,8 @@ class ImageEncoder:
         linear map), so no numpy is needed; per channel x * (rescale/std) - mean/std."""
         pre = self.pre
         planes = []
-        for band, mean, std in zip(img.split(), pre["mean"], pre["std"]):
-            scale, offset = pre["rescale"] / std, -mean / std
+        for band, mean, std in zip(img.split(), pre.mean, pre.std):
+            scale, offset = pre.rescale / std, -mean / std
             planes.append(band.convert("F").point(lambda v, a=scale, b=offset: v * a + b).tobytes())
         return b"".join(planes)
 

@@ -80,6 +80,106 @@ class WeightsFile:
         return cls(d["file"], int(d["count"]), int(d["bytes"]))
 
 
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextPreprocessing:
+    """Requests are text: tokenizer.json (configured by the build to truncate to max_length
+    and pad to the longest text of a batch), and a limit on characters per text."""
+
+    tokenizer: str
+    max_length: int
+    max_chars: int
+    kind: str = "text"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocessing:
+    """Requests are images (base64), resized / cropped / normalised as the model's
+    preprocessor config says, into NCHW float32 of height x width."""
+
+    resize: dict | None  # {"shortest_edge": n} or {"height", "width"}
+    center_crop: dict | None  # {"height", "width"}
+    resample: int  # PIL resampling filter
+    rescale: float
+    mean: tuple
+    std: tuple
+    height: int
+    width: int
+    max_pixels: int
+    kind: str = "image"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class NoPreprocessing:
+    """Tensor mode only."""
+
+    kind: str = "none"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind}
+
+
+def preprocessing_from_json(d: dict):
+    kind = d.get("kind")
+    if kind == "text":
+        return TextPreprocessing(d["tokenizer"], int(d["max_length"]), int(d["max_chars"]))
+    if kind == "image":
+        return ImagePreprocessing(d.get("resize"), d.get("center_crop"), int(d["resample"]), float(d["rescale"]),
+                                  tuple(d["mean"]), tuple(d["std"]), int(d["height"]), int(d["width"]),
+                                  int(d["max_pixels"]))
+    if kind == "none":
+        return NoPreprocessing()
+    raise ValueError(f"unknown preprocessing kind {kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Postprocessing:
+    """Model outputs -> task-mode answers."""
+
+    kind: str  # embedding | classification
+    output: str  # the output it reads
+    pooling: tuple | None = None  # embedding: sentence-transformers pooling modes applied
+    normalize: bool | None = None  # embedding: L2-normalised
+    function: str | None = None  # classification: softmax | sigmoid
+    top_k: int | None = None  # classification: labels answered by default
+
+    def to_json(self) -> dict:
+        d = _drop_none(dataclasses.asdict(self))
+        if self.pooling is not None:
+            d["pooling"] = list(self.pooling)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Postprocessing:
+        if d["kind"] not in ("embedding", "classification"):
+            raise ValueError(f"unknown postprocessing kind {d['kind']!r}")
+        return cls(d["kind"], d["output"], tuple(d["pooling"]) if d.get("pooling") is not None else None,
+                   d.get("normalize"), d.get("function"), d.get("top_k"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Versions:
+    """What built the model (the runtime libraries shipped are the same tvm / tvm_ffi)."""
+
+    edgebundle: str
+    tvm: str | None
+    tvm_ffi: str | None
+    torch: str | None
+    transformers: str | None
+    build_python: str
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -93,9 +193,9 @@ class ModelInfo:
 class TargetInfo:
     name: str  # the --target choice
     tvm: dict  # the TVM target, as compiled
-    arch: str  # CPU platform of the host code (x86_64, arm64)
+    arch: str  # `uname -m` of the machines that run the host code (x86_64, aarch64)
     device: str  # what the VM initialises: cpu or cuda
-    elf_machine: str
+    elf_machine: str  # the libraries' ELF machine, by name (x86_64, aarch64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +207,12 @@ class Manifest:
     libraries: tuple  # of Library, shortest length first
     weights: WeightsFile | None
     max_batch: int
-    preprocessing: dict  # kind: text | image | none, and what runtime/text.py, image.py read
-    postprocessing: dict  # kind: embedding | classification, and its output
+    preprocessing: TextPreprocessing | ImagePreprocessing | NoPreprocessing
+    postprocessing: Postprocessing
     labels: tuple | None
     glibc_required: str
     runtime_libraries: dict  # {"tvm": [...shipped...], "system": [...required of the OS...]}
-    versions: dict  # edgebundle, tvm, tvm_ffi, torch, transformers, build_python
+    versions: Versions
     files: dict  # name -> {"sha256", "size"}: every file the model needs beside model.json
     notes: tuple = ()
     schedule: dict | None = None  # CPU targets: the schedule parameters compiled with
@@ -141,12 +241,12 @@ class Manifest:
             "libraries": [lib.to_json() for lib in self.libraries],
             "weights": self.weights.to_json() if self.weights else None,
             "max_batch": self.max_batch,
-            "preprocessing": self.preprocessing,
-            "postprocessing": self.postprocessing,
+            "preprocessing": self.preprocessing.to_json(),
+            "postprocessing": self.postprocessing.to_json(),
             "labels": list(self.labels) if self.labels is not None else None,
             "glibc_required": self.glibc_required,
             "runtime_libraries": self.runtime_libraries,
-            "versions": self.versions,
+            "versions": dataclasses.asdict(self.versions),
             "files": self.files,
             "notes": list(self.notes),
         }
@@ -182,12 +282,12 @@ class Manifest:
                                        key=lambda lib: lib.seq or 0)),
                 weights=WeightsFile.from_json(d["weights"]) if d.get("weights") else None,
                 max_batch=int(d["max_batch"]),
-                preprocessing=d["preprocessing"],
-                postprocessing=d["postprocessing"],
+                preprocessing=preprocessing_from_json(d["preprocessing"]),
+                postprocessing=Postprocessing.from_json(d["postprocessing"]),
                 labels=tuple(d["labels"]) if d.get("labels") is not None else None,
                 glibc_required=d["glibc_required"],
                 runtime_libraries=d["runtime_libraries"],
-                versions=d["versions"],
+                versions=Versions(**d["versions"]),
                 files=d["files"],
                 notes=tuple(d.get("notes") or ()),
                 schedule=d.get("schedule"),

@@ -67,11 +67,11 @@ class Model:
                         for lib in m.libraries}
         self.seq_lengths = m.seq_lengths
         pre = m.preprocessing
-        if pre["kind"] == "text":
+        if pre.kind == "text":
             from .text import TextEncoder
 
             self.encoder = TextEncoder(self.dir, pre, self.inputs)
-        elif pre["kind"] == "image":
+        elif pre.kind == "image":
             from .image import ImageEncoder
 
             self.encoder = ImageEncoder(pre)
@@ -148,25 +148,25 @@ class Model:
 
     def _postprocess(self, out: dict, parameters: dict) -> list:
         post = self.manifest.postprocessing
-        values = out[post["output"]]
-        if post["kind"] == "embedding":
+        values = out[post.output]
+        if post.kind == "embedding":
             return values.tolist()
-        if post["kind"] == "classification":
-            top_k = parameters.get("top_k", post["top_k"])
+        if post.kind == "classification":
+            top_k = parameters.get("top_k", post.top_k)
             if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.labels):
                 raise BadInput(f'"parameters.top_k" must be an integer in 1..{len(self.labels)}')
-            score = _sigmoid if post["function"] == "sigmoid" else _softmax
+            score = _sigmoid if post.function == "sigmoid" else _softmax
             result = []
             for row in values.tolist():
                 row = score(row)
                 order = sorted(range(len(row)), key=lambda i: -row[i])[:top_k]  # stable: ties keep label order
                 result.append([{"label": self.labels[i], "score": row[i]} for i in order])
             return result
-        raise ValueError(f"unknown postprocessing {post['kind']!r}")
+        raise ValueError(f"unknown postprocessing {post.kind!r}")
 
     def info(self) -> dict:
         m = self.manifest
         return {"model": dataclasses.asdict(m.model), "inputs": [t.to_json() for t in self.inputs],
                 "outputs": [t.to_json() for t in self.outputs],
                 "labels": list(self.labels) if self.labels is not None else None,
-                "target": m.target.name, "versions": m.versions}
+                "target": m.target.name, "versions": dataclasses.asdict(m.versions)}

@@ -13,11 +13,11 @@ SOURCES = ("ids", "attention_mask", "type_ids")
 
 
 class TextEncoder:
-    def __init__(self, model_dir: Path, pre: dict, inputs):
+    def __init__(self, model_dir: Path, pre, inputs):
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(model_dir / pre["tokenizer"]))
-        self.max_chars = int(pre["max_chars"])
+        self.tokenizer = Tokenizer.from_file(str(model_dir / pre.tokenizer))
+        self.max_chars = pre.max_chars
         self.inputs = inputs
 
     def check(self, texts) -> list[str]:

@@ -13,6 +13,7 @@ import pytest
 import reference
 from builder.bundle import elf
 from builder.errors import BundleError
+from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.compiler.targets import FAST_MATH
 from builder.compiler.targets import TARGETS
@@ -29,7 +30,7 @@ def resnet_arm64_zip(tiny_resnet_multi_build):
     from builder.bundle.formats.lambda_zip import build as build_lambda
 
     out, _ = tiny_resnet_multi_build
-    build_lambda(out / "arm64", TARGETS["arm64"], {"python": "3.13"}, Progress(quiet=True))
+    build_lambda(out / "arm64", TARGETS["arm64"], BuildOptions(python="3.13"), Progress(quiet=True))
     return out / "arm64" / "lambda.zip"
 
 
@@ -123,7 +124,6 @@ def test_elf_audit_rejects_x86_64_library_in_arm64_zip(resnet_arm64_zip, tiny_re
 @needs_cross
 def test_cuda_with_arm64_host_for_jetson(tiny_resnet_dir, tmp_path):
     from builder.build import build
-    from builder.options import BuildOptions
 
     build(str(tiny_resnet_dir), tmp_path, BuildOptions(targets=("cuda",), host="arm64", cpu=("cortex-a78ae",),
                                                      cuda_arch="sm_87"), progress=Progress(quiet=True))

@@ -106,7 +106,7 @@ def test_xlm_roberta_multilabel_classifier_matches_transformers(xlm_roberta_buil
 
     model = runtime.load(xlm_roberta_build)
     assert model.manifest.model.architecture == "XLMRobertaForSequenceClassification"
-    assert model.manifest.postprocessing["function"] == "sigmoid"
+    assert model.manifest.postprocessing.function == "sigmoid"
     ref = _scores(reference.hf_text(tiny_xlm_roberta_dir, SENTENCES, "text-classification"), "sigmoid")
     answers = model.predict(SENTENCES, {"top_k": 4})
     labels = list(model.labels)

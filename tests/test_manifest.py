@@ -29,7 +29,7 @@ def test_round_trip_is_exact(tiny_bert_build, tiny_resnet_build):
         text = (tdir / "model.json").read_text()
         m = manifest.read(tdir)
         assert m.dumps() == text  # what the build wrote is what the reader sees, nothing dropped
-        assert m.schema == manifest.SCHEMA and m.versions["edgebundle"]
+        assert m.schema == manifest.SCHEMA and m.versions.edgebundle
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def test_manifest_describes_io(bert, tiny_bert_build):
     assert m["versions"]["tvm"] == "0.27.0.post1" and m["versions"]["tvm_ffi"]
     assert m["target"]["tvm"]["mcpu"] == "haswell"
     assert m["weights"]["file"] == "model.weights" and m["weights"]["count"] > 10
-    # Weights live in the mapped file, not in the library's data (builder/weights.py).
+    # Weights live in the mapped file, not in the library's data (builder/compiler/weights.py).
     assert m["files"]["model.so"]["size"] < m["files"]["model.weights"]["size"]
     assert all(len(r["sha256"]) == 64 and r["size"] > 0 for r in m["files"].values())
     from builder.bundle import elf

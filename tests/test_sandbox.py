@@ -41,20 +41,19 @@ def test_unsupported_python_names_the_emulated_ones():
 
 
 def test_host_python_runs_isolated():
-    argv, paths = python_command("%d.%d" % sys.version_info[:2], "x86_64")
+    argv = python_command("%d.%d" % sys.version_info[:2], "x86_64")
     assert argv == [sys.executable, "-I", "-S"]
     info = _probe(argv)
     assert info["flags"] == [1, 1]
     # numpy is installed on the host; -I -S must keep site-packages out.
     assert info["numpy"] is False
     assert not any("site-packages" in p or "dist-packages" in p for p in info["path"])
-    assert paths.to_sandbox("/tmp/x") == "/tmp/x"
 
 
 @pytest.mark.slow
 def test_trixie_python_sees_nothing_of_the_host():
     rootfs = ensure_rootfs("3.13", "x86_64")
-    argv, _ = python_command("3.13", "x86_64")
+    argv = python_command("3.13", "x86_64")
     info = _probe(argv)
     assert info["version"] == "3.13"
     assert info["prefix"].startswith(str(rootfs) + "/")

@@ -40,7 +40,7 @@ def test_every_tvm_target_is_accepted_by_tvm():
 
 def test_gpu_host_platform():
     jetson = resolve_target("cuda", "arm64")
-    assert jetson.arch == "aarch64" and jetson.elf_machine == 183 and jetson.cross_compiler
+    assert jetson.arch == "aarch64" and jetson.elf_machine == 183 and jetson.platform.cross_compiler
     assert jetson.tvm_target_json("cortex-a78ae")["host"]["mcpu"] == "cortex-a78ae"
     with pytest.raises(UnsupportedModelError, match="GPU targets only"):
         resolve_target("x86_64", "arm64")
@@ -71,3 +71,13 @@ def test_missing_cross_compiler_says_how_to_install(monkeypatch):
     with pytest.raises(ToolMissingError, match="nvcc"):
         TARGETS["cuda"].check_toolchain()
     TARGETS["x86_64"].check_toolchain()  # the host toolchain
+
+
+def test_host_is_refused_for_cpu_targets_before_loading_anything(tmp_path):
+    """--host picks the host code of GPU targets; for a CPU target it would be ignored, so it
+    is an error (before the model is even looked for)."""
+    from builder.build import build
+    from builder.options import BuildOptions
+
+    with pytest.raises(UnsupportedModelError, match="--host applies to GPU targets only"):
+        build(str(tmp_path / "no-such-model"), tmp_path / "out", BuildOptions(targets=("x86_64",), host="arm64"))

@@ -9,7 +9,7 @@ from builder.bundle import elf
 from builder.fsutil import atomic_write
 from builder.options import MAX_BATCH
 from builder.versions import build_versions, dist_version
-from runtime.manifest import FILENAME, Library, Manifest, ModelInfo, TargetInfo, WeightsFile
+from runtime.manifest import FILENAME, Library, Manifest, ModelInfo, TargetInfo, Versions, WeightsFile
 
 # What a GPU model needs beside model.so at run time (the image / edge formats ship or
 # require these; the manifest accounts for them either way).
@@ -63,7 +63,7 @@ def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target
         labels=tuple(spec.labels) if spec.labels is not None else None,
         glibc_required=elf.vstr(code.glibc),
         runtime_libraries=runtime_libraries(target),
-        versions=build_versions(),
+        versions=Versions(**build_versions()),
         files={fname: file_record(target_dir / fname) for fname in shipped},
         notes=tuple(spec.notes),
         schedule=schedule,

@@ -46,7 +46,7 @@ def runtime_requirements(manifest: Manifest) -> list[str]:
     """Exact versions of the Python packages runtime/ imports, equal to the build's (the
     tokenizer the build configured must behave the same at run time). Neither numpy nor the
     tvm_ffi Python package: runtime/ talks to libtvm_ffi.so through ctypes."""
-    names = {"text": ["tokenizers"], "image": ["pillow"]}.get(manifest.preprocessing["kind"], [])
+    names = {"text": ["tokenizers"], "image": ["pillow"]}.get(manifest.preprocessing.kind, [])
     reqs = []
     for n in names:
         v = dist_version(n)

@@ -62,7 +62,7 @@ def sort_shape_funcs_pass():
 def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
                     cpu_params=None) -> tuple[dict | None, list]:
     """tvm.compile for one target and export the code as one .so; main's large constants,
-    packed as the kernels read them, become trailing parameters (builder/weights.py says
+    packed as the kernels read them, become trailing parameters (builder/compiler/weights.py says
     why). Returns (device-code summary for GPU targets, those constants in order)."""
     import tvm
     from tvm import relax
@@ -85,10 +85,10 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
         raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
                            where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e
     kwargs = {}
-    if target.cross_compiler:
+    if target.platform.cross_compiler:
         from tvm.support import cc
 
-        kwargs["fcompile"] = cc.cross_compiler(target.cross_compiler)
+        kwargs["fcompile"] = cc.cross_compiler(target.platform.cross_compiler)
     out_so.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(out_so) as tmp:

@@ -47,10 +47,6 @@ class TargetSpec:
     def elf_machine(self) -> int:
         return self.platform.elf_machine
 
-    @property
-    def cross_compiler(self) -> str | None:
-        return self.platform.cross_compiler
-
     def tvm_target_json(self, cpu: str | None = None, cuda_arch: str | None = None) -> dict:
         host = llvm_target(self.platform, cpu)
         if self.device == "cpu":

@@ -33,6 +33,7 @@ from builder.errors import InvokeError
 from builder.fsutil import unzip
 from builder.progress import QUIET, Progress
 from builder.bundle import elf, wheels
+from builder.bundle.formats.lambda_zip import ARCHITECTURES as LAMBDA_ARCHITECTURES
 from builder.bundle.stage import WHEEL_GLIBC
 from builder.local import sandbox
 from builder.platforms import platform_named
@@ -93,8 +94,8 @@ def read_lambda_json(zip_path: Path) -> dict:
     problems = []
     if not isinstance(meta.get("python"), str):
         problems.append('"python" (e.g. "3.13")')
-    if meta.get("architecture") not in ("x86_64", "arm64"):
-        problems.append('"architecture" ("x86_64" or "arm64")')
+    if meta.get("architecture") not in LAMBDA_ARCHITECTURES:
+        problems.append(f'"architecture" ({" or ".join(LAMBDA_ARCHITECTURES)})')
     handler = meta.get("handler")
     if not isinstance(handler, str) or "." not in handler.strip("."):
         problems.append('"handler" ("module.function")')
@@ -426,18 +427,18 @@ def _run_warm(
                        max_glibc=meta.get("platform_glibc") if meta.get("deployable", True) else None,
                        what=str(zip_path))
         library_path = [task, task / "lib"]
-        argv, paths = sandbox.python_command(python_version, arch, progress, library_path=library_path)
+        argv = sandbox.python_command(python_version, arch, progress, library_path=library_path)
         name = str(meta.get("name") or "edgebundle-local")
         region = str(meta.get("region") or _DEFAULT_REGION)
         api = _RuntimeAPI(f"arn:aws:lambda:{region}:{_ACCOUNT}:function:{name}", timeout_s)
         api.start()
-        task_root = paths.to_sandbox(task)
+        task_root = str(Path(task).resolve())
         env = {
             # What Lambda's python runtimes set; nothing of ours (no PYTHONPATH, no HOME
             # with caches, no proxies) so the function sees what it will see there.
             "AWS_LAMBDA_RUNTIME_API": api.address,
             "LAMBDA_TASK_ROOT": task_root,
-            "LAMBDA_RUNTIME_DIR": paths.to_sandbox(ric),
+            "LAMBDA_RUNTIME_DIR": str(Path(ric).resolve()),
             "_HANDLER": handler,
             "AWS_EXECUTION_ENV": f"AWS_Lambda_python{python_version}",
             "AWS_LAMBDA_FUNCTION_NAME": name,
@@ -451,11 +452,11 @@ def _run_warm(
             "TZ": ":UTC",
             "LANG": "en_US.UTF-8",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LD_LIBRARY_PATH": ":".join(paths.to_sandbox(p) for p in library_path),
+            "LD_LIBRARY_PATH": ":".join(str(Path(p).resolve()) for p in library_path),
             "HOME": "/tmp",
         }
         env.update(sandbox.emulator_env(arch))
-        cmd = [*argv, "-c", _BOOTSTRAP, task_root, paths.to_sandbox(ric), handler]
+        cmd = [*argv, "-c", _BOOTSTRAP, task_root, str(Path(ric).resolve()), handler]
 
         t0 = time.perf_counter()
         proc = subprocess.Popen(

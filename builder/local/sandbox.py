@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,9 +23,6 @@ from builder.progress import QUIET, Progress
 
 # Debian ships exactly one python3 per release; these are the versions we can emulate.
 SUITES = {"3.11": "bookworm", "3.13": "trixie"}
-
-# Architecture names (ours: x86_64, arm64; uname's, Debian's, GNU triplets, loaders) come
-# from builder/platforms.py.
 
 # A build directory older than this is left over from a killed build, not a running one.
 _STALE_BUILD_S = 6 * 3600
@@ -146,8 +142,8 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
             hint="run once as root, or set EDGEBUNDLE_CACHE to a cache where the sandbox was already built",
         )
     foreign = arch != host_arch()
-    if foreign and arch == "arm64" and shutil.which("dpkg-deb") is None:
-        raise ToolMissingError("dpkg-deb is not installed", where="arm64 sandbox", hint="apt-get install dpkg")
+    if foreign and shutil.which("dpkg-deb") is None:  # a foreign debootstrap is unpacked by hand
+        raise ToolMissingError("dpkg-deb is not installed", where=f"{arch} sandbox", hint="apt-get install dpkg")
 
     root = _sandbox_root()
     _sweep_stale_builds(root)
@@ -199,42 +195,18 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
     return final
 
 
-@dataclass(frozen=True)
-class PathMap:
-    """Translates host paths into what the sandboxed process sees.
-
-    ``root`` is None when the process sees the host's file system, which every current way
-    of starting it does (host interpreter, the rootfs's own loader, qemu-user); then paths
-    pass unchanged. Under a chroot only files under ``root`` would be visible, at
-    ``path - root``.
-    """
-
-    root: Path | None = None
-
-    def to_sandbox(self, host_path: str | os.PathLike) -> str:
-        p = Path(host_path).resolve()
-        if self.root is None:
-            return str(p)
-        try:
-            return "/" + str(p.relative_to(self.root.resolve()))
-        except ValueError:
-            raise BundleError(
-                f"{p} is outside the sandbox root {self.root}",
-                hint="copy it under the sandbox root first",
-            ) from None
-
-
 def python_command(
     python_version: str,
     arch: str = "x86_64",
     progress: Progress = QUIET,
     *,
     library_path: Sequence[str | os.PathLike] = (),
-) -> tuple[list[str], PathMap]:
+) -> list[str]:
     """argv prefix that runs Python ``python_version`` for ``arch`` isolated (``-I -S``).
 
-    Append ``-c code`` or a script; translate any path handed to the process with the
-    returned PathMap. The environment is the caller's to set. ``library_path`` lists extra
+    Append ``-c code`` or a script. Every way of starting it (host interpreter, the rootfs's
+    own loader, qemu-user) sees the host's file system, so paths pass unchanged. The
+    environment is the caller's to set. ``library_path`` lists extra
     directories for shared libraries (Lambda's LD_LIBRARY_PATH has /var/task and
     /var/task/lib): the caller also puts them in LD_LIBRARY_PATH, which the rootfs loader
     ignores in favour of its --library-path, so they are added there too.
@@ -242,10 +214,10 @@ def python_command(
     arch = normalize_arch(arch)
     if python_version == "%d.%d" % sys.version_info[:2] and arch == host_arch():
         # -I drops PYTHONPATH, user site and the script's directory; -S drops site-packages.
-        return [sys.executable, "-I", "-S"], PathMap(None)
+        return [sys.executable, "-I", "-S"]
 
     rootfs = ensure_rootfs(python_version, arch, progress)
-    return _rootfs_argv(rootfs, python_version, arch, library_path), PathMap(None)
+    return _rootfs_argv(rootfs, python_version, arch, library_path)
 
 
 def _rootfs_argv(

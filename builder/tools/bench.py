@@ -147,7 +147,8 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
                               hint="bench --target x86_64 on an x86_64 machine")
     model_dir = Path(manifest.model.source)
     config = read_json(model_dir / "config.json", "config.json")
-    options = BuildOptions(seq_len=manifest.preprocessing.get("max_length", seq_len))
+    pre = manifest.preprocessing
+    options = BuildOptions(seq_len=pre.max_length if pre.kind == "text" else seq_len)
     spec = FAMILIES[manifest.model.family].load(model_dir, config, manifest.model.task, options)
     inputs = one_request(spec)
     np.savez(work / "inputs.npz", **inputs)
@@ -249,7 +250,7 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
                        for name, runs_ in cold.items()},
         "sizes": sizes,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
-                     "tvm": manifest.versions["tvm"]},
+                     "tvm": manifest.versions.tvm},
     }
     torch_ms = result["warm"]["PyTorch eager"]["median_ms"]
     for name, st in result["warm"].items():

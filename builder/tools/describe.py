@@ -34,12 +34,12 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
     if m.labels:
         lines.append(f"labels     {len(m.labels)}: {', '.join(m.labels[:8])}{' ...' if len(m.labels) > 8 else ''}")
     pre = m.preprocessing
-    if pre["kind"] == "text":
+    if pre.kind == "text":
         fills = ", ".join(f"{t.name} <- {t.source}" for t in m.inputs)
-        lines.append(f"text       {pre['tokenizer']}, max_length {pre['max_length']}, max_chars {pre['max_chars']} "
+        lines.append(f"text       {pre.tokenizer}, max_length {pre.max_length}, max_chars {pre.max_chars} "
                      f"({fills})")
-    elif pre["kind"] == "image":
-        lines.append(f"image      {pre['width']}x{pre['height']} resize {pre['resize']} crop {pre['center_crop']}")
+    elif pre.kind == "image":
+        lines.append(f"image      {pre.width}x{pre.height} resize {pre.resize} crop {pre.center_crop}")
     if m.seq_lengths:
         lines.append(f"lengths    compiled for {', '.join(map(str, m.seq_lengths))} tokens; requests are padded to "
                      "the shortest that fits")
@@ -48,8 +48,8 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
                      "mapped at load")
     lines.append(f"glibc      {m.library.file} needs {m.glibc_required}")
     v = m.versions
-    lines.append(f"versions   tvm {v['tvm']}, tvm_ffi {v['tvm_ffi']}, torch {v['torch']}, "
-                 f"transformers {v['transformers']}, edgebundle {v['edgebundle']} (manifest schema {m.schema})")
+    lines.append(f"versions   tvm {v.tvm}, tvm_ffi {v.tvm_ffi}, torch {v.torch}, "
+                 f"transformers {v.transformers}, edgebundle {v.edgebundle} (manifest schema {m.schema})")
     val = m.validation or {}
     if "max_abs_diff" in val:
         lines.append("validated  vs PyTorch, max|diff| " + ", ".join(

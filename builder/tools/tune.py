@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from builder.errors import EdgebundleError
+from builder.options import DEFAULT_SEQ_LEN
 from builder.progress import Progress
 
 DENSE_TILES = [(4, 24), (4, 16), (2, 32), (8, 8), (2, 48)]
@@ -38,7 +39,7 @@ def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float
     return statistics.median(times) * 1000
 
 
-def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, runs: int = 10,
+def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAULT_SEQ_LEN, runs: int = 10,
          cpu: str | None = None, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
     import os
@@ -64,7 +65,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = 128, r
     config = read_json(model_dir / "config.json", "config.json")
     fam = detect_family(config, model_dir)
     # One sequence length: tuning times the longest, the one that matters most.
-    spec = fam.load(model_dir, config, fam.default_task(config, model_dir),
+    spec = fam.load(model_dir, config, fam.default_task(config),
                     BuildOptions(seq_len=seq_len, seq_buckets=(seq_len,)))
     with progress.step("torch.export + import into TVM Relax"):
         mod = to_relax(spec)

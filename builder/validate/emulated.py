@@ -42,15 +42,15 @@ json.dump(written, open(f"{out_dir}/index.json", "w"))
 """
 
 
-def write_raw(arrays: dict, folder: Path, prefix: str, to_path=str) -> dict:
+def write_raw(arrays: dict, folder: Path, prefix: str) -> dict:
     """Arrays as raw C-order files folder/<prefix><name>.bin; returns the index that
-    runtime.arrays.read_raw reads ({name: [to_path(file), dtype, shape]})."""
+    runtime.arrays.read_raw reads ({name: [file, dtype, shape]})."""
     index = {}
     for name, value in arrays.items():
         value = np.ascontiguousarray(value)
         path = folder / f"{prefix}{name}.bin"
         path.write_bytes(value.tobytes())
-        index[name] = [to_path(path), str(value.dtype), list(value.shape)]
+        index[name] = [str(path), str(value.dtype), list(value.shape)]
     return index
 
 
@@ -69,15 +69,14 @@ def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Pro
         stage = tmp / "stage"
         stage.mkdir()
         stage_bundle(stage, target_dir, manifest, target, EMULATION_PYTHON, progress)
-        argv, paths = sandbox.python_command(EMULATION_PYTHON, arch, progress)
+        argv = sandbox.python_command(EMULATION_PYTHON, arch, progress)
         (tmp / "out").mkdir()
-        index = [write_raw(tensors, tmp, f"in-{i}-", paths.to_sandbox) for i, tensors in enumerate(input_sets)]
+        index = [write_raw(tensors, tmp, f"in-{i}-") for i, tensors in enumerate(input_sets)]
         (tmp / "inputs.json").write_text(json.dumps(index))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), **sandbox.emulator_env(arch)}
         with progress.step(f"run {target.name} module under emulation (qemu, {env.get('QEMU_CPU', 'default cpu')})"):
             proc = subprocess.run(
-                argv + ["-c", _SCRIPT, paths.to_sandbox(stage), paths.to_sandbox(tmp / "inputs.json"),
-                        paths.to_sandbox(tmp / "out")],
+                argv + ["-c", _SCRIPT, str(stage), str(tmp / "inputs.json"), str(tmp / "out")],
                 env=env, cwd=str(tmp), capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0:
             tail = "\n    ".join(proc.stderr.strip().splitlines()[-12:])

@@ -89,9 +89,10 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
     with tempfile.TemporaryDirectory(prefix="edgebundle-lambda-") as tmp:
         stage = Path(tmp) / "bundle"
         stage.mkdir()
-        # Wheels for Amazon Linux 2023 even for local-test Pythons: the local sandbox's
-        # Debian is newer still.
-        reqs = stage_bundle(stage, target_dir, manifest, target, plat["python"], progress, glibc=WHEEL_GLIBC)
+        # Local-test Pythons (Amazon Linux 2) get the wheels of the newer platforms: they run
+        # in the local sandbox, whose Debian is newer still.
+        reqs = stage_bundle(stage, target_dir, manifest, target, plat["python"], progress,
+                            glibc=plat["glibc"] if plat["deployable"] else WHEEL_GLIBC)
         (stage / "handler.py").write_text(render(
             "lambda/handler.py.j2", edgebundle_version=EDGEBUNDLE_VERSION,
             model_name=manifest.model.name, task=manifest.model.task, target=target.name))

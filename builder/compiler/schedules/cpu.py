@@ -516,7 +516,7 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True)
     Before legalization: BatchNorm is decomposed for inference (its scale/shift then fuses
     into the conv epilogue) and conv2d goes NHWC x HWIO, the layout the contraction rule
     vectorises along output channels. After scheduling, weight packing is split into its
-    own function and folded while the weights are still constants; builder/weights.py then
+    own function and folded while the weights are still constants; builder/compiler/weights.py then
     lifts them, packed, into model.weights."""
     import tvm
     from tvm import relax

@@ -9,7 +9,7 @@ from typing import Any
 
 from builder.errors import ModelSourceError, UnsupportedModelError
 from builder.options import BuildOptions
-from runtime.manifest import Tensor
+from runtime.manifest import ImagePreprocessing, NoPreprocessing, Postprocessing, Tensor, TextPreprocessing
 
 @dataclasses.dataclass
 class ModelSpec:
@@ -22,8 +22,8 @@ class ModelSpec:
     # Several input sets (different batch sizes, padding) the build validates against torch.
     validation_inputs: list[dict]
     tolerance: dict  # {"atol": float, "rtol": float}: |ours - torch| <= atol + rtol * max|torch|
-    preprocessing: dict
-    postprocessing: dict
+    preprocessing: TextPreprocessing | ImagePreprocessing | NoPreprocessing
+    postprocessing: Postprocessing
     labels: list[str] | None = None
     # name -> bytes or source Path: files shipped next to model.so (tokenizer.json, ...)
     files: dict = dataclasses.field(default_factory=dict)
@@ -86,7 +86,7 @@ class Family:
             not archs and config.get("model_type") in self.model_types
         )
 
-    def default_task(self, config: dict, model_dir: Path) -> str:
+    def default_task(self, config: dict) -> str:
         raise NotImplementedError
 
     def load(self, model_dir: Path, config: dict, task: str, options: BuildOptions) -> ModelSpec:

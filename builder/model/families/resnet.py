@@ -6,7 +6,7 @@ from pathlib import Path
 
 from builder.errors import ModelSourceError, UnsupportedModelError
 from builder.options import BuildOptions
-from runtime.manifest import Tensor
+from runtime.manifest import ImagePreprocessing, Postprocessing, Tensor
 
 from .base import Family, ModelSpec, check_task, id2label, quiet_transformers, read_json
 
@@ -15,7 +15,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 
-def image_preprocessing(model_dir: Path, notes: list) -> dict:
+def image_preprocessing(model_dir: Path, notes: list) -> ImagePreprocessing:
     """Our own description of the preprocessor config (transformers' image processors need
     torchvision, which cannot sit beside this torch), applied by runtime/image.py."""
     path = model_dir / "preprocessor_config.json"
@@ -54,19 +54,19 @@ def image_preprocessing(model_dir: Path, notes: list) -> dict:
     if final is None:
         raise UnsupportedModelError("preprocessing does not fix the image size (no crop, no fixed resize)",
                                     where=str(path), hint="add crop_size or size {height, width}")
-    return {
-        "kind": "image",
-        "resize": resize,
-        "center_crop": crop,
-        "resample": int(cfg.get("resample", BICUBIC)),
-        "rescale": float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0,
-        "mean": list(cfg.get("image_mean", IMAGENET_MEAN)) if cfg.get("do_normalize", True) else [0.0] * 3,
-        "std": list(cfg.get("image_std", IMAGENET_STD)) if cfg.get("do_normalize", True) else [1.0] * 3,
-        "height": int(final["height"]),
-        "width": int(final["width"]),
+    normalize = cfg.get("do_normalize", True)
+    return ImagePreprocessing(
+        resize=resize,
+        center_crop=crop,
+        resample=int(cfg.get("resample", BICUBIC)),
+        rescale=float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0,
+        mean=tuple(cfg.get("image_mean", IMAGENET_MEAN)) if normalize else (0.0,) * 3,
+        std=tuple(cfg.get("image_std", IMAGENET_STD)) if normalize else (1.0,) * 3,
+        height=int(final["height"]),
+        width=int(final["width"]),
         # Base64 payloads are capped by Lambda's 6 MB anyway; this bounds decode memory.
-        "max_pixels": 50_000_000,
-    }
+        max_pixels=50_000_000,
+    )
 
 
 def _classifier_module(model):
@@ -90,7 +90,7 @@ class ResNetFamily(Family):
     architectures = ("ResNetForImageClassification",)
     model_types = ("resnet",)
 
-    def default_task(self, config: dict, model_dir: Path) -> str:
+    def default_task(self, config: dict) -> str:
         return "image-classification"
 
     def load(self, model_dir: Path, config: dict, task: str, options: BuildOptions) -> ModelSpec:
@@ -109,7 +109,7 @@ class ResNetFamily(Family):
                                    where=str(model_dir)) from e
         model.eval()
         labels = id2label(config) or [f"LABEL_{i}" for i in range(model.config.num_labels)]
-        h, w = pre["height"], pre["width"]
+        h, w = pre.height, pre.width
         rng = np.random.default_rng(0)
         return ModelSpec(
             family=self.name, task=task, architecture="ResNetForImageClassification",
@@ -122,7 +122,6 @@ class ResNetFamily(Family):
             ],
             tolerance=dict(self.tolerance),
             preprocessing=pre,
-            postprocessing={"kind": "classification", "output": "logits", "function": "softmax",
-                            "top_k": min(5, len(labels))},
+            postprocessing=Postprocessing("classification", "logits", function="softmax", top_k=min(5, len(labels))),
             labels=labels, notes=notes,
         )

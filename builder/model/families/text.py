@@ -8,7 +8,7 @@ from pathlib import Path
 
 from builder.errors import ModelSourceError, UnsupportedModelError
 from builder.options import BuildOptions
-from runtime.manifest import Tensor
+from runtime.manifest import Postprocessing, Tensor, TextPreprocessing
 
 from .base import Family, ModelSpec, check_task, default_buckets, fit_seq, id2label, quiet_transformers, read_json
 
@@ -176,7 +176,7 @@ class TextFamily(Family):
     hidden_size_key = "hidden_size"
     default_pad_token = "[PAD]"
 
-    def default_task(self, config: dict, model_dir: Path) -> str:
+    def default_task(self, config: dict) -> str:
         if any(a in self.classifiers for a in config.get("architectures") or []):
             return "text-classification"
         return "feature-extraction"
@@ -233,15 +233,15 @@ class TextFamily(Family):
             module = _encoder_module(model, names, st["pooling"], st["normalize"])
             width = int(config[self.hidden_size_key]) * len(st["pooling"])
             outputs = [Tensor("sentence_embedding", ("batch", width), "float32")]
-            post = {"kind": "embedding", "output": "sentence_embedding",
-                    "pooling": st["pooling"], "normalize": st["normalize"]}
+            post = Postprocessing("embedding", "sentence_embedding", pooling=tuple(st["pooling"]),
+                                  normalize=st["normalize"])
         else:
             labels = id2label(config) or [f"LABEL_{i}" for i in range(model.config.num_labels)]
             module = _classifier_module(model, names)
             outputs = [Tensor("logits", ("batch", len(labels)), "float32")]
             multi = config.get("problem_type") == "multi_label_classification"
-            post = {"kind": "classification", "output": "logits",
-                    "function": "sigmoid" if multi else "softmax", "top_k": min(5, len(labels))}
+            post = Postprocessing("classification", "logits", function="sigmoid" if multi else "softmax",
+                                  top_k=min(5, len(labels)))
 
         buckets = _buckets(options.seq_buckets, seq_len)
         pads = {"ids": tok.padding["pad_id"], "attention_mask": 0, "type_ids": 0}
@@ -263,10 +263,9 @@ class TextFamily(Family):
             module=module, inputs=inputs, outputs=outputs,
             validation_inputs=validation,
             tolerance=dict(self.tolerance),
-            preprocessing={"kind": "text", "tokenizer": "tokenizer.json", "max_length": seq_len,
-                           # Text far beyond what the model sees is refused, not silently cut:
-                           # it is almost always a client bug, and it bounds tokenizer time.
-                           "max_chars": 100 * seq_len},
+            # Text far beyond what the model sees is refused, not silently cut: it is almost
+            # always a client bug, and it bounds tokenizer time.
+            preprocessing=TextPreprocessing("tokenizer.json", max_length=seq_len, max_chars=100 * seq_len),
             postprocessing=post, labels=labels,
             files={"tokenizer.json": tok.to_str().encode()},
             notes=notes,
