@@ -128,3 +128,17 @@ def test_version():
     from builder.versions import EDGEBUNDLE_VERSION
 
     assert proc.returncode == 0 and proc.stdout.strip() == f"edgebundle {EDGEBUNDLE_VERSION}"
+
+
+def test_manifest_errors_are_the_users_to_fix(monkeypatch, capsys):
+    """A model.json of another edgebundle version is not a bug: a plain error, exit 1."""
+    from builder import cli
+    from runtime.manifest import ManifestError
+
+    def old(args):
+        raise ManifestError("OUT/x86_64/model.json has manifest schema 1, written by edgebundle 0.1.0")
+
+    monkeypatch.setattr(cli, "cmd_inspect", old)
+    assert cli.main(["inspect", "OUT/x86_64"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: OUT/x86_64/model.json has manifest schema 1") and "unexpected" not in err
