@@ -69,8 +69,8 @@ def _too_big(stage: Path, size: int, manifest, out_zip: Path) -> BundleError:
         f"{UNZIPPED_LIMIT / MIB:.0f} MiB unzipped, layers included",
         where=str(out_zip),
         hint=("the weights alone exceed what a zip may hold: use a smaller checkpoint (a distilled or MiniLM-size "
-              "model) for Lambda zips; " if weights > UNZIPPED_LIMIT - rest - code else
-              "use a smaller checkpoint or fewer --seq-buckets; ")
+              "model) for Lambda zips; " if weights > UNZIPPED_LIMIT else
+              "use a smaller checkpoint (or fewer --seq-buckets, each adds compiled code); ")
         + "the compiled model in OUT/<target> runs anywhere else with runtime/ (edgebundle inspect shows its "
           "files); Lambda container images (10 GB) are not supported by this edgebundle yet")
 
