@@ -9,7 +9,7 @@ from pathlib import Path
 
 from builder.bundle.formats import FORMATS
 from builder.bundle.manifest import file_record, make_manifest, write_manifest
-from builder.compiler.targets import TargetSpec, cpu_per_target, resolve_target
+from builder.compiler.targets import TargetSpec, check_cuda_archs, cpu_per_target, resolve_target
 from builder.errors import UnsupportedModelError
 from builder.fsutil import write_json
 from builder.model.families import FAMILIES, ModelSpec, detect_family
@@ -88,7 +88,7 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
     from builder.validate.target import validate_target
 
     tdir.mkdir(parents=True, exist_ok=True)
-    tvm_target = target.tvm_target_json(cpu, options.cuda_arch)
+    tvm_target = target.tvm_target_json(cpu, options.cuda_archs)
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
     with progress.step(f"compile + link {target.name} ({json.dumps(tvm_target)})"):
         cpu_params = schedule = None
@@ -103,8 +103,11 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
         device_code, files, writer = None, [], WeightsWriter()
         for seq, bucket in modules.items():
             lib = LIBRARY if seq in (None, max_seq) else f"model-seq{seq}.so"
-            device_code, lifted = compile_library(bucket, target, tvm_target, tdir / lib,
-                                                  schedule=options.schedule, cpu_params=cpu_params)
+            code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
+                                           cpu_params=cpu_params, cuda_archs=check_cuda_archs(options.cuda_archs))
+            if code is not None:  # the archs are the same for every length; kernels and sizes differ
+                libs = {**(device_code or {}).get("libraries", {}), lib: {k: code[k] for k in ("kernels", "bytes")}}
+                device_code = {"format": code["format"], "sass": code["sass"], "ptx": code["ptx"], "libraries": libs}
             writer.add(lib, lifted)  # keeps only tensors not seen in an earlier length
             del lifted
             files.append((lib, seq))
@@ -122,7 +125,8 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
     manifest = make_manifest(spec, name, source, target, tvm_target, tdir, weights, libraries,
                              schedule=schedule, device_code=device_code)
     if device_code is not None:
-        progress.info(f"    device code: {json.dumps(device_code)}")
+        progress.info(f"    device code: {device_code['format']}, SASS {', '.join(device_code['sass'])}, "
+                      f"PTX {device_code['ptx']}; {sum(v['bytes'] for v in device_code['libraries'].values()) / 1e6:.1f} MB")
     # Written before validation too: the runtime that validates loads the target directory.
     write_manifest(tdir, manifest)
     validation = validate_target(tdir, target, spec, refs, progress, LIBRARY)

@@ -15,9 +15,10 @@ REPORT = "report it to the edgebundle maintainers with the command line and the 
 
 def _parser() -> argparse.ArgumentParser:
     from builder.bundle.formats import FORMATS
-    from builder.compiler.targets import CUDA_ARCHS, TARGETS
+    from builder.compiler.cuda import CUDA_ARCHS
+    from builder.compiler.targets import TARGETS
     from builder.model.families import FAMILIES
-    from builder.options import DEFAULT_CUDA_ARCH, DEFAULT_PYTHON, DEFAULT_SEQ_LEN
+    from builder.options import DEFAULT_CUDA_ARCHS, DEFAULT_PYTHON, DEFAULT_SEQ_LEN
     from builder.platforms import PLATFORMS
     from builder.versions import EDGEBUNDLE_VERSION
 
@@ -54,8 +55,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="LLVM CPU to compile for: NAME, or TARGET=NAME with several targets (defaults: x86_64 "
                         "haswell = every Lambda x86_64 host; arm64 neoverse-n1 = Graviton2; e.g. cortex-a72 for a "
                         "Raspberry Pi 4, cortex-a78ae for a Jetson Orin CPU)")
-    b.add_argument("--cuda-arch", choices=CUDA_ARCHS, default=DEFAULT_CUDA_ARCH,
-                   help=f"GPU architecture for --target cuda (default {DEFAULT_CUDA_ARCH})")
+    b.add_argument("--cuda-arch", action="append", type=_str_list, metavar="SM[,SM...]",
+                   help=f"GPU architectures whose machine code (SASS) the cuda fatbin carries, plus PTX of the "
+                        f"newest (repeatable; one of {', '.join(CUDA_ARCHS)}; default every GPU AWS rents: "
+                        f"{','.join(DEFAULT_CUDA_ARCHS)}); fewer give smaller files and faster builds")
     b.add_argument("--host", choices=list(PLATFORMS), default="x86_64",
                    help="CPU platform of the host code of GPU targets (arm64 for Jetson-class devices)")
     b.add_argument("--tuning-db", type=Path, help="CPU targets: schedule parameters from `edgebundle tune`")
@@ -103,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 def build_options(args) -> BuildOptions:
     return BuildOptions(targets=tuple(args.target or ("x86_64",)), formats=tuple(args.format), family=args.family,
                         task=args.task, name=args.name, seq_len=args.seq_len, seq_buckets=args.seq_buckets,
-                        python=args.python, cpu=tuple(args.cpu or ()), cuda_arch=args.cuda_arch, host=args.host,
+                        python=args.python, cpu=tuple(args.cpu or ()),
+                        cuda_archs=tuple(a for group in args.cuda_arch or () for a in group), host=args.host,
                         schedule=args.schedule, tuning_db=args.tuning_db)
 
 
@@ -150,6 +154,13 @@ def cmd_inspect(args) -> int:
 
     print(describe(args.target_dir, as_json=args.json))
     return 0
+
+
+def _str_list(text: str) -> list[str]:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return values
 
 
 def _int_list(text: str) -> list[int]:

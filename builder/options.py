@@ -12,7 +12,8 @@ DEFAULT_SEQ_LEN = 128
 # The batch dimension is symbolic in every compiled module; requests larger than this are
 # refused by the runtime before they can exhaust a Lambda's memory.
 MAX_BATCH = 32
-DEFAULT_CUDA_ARCH = "sm_80"
+# Every NVIDIA GPU AWS rents: T4, A100, A10G, L4 / L40S, H100 / H200 (PTX of sm_90 for newer).
+DEFAULT_CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,17 +28,19 @@ class BuildOptions:
     seq_buckets: tuple[int, ...] | None = None
     python: str = DEFAULT_PYTHON  # the bundle's Python (formats check it against their platform)
     cpu: tuple[str, ...] = ()  # LLVM CPUs: NAME, or TARGET=NAME
-    cuda_arch: str = DEFAULT_CUDA_ARCH
+    cuda_archs: tuple[str, ...] = DEFAULT_CUDA_ARCHS  # SASS in the fatbin; PTX of the newest
     host: str = "x86_64"  # CPU platform of GPU targets' host code
     schedule: bool = True  # False: TVM's unscheduled default pipeline (comparison, debugging)
     tuning_db: Path | None = None
 
     def __post_init__(self):
         # Lists from callers become tuples: options are hashable and cannot be mutated midway.
-        for name in ("targets", "formats", "cpu"):
+        for name in ("targets", "formats", "cpu", "cuda_archs"):
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(dict.fromkeys([value] if isinstance(value, str) else value or ())))
         if self.seq_buckets is not None:
             object.__setattr__(self, "seq_buckets", tuple(self.seq_buckets))
         if not self.targets:
             object.__setattr__(self, "targets", ("x86_64",))
+        if not self.cuda_archs:
+            object.__setattr__(self, "cuda_archs", DEFAULT_CUDA_ARCHS)

@@ -23,6 +23,7 @@ from .errors import DeviceUnavailable
 DEVICE_TYPES = {"cpu": 1, "cuda": 2}
 _POOLED_ALLOCATOR = 2
 _DEVICE_ATTR_EXIST = 0
+_DEVICE_ATTR_COMPUTE_VERSION = 4
 _loaded: dict[str, str] = {}
 # model.weights (builder/compiler/weights.py writes it): magic, u64 header length, JSON header, data
 # from the next multiple of WEIGHTS_ALIGN, each tensor at a multiple of it.
@@ -106,6 +107,11 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
             raise DeviceUnavailable("cuda: no CUDA device is visible (cuda:0); check nvidia-smi, "
                                     "CUDA_VISIBLE_DEVICES, and that the container was started with GPUs")
     return path
+
+
+def cuda_compute_capability(device_id: int = 0) -> str:
+    """"8.6" for an A10G: what the driver reports for cuda:device_id (runtime loaded)."""
+    return str(_ffi.get_global("runtime.GetDeviceAttr")(DEVICE_TYPES["cuda"], device_id, _DEVICE_ATTR_COMPUTE_VERSION))
 
 
 class Weights:

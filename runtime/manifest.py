@@ -169,6 +169,41 @@ class Postprocessing:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceCode:
+    """GPU targets: the device code in the libraries. "fatbin": compiled at build time, SASS
+    for `sass` and PTX for `ptx`, loaded by the driver as it is. Anything else (the CUDA
+    source of edgebundle < 0.2) needs a compiler at load time, which bundles do not carry."""
+
+    format: str
+    sass: tuple = ()  # e.g. ("sm_75", "sm_80")
+    ptx: str | None = None  # e.g. "compute_90"
+    libraries: dict = dataclasses.field(default_factory=dict)  # file -> {"kernels", "bytes"}
+
+    def to_json(self) -> dict:
+        return {"format": self.format, "sass": list(self.sass), "ptx": self.ptx, "libraries": self.libraries}
+
+    @classmethod
+    def from_json(cls, d: dict) -> DeviceCode:
+        # edgebundle < 0.2 wrote {"kind": "cuda", ...}: source, refused at load with a reason.
+        return cls(d.get("format") or d.get("kind", "unknown"), tuple(d.get("sass") or ()), d.get("ptx"),
+                   dict(d.get("libraries") or {}))
+
+    def serves(self, compute_capability: str) -> bool:
+        """Whether a GPU of this compute capability ("8.6") can load the fatbin: SASS for
+        sm_XY runs on X.Z for Z >= Y (same major); PTX for compute_XY is compiled by the
+        driver for any X.Y or newer."""
+        major, minor = (int(p) for p in compute_capability.split(".")[:2])
+        for arch in self.sass:
+            n = int(arch.split("_")[1])
+            if n // 10 == major and n % 10 <= minor:
+                return True
+        if self.ptx:
+            n = int(self.ptx.split("_")[1])
+            return (major, minor) >= (n // 10, n % 10)
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
 class Versions:
     """What built the model (the runtime libraries shipped are the same tvm / tvm_ffi)."""
 
@@ -216,7 +251,7 @@ class Manifest:
     files: dict  # name -> {"sha256", "size"}: every file the model needs beside model.json
     notes: tuple = ()
     schedule: dict | None = None  # CPU targets: the schedule parameters compiled with
-    device_code: dict | None = None  # GPU targets: what device code the libraries carry
+    device_code: DeviceCode | None = None  # GPU targets: what device code the libraries carry
     validation: dict | None = None  # the comparison with PyTorch at build time
     schema: int = SCHEMA
 
@@ -250,9 +285,11 @@ class Manifest:
             "files": self.files,
             "notes": list(self.notes),
         }
-        for key in ("schedule", "device_code", "validation"):
+        for key in ("schedule", "validation"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
+        if self.device_code is not None:
+            d["device_code"] = self.device_code.to_json()
         return d
 
     def dumps(self) -> str:
@@ -291,7 +328,7 @@ class Manifest:
                 files=d["files"],
                 notes=tuple(d.get("notes") or ()),
                 schedule=d.get("schedule"),
-                device_code=d.get("device_code"),
+                device_code=DeviceCode.from_json(d["device_code"]) if d.get("device_code") else None,
                 validation=d.get("validation"),
                 schema=schema,
             )

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 from . import manifest
-from ._tvm import CompiledModule, Weights
+from ._tvm import CompiledModule, Weights, cuda_compute_capability, load_tvm_runtime
 from .arrays import as_tensor, flat, pack, shaped
-from .errors import BadInput
+from .errors import BadInput, DeviceUnavailable
 from .manifest import Tensor
 
 
@@ -44,6 +44,25 @@ def _pad_seq(view: memoryview, spec: Tensor, length: int) -> memoryview:
     return shaped(pack(padded, spec.dtype), spec.dtype, shape)
 
 
+def check_cuda(model_dir: Path, m: manifest.Manifest) -> None:
+    """Before any GPU call: device code compiled ahead of time, and a GPU it can serve."""
+    code = m.device_code
+    if code is None or code.format != "fatbin":
+        raise manifest.ManifestError(
+            f"{model_dir / manifest.FILENAME}: the GPU code of this model was not compiled ahead of time "
+            f"(device code {code.format if code else 'missing'}, written by edgebundle {m.versions.edgebundle}); "
+            "loading it would need the TVM compiler, which bundles do not carry. Rebuild it with this edgebundle "
+            "(edgebundle build ... --target cuda).")
+    load_tvm_runtime(model_dir, "cuda")
+    capability = cuda_compute_capability(0)
+    if not code.serves(capability):
+        have = ", ".join(code.sass) + (f"; PTX {code.ptx}" if code.ptx else "")
+        raise DeviceUnavailable(
+            f"cuda: this GPU is sm_{capability.replace('.', '')} (compute capability {capability}), and the "
+            f"model's device code has SASS for {have}, none of which it can run; rebuild with "
+            f"--cuda-arch sm_{capability.replace('.', '')}")
+
+
 class Model:
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.dir = Path(model_dir)
@@ -54,6 +73,8 @@ class Model:
         self.labels: tuple[str, ...] | None = m.labels
         self.max_batch: int = m.max_batch
         device = device or m.target.device
+        if device == "cuda":
+            check_cuda(self.dir, m)
         self.weights = (Weights(self.dir / m.weights.file, device, expect_count=m.weights.count)
                         if m.weights else None)
         weights = self.weights.tensors if self.weights else []

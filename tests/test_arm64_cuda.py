@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import pytest
 import reference
 from builder.bundle import elf
 from builder.errors import BundleError
-from builder.options import BuildOptions
+from builder.options import DEFAULT_CUDA_ARCHS, BuildOptions
 from builder.progress import Progress
 from builder.compiler.targets import FAST_MATH
 from builder.compiler.targets import TARGETS
@@ -23,6 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.emulated_arm64]
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-aarch64") is None, reason="qemu-user is not installed")
 needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
                                  reason="g++-aarch64-linux-gnu is not installed")
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA 13) is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,8 @@ def test_one_build_many_targets(tiny_resnet_multi_build):
 def test_cuda_build_has_device_code_and_accounts_for_runtime_libraries(tiny_resnet_multi_build):
     out, log = tiny_resnet_multi_build
     m = json.loads((out / "cuda" / "model.json").read_text())
-    assert m["target"]["device"] == "cuda" and m["target"]["tvm"]["arch"] == "sm_80"
-    assert m["device_code"]["kind"] == "cuda" and m["device_code"]["kernels"] > 10
+    assert m["target"]["device"] == "cuda" and m["target"]["tvm"]["arch"] == "sm_75"
+    assert_fatbin(out / "cuda", DEFAULT_CUDA_ARCHS)
     names = [lib["name"] for lib in m["runtime_libraries"]["tvm"] + m["runtime_libraries"]["system"]]
     assert {"libtvm_runtime.so", "libtvm_runtime_cuda.so", "libcudart.so.13", "libcuda.so.1"} <= set(names)
     # The CUDA module is serialised into the library: larger than the CPU build's.
@@ -126,10 +129,77 @@ def test_cuda_with_arm64_host_for_jetson(tiny_resnet_dir, tmp_path):
     from builder.build import build
 
     build(str(tiny_resnet_dir), tmp_path, BuildOptions(targets=("cuda",), host="arm64", cpu=("cortex-a78ae",),
-                                                     cuda_arch="sm_87"), progress=Progress(quiet=True))
+                                                     cuda_archs=("sm_87",)), progress=Progress(quiet=True))
     m = json.loads((tmp_path / "cuda" / "model.json").read_text())
     assert m["target"]["tvm"] == {"kind": "cuda", "arch": "sm_87",
                                   "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae",
                                            **FAST_MATH}}
     assert elf.read_elf(tmp_path / "cuda" / "model.so").machine_name == "aarch64"
-    assert m["device_code"]["kernels"] > 10 and "skipped" in m["validation"]
+    assert_fatbin(tmp_path / "cuda", ("sm_87",))
+    assert "skipped" in m["validation"]
+
+
+def _cuobjdump() -> str | None:
+    """cuobjdump from the CUDA toolkit, or from the nvidia-cuda-cuobjdump wheel (test extra)."""
+    import importlib.util
+
+    found = shutil.which("cuobjdump")
+    spec = importlib.util.find_spec("nvidia")
+    for root in ([] if spec is None else list(spec.submodule_search_locations)):
+        for candidate in sorted(Path(root).glob("*/bin/cuobjdump")):
+            found = found or str(candidate)
+    return found
+
+
+def assert_fatbin(tdir, archs) -> None:
+    """Read from the files: every library's GPU code is a fatbin with SASS for exactly
+    `archs` and PTX of the newest, and no CUDA source is left; the manifest says the same."""
+    import subprocess
+
+    from builder.compiler.cuda import device_code_of, library_blob, parse_blob, parse_cuda_module
+
+    m = json.loads((tdir / "model.json").read_text())
+    code = m["device_code"]
+    newest = sorted(archs, key=lambda a: int(a.split("_")[1]))[-1]
+    assert code["format"] == "fatbin" and code["sass"] == list(archs) and code["ptx"] == newest.replace("sm", "compute")
+    assert sorted(code["libraries"]) == sorted(lib["file"] for lib in m["libraries"])
+    tool = _cuobjdump()
+    for lib in m["libraries"]:
+        (found,) = device_code_of(tdir / lib["file"])  # one cuda module, no source
+        assert found["format"] == "fatbin" and found["sass"] == list(archs) and found["ptx"] == code["ptx"]
+        assert found["kernels"] == code["libraries"][lib["file"]]["kernels"] > 5
+        if tool:  # NVIDIA's own reading of the same bytes
+            (payload,) = [p for kind, p in parse_blob(library_blob(tdir / lib["file"]))[2] if kind == "cuda"]
+            fatbin = tdir.parent / (lib["file"] + ".fatbin")
+            fatbin.write_bytes(parse_cuda_module(payload)[3])
+            listed = subprocess.run([tool, "--list-elf", "--list-ptx", str(fatbin)], capture_output=True, text=True,
+                                    check=True).stdout
+            assert sorted(set(re.findall(r"\.(sm_\d+)\.cubin", listed))) == sorted(archs), listed
+            assert re.findall(r"\.(sm_\d+)\.ptx", listed) == [newest], listed
+
+
+@needs_nvcc
+def test_cuda_bert_for_one_arch(tiny_bert_dir, tmp_path):
+    """--cuda-arch narrows the fatbin to exactly that arch, for every compiled length."""
+    from builder.build import build
+
+    build(str(tiny_bert_dir), tmp_path, BuildOptions(targets=("cuda",), seq_len=32, cuda_archs=("sm_89",)),
+          progress=Progress(quiet=True))
+    assert_fatbin(tmp_path / "cuda", ("sm_89",))
+    m = json.loads((tmp_path / "cuda" / "model.json").read_text())
+    assert m["target"]["tvm"]["arch"] == "sm_89" and len(m["libraries"]) == 2
+
+
+def test_runtime_refuses_device_code_not_compiled_ahead_of_time(tiny_resnet_multi_build, tmp_path):
+    """A cuda model whose GPU code is source (edgebundle < 0.2) is refused from its manifest,
+    before the CUDA runtime or any GPU is touched (this machine has neither)."""
+    import runtime
+
+    out, _ = tiny_resnet_multi_build
+    tdir = tmp_path / "cuda"
+    shutil.copytree(out / "cuda", tdir)
+    data = json.loads((tdir / "model.json").read_text())
+    data["device_code"] = {"kind": "cuda", "kernels": 31, "source_bytes": 2168169}
+    (tdir / "model.json").write_text(json.dumps(data))
+    with pytest.raises(runtime.ManifestError, match="not compiled ahead of time.*Rebuild"):
+        runtime.load(tdir)

@@ -24,10 +24,36 @@ def test_tvm_targets():
     assert TARGETS["arm64"].tvm_target_json() == {"kind": "llvm", "mtriple": "aarch64-linux-gnu",
                                                   "mcpu": "neoverse-n1", **FAST_MATH}
     assert TARGETS["arm64"].tvm_target_json("cortex-a72")["mcpu"] == "cortex-a72"
-    cuda = TARGETS["cuda"].tvm_target_json(cuda_arch="sm_86")
+    cuda = TARGETS["cuda"].tvm_target_json(cuda_archs=("sm_89", "sm_86"))
+    # One source for every arch of the fatbin: generated for the oldest.
     assert cuda["kind"] == "cuda" and cuda["arch"] == "sm_86" and cuda["host"]["mtriple"] == "x86_64-linux-gnu"
+    assert TARGETS["cuda"].tvm_target_json()["arch"] == "sm_75"  # default: every GPU AWS rents, T4 the oldest
     with pytest.raises(UnsupportedModelError, match="sm_70"):
-        TARGETS["cuda"].tvm_target_json(cuda_arch="sm_70")
+        TARGETS["cuda"].tvm_target_json(cuda_archs=("sm_70",))
+
+
+def test_cuda_arch_option_is_repeatable_and_takes_lists():
+    from builder.cli import _parser, build_options
+    from builder.options import DEFAULT_CUDA_ARCHS
+
+    args = _parser().parse_args(["build", "m", "--out", "o", "--target", "cuda",
+                                 "--cuda-arch", "sm_80,sm_86", "--cuda-arch", "sm_89"])
+    assert build_options(args).cuda_archs == ("sm_80", "sm_86", "sm_89")
+    assert build_options(_parser().parse_args(["build", "m", "--out", "o"])).cuda_archs == DEFAULT_CUDA_ARCHS
+    assert DEFAULT_CUDA_ARCHS == ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+
+
+def test_which_gpus_a_fatbin_serves():
+    from runtime.manifest import DeviceCode
+
+    code = DeviceCode("fatbin", ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90"), "compute_90")
+    for cc in ("7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "12.0"):  # 10.0+: PTX through the driver's JIT
+        assert code.serves(cc), cc
+    assert not code.serves("7.0") and not code.serves("6.1")
+    one = DeviceCode("fatbin", ("sm_86",), "compute_86")
+    assert one.serves("8.6") and one.serves("8.9") and one.serves("9.0")  # 9.0 via PTX
+    assert not one.serves("8.0") and not one.serves("7.5")
+    assert not DeviceCode("fatbin", ("sm_80",), None).serves("9.0")  # no PTX: no newer major
 
 
 def test_every_tvm_target_is_accepted_by_tvm():

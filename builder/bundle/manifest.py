@@ -9,7 +9,7 @@ from builder.bundle import elf
 from builder.fsutil import atomic_write
 from builder.options import MAX_BATCH
 from builder.versions import build_versions, dist_version
-from runtime.manifest import FILENAME, Library, Manifest, ModelInfo, TargetInfo, Versions, WeightsFile
+from runtime.manifest import FILENAME, DeviceCode, Library, Manifest, ModelInfo, TargetInfo, Versions, WeightsFile
 
 # What a GPU model needs beside model.so at run time (the image / edge formats ship or
 # require these; the manifest accounts for them either way).
@@ -67,7 +67,7 @@ def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target
         files={fname: file_record(target_dir / fname) for fname in shipped},
         notes=tuple(spec.notes),
         schedule=schedule,
-        device_code=device_code,
+        device_code=DeviceCode.from_json(device_code) if device_code else None,
     )
 
 

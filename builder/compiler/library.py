@@ -2,27 +2,12 @@
 schedules or TVM's GPU defaults, then export_library with the target's linker)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from builder.compiler.targets import TargetSpec
-from builder.errors import CompileError
+from builder.errors import CompileError, EdgebundleError
 from builder.fsutil import atomic_path
-
-
-def device_code_summary(ex) -> dict | None:
-    """What device code the executable carries (GPU targets), for the manifest and tests."""
-    found = []
-
-    def walk(mod):
-        for sub in mod.imports:
-            if sub.kind not in ("llvm", "c", "library", "static_library"):
-                src = sub.inspect_source()
-                found.append({"kind": sub.kind, "kernels": src.count('extern "C" __global__'),
-                              "source_bytes": len(src)})
-            walk(sub)
-
-    walk(ex.mod)
-    return found[0] if len(found) == 1 else ({"modules": found} if found else None)
 
 
 def sort_shape_funcs_pass():
@@ -60,10 +45,11 @@ def sort_shape_funcs_pass():
 
 
 def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
-                    cpu_params=None) -> tuple[dict | None, list]:
+                    cpu_params=None, cuda_archs: tuple = ()) -> tuple[dict | None, list]:
     """tvm.compile for one target and export the code as one .so; main's large constants,
-    packed as the kernels read them, become trailing parameters (builder/compiler/weights.py says
-    why). Returns (device-code summary for GPU targets, those constants in order)."""
+    packed as the kernels read them, become trailing parameters (builder/compiler/weights.py
+    says why); GPU kernels become a fatbin for `cuda_archs` (builder/compiler/cuda.py).
+    Returns (the device code's description for GPU targets, those constants in order)."""
     import tvm
     from tvm import relax
 
@@ -77,6 +63,10 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     else:
         pipeline = relax.get_default_pipeline(tvm_t)
     lifted: list = []
+    if target.device == "cuda":
+        # The CUDA module stays source at compile time on every build machine (with or without
+        # a driver); the export below compiles it into a fatbin with nvcc.
+        os.environ["TVM_COMPILE_FORCE_FALLBACK"] = "1"
     try:
         ex = tvm.compile(mod, target=tvm_t,
                          relax_pipeline=tvm.transform.Sequential([pipeline, sort_shape_funcs_pass(),
@@ -84,7 +74,13 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     except Exception as e:
         raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
                            where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e
-    kwargs = {}
+    kwargs, device_code = {}, None
+    if target.device == "cuda":
+        from builder.compiler.cuda import fatbin_packer
+        from builder.compiler.targets import llvm_target
+
+        device_code = {}
+        kwargs["fpack_imports"] = fatbin_packer(list(cuda_archs), llvm_target(target.platform), device_code)
     if target.platform.cross_compiler:
         from tvm.support import cc
 
@@ -93,7 +89,9 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     try:
         with atomic_path(out_so) as tmp:
             ex.export_library(str(tmp), **kwargs)
+    except EdgebundleError:
+        raise
     except Exception as e:
         raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
                            where=str(out_so), hint="rerun with --debug for the linker output") from e
-    return (device_code_summary(ex) if target.device != "cpu" else None), lifted
+    return device_code, lifted

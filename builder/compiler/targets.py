@@ -12,12 +12,10 @@ import platform
 import shutil
 
 from builder.errors import ToolMissingError, UnsupportedModelError
-from builder.options import DEFAULT_CUDA_ARCH
+from builder.compiler.cuda import CUDA_ARCHS
+from builder.options import DEFAULT_CUDA_ARCHS
 from builder.platforms import PLATFORMS, CpuPlatform
 
-# nvcc 13 (the CUDA the wheel's runtime links) dropped sm_70; sm_90a-style variants need
-# feature flags TVM's codegen does not set.
-CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
 
 # Row reductions (layer norm's sums, softmax's max) run as vector partials instead of one
 # serial chain only if LLVM may reorder them: reassoc for sums (BERT-base layer norm 0.121 ->
@@ -47,15 +45,14 @@ class TargetSpec:
     def elf_machine(self) -> int:
         return self.platform.elf_machine
 
-    def tvm_target_json(self, cpu: str | None = None, cuda_arch: str | None = None) -> dict:
+    def tvm_target_json(self, cpu: str | None = None, cuda_archs: tuple = ()) -> dict:
+        """The TVM target. For CUDA its arch is the oldest of `cuda_archs`: TVM generates one
+        source for all of them (nvcc then compiles SASS for each), and nothing the oldest GPU
+        lacks may be in it."""
         host = llvm_target(self.platform, cpu)
         if self.device == "cpu":
             return host
-        arch = cuda_arch or DEFAULT_CUDA_ARCH
-        if arch not in CUDA_ARCHS:
-            raise UnsupportedModelError(f"--cuda-arch {arch} is not supported",
-                                        hint=f"choose one of {', '.join(CUDA_ARCHS)}")
-        return {"kind": "cuda", "arch": arch, "host": host}
+        return {"kind": "cuda", "arch": check_cuda_archs(cuda_archs)[0], "host": host}
 
     def host_can_run(self) -> bool:
         return self.device == "cpu" and platform.machine() == self.arch
@@ -79,6 +76,16 @@ TARGETS: dict[str, TargetSpec] = {
     "cuda": TargetSpec("cuda", "NVIDIA GPU (CUDA 13 runtime), x86_64 host code by default (--host arm64)",
                        "cuda", PLATFORMS["x86_64"]),
 }
+
+
+def check_cuda_archs(archs) -> list[str]:
+    """The archs asked for (default: every AWS GPU), oldest first; unknown ones refused."""
+    archs = sorted(set(archs or DEFAULT_CUDA_ARCHS), key=lambda a: int(a.split("_")[1]) if "_" in a else 0)
+    unknown = [a for a in archs if a not in CUDA_ARCHS]
+    if unknown:
+        raise UnsupportedModelError(f"--cuda-arch {', '.join(unknown)} is not supported",
+                                    hint=f"choose from {', '.join(CUDA_ARCHS)}")
+    return archs
 
 
 def resolve_target(name: str, host: str | None = None) -> TargetSpec:

@@ -31,6 +31,12 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
         "inputs     " + "; ".join(_shape(t) for t in m.inputs),
         "outputs    " + "; ".join(_shape(t) for t in m.outputs),
     ]
+    if m.device_code:
+        code = m.device_code
+        sizes = ", ".join(f"{lib} {v['kernels']} kernels {v['bytes'] / 1e6:.2f} MB" for lib, v in code.libraries.items())
+        lines.append(f"device     {code.format}: SASS {', '.join(code.sass) or 'none'}; PTX {code.ptx or 'none'}"
+                     + (f" ({sizes})" if sizes else "")
+                     + ("" if code.format == "fatbin" else "  [NOT compiled ahead of time: rebuild]"))
     if m.labels:
         lines.append(f"labels     {len(m.labels)}: {', '.join(m.labels[:8])}{' ...' if len(m.labels) > 8 else ''}")
     pre = m.preprocessing
