@@ -56,11 +56,13 @@ def check_cuda(model_dir: Path, m: manifest.Manifest) -> None:
     load_tvm_runtime(model_dir, "cuda")
     capability = cuda_compute_capability(0)
     if not code.serves(capability):
-        have = ", ".join(code.sass) + (f"; PTX {code.ptx}" if code.ptx else "")
+        have = (f"SASS for {', '.join(code.sass)}" if code.sass else "no SASS") + (
+            f" and PTX for {code.ptx} (which needs compute capability "
+            f"{int(code.ptx.split('_')[1]) // 10}.{int(code.ptx.split('_')[1]) % 10} or newer)" if code.ptx else "")
         raise DeviceUnavailable(
-            f"cuda: this GPU is sm_{capability.replace('.', '')} (compute capability {capability}), and the "
-            f"model's device code has SASS for {have}, none of which it can run; rebuild with "
-            f"--cuda-arch sm_{capability.replace('.', '')}")
+            f"cuda: this GPU has compute capability {capability} (sm_{capability.replace('.', '')}); the model's "
+            f"device code has {have}: none of it runs here. Rebuild for this GPU with --cuda-arch, or run on a "
+            "GPU the model was built for")
 
 
 class Model:

@@ -143,18 +143,18 @@ def _cuobjdump() -> str | None:
     """cuobjdump from the CUDA toolkit, or from the nvidia-cuda-cuobjdump wheel (test extra)."""
     import importlib.util
 
-    found = shutil.which("cuobjdump")
-    spec = importlib.util.find_spec("nvidia")
+    spec = importlib.util.find_spec("nvidia")  # the pinned wheel first: it reads CUDA 13 fatbins
     for root in ([] if spec is None else list(spec.submodule_search_locations)):
         for candidate in sorted(Path(root).glob("*/bin/cuobjdump")):
-            found = found or str(candidate)
-    return found
+            return str(candidate)
+    return shutil.which("cuobjdump")
 
 
 def assert_fatbin(tdir, archs) -> None:
     """Read from the files: every library's GPU code is a fatbin with SASS for exactly
     `archs` and PTX of the newest, and no CUDA source is left; the manifest says the same."""
     import subprocess
+    import tempfile
 
     from builder.compiler.cuda import device_code_of, library_blob, parse_blob, parse_cuda_module
 
@@ -170,10 +170,11 @@ def assert_fatbin(tdir, archs) -> None:
         assert found["kernels"] == code["libraries"][lib["file"]]["kernels"] > 5
         if tool:  # NVIDIA's own reading of the same bytes
             (payload,) = [p for kind, p in parse_blob(library_blob(tdir / lib["file"]))[2] if kind == "cuda"]
-            fatbin = tdir.parent / (lib["file"] + ".fatbin")
-            fatbin.write_bytes(parse_cuda_module(payload)[3])
-            listed = subprocess.run([tool, "--list-elf", "--list-ptx", str(fatbin)], capture_output=True, text=True,
-                                    check=True).stdout
+            with tempfile.TemporaryDirectory() as scratch:
+                fatbin = Path(scratch) / (lib["file"] + ".fatbin")
+                fatbin.write_bytes(parse_cuda_module(payload)[3])
+                listed = subprocess.run([tool, "--list-elf", "--list-ptx", str(fatbin)], capture_output=True,
+                                        text=True, check=True).stdout
             assert sorted(set(re.findall(r"\.(sm_\d+)\.cubin", listed))) == sorted(archs), listed
             assert re.findall(r"\.(sm_\d+)\.ptx", listed) == [newest], listed
 
@@ -203,3 +204,19 @@ def test_runtime_refuses_device_code_not_compiled_ahead_of_time(tiny_resnet_mult
     (tdir / "model.json").write_text(json.dumps(data))
     with pytest.raises(runtime.ManifestError, match="not compiled ahead of time.*Rebuild"):
         runtime.load(tdir)
+
+
+def test_runtime_refuses_a_gpu_the_fatbin_cannot_serve(tiny_resnet_multi_build, monkeypatch):
+    """On a GPU older than every arch of the fatbin, the error names both (the CUDA runtime and
+    the GPU query are stood in for: this machine has no GPU)."""
+    import runtime
+    import runtime.model
+
+    out, _ = tiny_resnet_multi_build
+    monkeypatch.setattr(runtime.model, "load_tvm_runtime", lambda model_dir, device="cpu": None)
+    monkeypatch.setattr(runtime.model, "cuda_compute_capability", lambda device_id=0: "7.0")
+    with pytest.raises(runtime.DeviceUnavailable) as exc:
+        runtime.load(out / "cuda")
+    msg = str(exc.value)
+    assert "compute capability 7.0" in msg and "sm_75, sm_80, sm_86, sm_89, sm_90" in msg and "compute_90" in msg
+    assert "--cuda-arch" in msg

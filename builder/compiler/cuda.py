@@ -45,6 +45,8 @@ class _Reader:
         self.data, self.off = data, offset
 
     def u64(self) -> int:
+        if self.off + 8 > len(self.data):
+            raise ValueError("truncated")
         (v,) = struct.unpack_from("<Q", self.data, self.off)
         self.off += 8
         return v
@@ -119,9 +121,15 @@ def fatbin_entries(fatbin: bytes) -> list[tuple[str, int]]:
     if magic != FATBIN_MAGIC:
         raise ValueError("not a CUDA fatbin")
     out, off, end = [], header, header + total
+    if end > len(fatbin):
+        raise ValueError("truncated CUDA fatbin")
     while off < end:
+        if off + 0x20 > len(fatbin):
+            raise ValueError("truncated CUDA fatbin entry")
         kind, _ver, entry_header, padded = struct.unpack_from("<HHIQ", fatbin, off)
         (sm,) = struct.unpack_from("<I", fatbin, off + 0x1C)
+        if entry_header + padded == 0:
+            raise ValueError("malformed CUDA fatbin entry (size 0)")
         if kind in (_FATBIN_PTX, _FATBIN_ELF):
             out.append(("ptx" if kind == _FATBIN_PTX else "sass", sm))
         off += entry_header + padded
@@ -168,11 +176,12 @@ def device_code_of(so_path: Path) -> list[dict]:
 
 def _arch_summary(entries: list[tuple[str, int]]) -> dict:
     ptx = [sm for kind, sm in entries if kind == "ptx"]
-    return {"sass": sorted({f"sm_{sm}" for kind, sm in entries if kind == "sass"}, key=_arch_number),
+    return {"sass": sorted({f"sm_{sm}" for kind, sm in entries if kind == "sass"}, key=arch_number),
             "ptx": f"compute_{max(ptx)}" if ptx else None}
 
 
-def _arch_number(arch: str) -> int:
+def arch_number(arch: str) -> int:
+    """75 for sm_75 or compute_75."""
     return int(arch.split("_")[1])
 
 
@@ -181,7 +190,7 @@ def _arch_number(arch: str) -> int:
 def nvcc_command(archs: list[str], source: Path, out: Path) -> list[str]:
     """SASS for every arch, PTX for the newest (forward compatibility through the driver's
     JIT). -O3 and --use_fast_math are what TVM's own nvcc path uses."""
-    archs = sorted(set(archs), key=_arch_number)
+    archs = sorted(set(archs), key=arch_number)
     cmd = ["nvcc", "-fatbin", "-O3", "--use_fast_math", "--threads", "0", "-o", str(out)]
     for arch in archs[:-1]:
         n = arch.split("_")[1]
@@ -219,9 +228,9 @@ def fatbin_packer(archs: list[str], host_llvm_target: dict, record: dict):
         for kind, payload in modules:
             if kind == "cuda":
                 fmt, fmap, kernels, code = parse_cuda_module(payload)
-                if fmt != "cuda":
-                    raise CompileError(f"TVM produced a cuda module of format {fmt!r}, expected source",
-                                       hint="unset TVM_COMPILE_FORCE_FALLBACK overrides; report it with --debug")
+                if fmt != "cuda":  # TVM compiled it already (a driver-side path we force off)
+                    raise CompileError(f"TVM produced a cuda module of format {fmt!r}, expected CUDA source",
+                                       hint="report it with --debug and the TVM version")
                 fatbin = compile_fatbin(code, archs, Path(workdir))
                 payload = _bytes(b"fatbin") + fmap + _bytes(fatbin)
                 summaries.append({"format": "fatbin", **_arch_summary(fatbin_entries(fatbin)),

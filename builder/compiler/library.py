@@ -2,12 +2,33 @@
 schedules or TVM's GPU defaults, then export_library with the target's linker)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from builder.compiler.targets import TargetSpec
 from builder.errors import CompileError, EdgebundleError
 from builder.fsutil import atomic_path
+
+
+def _last_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def _environ(**values):
+    """Environment variables set (None: left alone) for the block, restored after it."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def sort_shape_funcs_pass():
@@ -63,16 +84,16 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     else:
         pipeline = relax.get_default_pipeline(tvm_t)
     lifted: list = []
-    if target.device == "cuda":
-        # The CUDA module stays source at compile time on every build machine (with or without
-        # a driver); the export below compiles it into a fatbin with nvcc.
-        os.environ["TVM_COMPILE_FORCE_FALLBACK"] = "1"
     try:
-        ex = tvm.compile(mod, target=tvm_t,
-                         relax_pipeline=tvm.transform.Sequential([pipeline, sort_shape_funcs_pass(),
-                                                                   weights.lift_constants_pass(lifted)]))
+        # CUDA modules stay source at compile time on every build machine, with or without a
+        # driver (with one, TVM would compile them with NVRTC here); the export below compiles
+        # them into a fatbin with nvcc.
+        with _environ(TVM_COMPILE_FORCE_FALLBACK="1" if target.device == "cuda" else None):
+            ex = tvm.compile(mod, target=tvm_t,
+                             relax_pipeline=tvm.transform.Sequential([pipeline, sort_shape_funcs_pass(),
+                                                                       weights.lift_constants_pass(lifted)]))
     except Exception as e:
-        raise CompileError(f"tvm.compile failed for target {target.name}: {str(e).strip().splitlines()[-1:]}",
+        raise CompileError(f"tvm.compile failed for target {target.name}: {_last_line(e)}",
                            where=f"tvm.compile({tvm_target})", hint="rerun with --debug for the trace") from e
     kwargs, device_code = {}, None
     if target.device == "cuda":
@@ -92,6 +113,6 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     except EdgebundleError:
         raise
     except Exception as e:
-        raise CompileError(f"linking {out_so.name} failed: {str(e).strip().splitlines()[-1:]}",
+        raise CompileError(f"exporting {out_so.name} failed: {_last_line(e)}",
                            where=str(out_so), hint="rerun with --debug for the linker output") from e
     return device_code, lifted

@@ -12,7 +12,7 @@ import platform
 import shutil
 
 from builder.errors import ToolMissingError, UnsupportedModelError
-from builder.compiler.cuda import CUDA_ARCHS
+from builder.compiler.cuda import CUDA_ARCHS, arch_number
 from builder.options import DEFAULT_CUDA_ARCHS
 from builder.platforms import PLATFORMS, CpuPlatform
 
@@ -80,12 +80,12 @@ TARGETS: dict[str, TargetSpec] = {
 
 def check_cuda_archs(archs) -> list[str]:
     """The archs asked for (default: every AWS GPU), oldest first; unknown ones refused."""
-    archs = sorted(set(archs or DEFAULT_CUDA_ARCHS), key=lambda a: int(a.split("_")[1]) if "_" in a else 0)
-    unknown = [a for a in archs if a not in CUDA_ARCHS]
+    archs = set(archs or DEFAULT_CUDA_ARCHS)
+    unknown = sorted(a for a in archs if a not in CUDA_ARCHS)
     if unknown:
         raise UnsupportedModelError(f"--cuda-arch {', '.join(unknown)} is not supported",
                                     hint=f"choose from {', '.join(CUDA_ARCHS)}")
-    return archs
+    return sorted(archs, key=arch_number)
 
 
 def resolve_target(name: str, host: str | None = None) -> TargetSpec:
