@@ -186,3 +186,6 @@ def test_wheel_installs_builds_and_invokes(tiny_bert_dir, tmp_path):
     hidden = json.loads((tiny_bert_dir / "config.json").read_text())["hidden_size"]
     assert isinstance(embedding, list) and len(embedding) == hidden, answers[0][:300]
     assert all(isinstance(x, float) for x in embedding)
+    # inspect, from the wheel, reads the manifest the wheel's build wrote (the shared contract).
+    described = _run([edgebundle, "inspect", out / "x86_64"], cwd=elsewhere, env=env).stdout
+    assert "family bert" in described and "manifest schema" in described and "lambda.zip" in described
