@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from builder.bundle.formats import FORMATS
-from builder.bundle.manifest import file_record, make_manifest, write_manifest
+from builder.bundle.manifest import make_manifest, write_manifest
 from builder.compiler.targets import TargetSpec, check_cuda_archs, cpu_per_target, resolve_target
 from builder.errors import UnsupportedModelError
 from builder.fsutil import write_json
@@ -89,6 +89,7 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
 
     tdir.mkdir(parents=True, exist_ok=True)
     tvm_target = target.tvm_target_json(cpu, options.cuda_archs)
+    cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
     with progress.step(f"compile + link {target.name} ({json.dumps(tvm_target)})"):
         cpu_params = schedule = None
@@ -100,14 +101,13 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
             cpu_params = load_tuning_db(options.tuning_db, tvm_target) if options.tuning_db else params_from_env()
             schedule = {"enabled": options.schedule, "cpu_params": dataclasses.asdict(cpu_params),
                         "tuning_db": str(options.tuning_db) if options.tuning_db else None}
-        device_code, files, writer = None, [], WeightsWriter()
+        codes, files, writer = {}, [], WeightsWriter()
         for seq, bucket in modules.items():
             lib = LIBRARY if seq in (None, max_seq) else f"model-seq{seq}.so"
             code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
-                                           cpu_params=cpu_params, cuda_archs=check_cuda_archs(options.cuda_archs))
-            if code is not None:  # the archs are the same for every length; kernels and sizes differ
-                libs = {**(device_code or {}).get("libraries", {}), lib: {k: code[k] for k in ("kernels", "bytes")}}
-                device_code = {"format": code["format"], "sass": code["sass"], "ptx": code["ptx"], "libraries": libs}
+                                           cpu_params=cpu_params, cuda_archs=cuda_archs)
+            if code is not None:
+                codes[lib] = code
             writer.add(lib, lifted)  # keeps only tensors not seen in an earlier length
             del lifted
             files.append((lib, seq))
@@ -120,6 +120,11 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
         else:
             (tdir / WEIGHTS).unlink(missing_ok=True)
         libraries = [Library(lib, seq, tuple(writer.orders.get(lib, ()))) for lib, seq in files]
+        device_code = None
+        if codes:  # the format and archs are the same for every length; kernels and sizes differ
+            first = next(iter(codes.values()))
+            device_code = {**{k: first[k] for k in ("format", "sass", "ptx")},
+                           "libraries": {lib: {k: c[k] for k in ("kernels", "bytes")} for lib, c in codes.items()}}
     for fname, content in spec.files.items():
         (tdir / fname).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
     manifest = make_manifest(spec, name, source, target, tvm_target, tdir, weights, libraries,
@@ -132,7 +137,8 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
     validation = validate_target(tdir, target, spec, refs, progress, LIBRARY)
     manifest = dataclasses.replace(manifest, validation=validation)
     write_manifest(tdir, manifest)
-    trec = {"dir": target.name, "library": file_record(tdir / LIBRARY), "validation": validation, "formats": {}}
+    # model.so was hashed for the manifest already.
+    trec = {"dir": target.name, "library": manifest.files[LIBRARY], "validation": validation, "formats": {}}
     for f in options.formats:
         with progress.step(f"format {f} for {target.name}"):
             trec["formats"][f] = FORMATS[f].build(tdir, target, options, progress)

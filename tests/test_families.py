@@ -10,15 +10,12 @@ import pytest
 
 import reference
 from builder.model.families import FAMILIES, detect_family
+from conftest import _build
 from test_bundles import run_zip
 
 SENTENCES = ["Hello world.", "Das Wetter ist heute schön, and the cat sat on the mat."]
 
 
-def _build(model_dir, out, **options):
-    from conftest import _build as build
-
-    return build(model_dir, out, **options)
 
 
 @pytest.fixture(scope="module")

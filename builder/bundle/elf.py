@@ -12,6 +12,7 @@ from builder.errors import BundleError
 
 MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 40: "arm", 243: "riscv"}
 _SHT_GNU_VERNEED = 0x6FFFFFFE
+_SHT_SYMTAB, _SHT_DYNSYM = 2, 11
 
 
 @dataclasses.dataclass
@@ -43,13 +44,12 @@ def is_elf(path: Path) -> bool:
         return f.read(4) == b"\x7fELF"
 
 
-def read_elf(path: Path) -> ElfInfo:
-    data = Path(path).read_bytes()
+def _sections(data: bytes, path) -> tuple[str, bool, list[tuple]]:
+    """(struct byte order, 64-bit?, section headers as (name, type, flags, addr, offset, size,
+    link, info, addralign, entsize))."""
     if data[:4] != b"\x7fELF":
         raise ValueError(f"{path} is not an ELF file")
-    is64, little = data[4] == 2, data[5] == 1
-    e = "<" if little else ">"
-    machine = struct.unpack_from(e + "H", data, 18)[0]
+    is64, e = data[4] == 2, "<" if data[5] == 1 else ">"
     if is64:
         shoff = struct.unpack_from(e + "Q", data, 0x28)[0]
         shentsize, shnum = struct.unpack_from(e + "HH", data, 0x3A)
@@ -58,7 +58,38 @@ def read_elf(path: Path) -> ElfInfo:
         shoff = struct.unpack_from(e + "I", data, 0x20)[0]
         shentsize, shnum = struct.unpack_from(e + "HH", data, 0x2E)
         sh_fmt = e + "IIIIIIIIII"
-    sections = [struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)]
+    return e, is64, [struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)]
+
+
+def read_symbol(path: Path, name: bytes, size_prefix: bool = False) -> bytes:
+    """The bytes a data symbol of an ELF file points at, read from the file (no loading, any
+    architecture). With size_prefix, the symbol's st_size may be 0 and its data starts with a
+    u64 length (TVM's packed-imports blob): that many bytes are returned, prefix included."""
+    data = Path(path).read_bytes()
+    e, is64, sections = _sections(data, path)
+    sym_fmt, sym_size = (e + "IBBHQQ", 24) if is64 else (e + "IIIBBH", 16)
+    for sec in sections:
+        if sec[1] not in (_SHT_SYMTAB, _SHT_DYNSYM):
+            continue
+        strtab = sections[sec[6]][4]
+        for j in range(sec[5] // sym_size):
+            fields = struct.unpack_from(sym_fmt, data, sec[4] + j * sym_size)
+            st_name, value, size, shndx = ((fields[0], fields[4], fields[5], fields[3]) if is64
+                                           else (fields[0], fields[1], fields[2], fields[5]))
+            if data[strtab + st_name:data.index(b"\0", strtab + st_name)] != name:
+                continue
+            owner = sections[shndx]
+            off = value - owner[3] + owner[4]
+            if size_prefix:
+                size = 8 + struct.unpack_from(e + "Q", data, off)[0]
+            return data[off:off + size]
+    raise ValueError(f"{path}: no symbol {name.decode()}")
+
+
+def read_elf(path: Path) -> ElfInfo:
+    data = Path(path).read_bytes()
+    e, _is64, sections = _sections(data, path)
+    machine = struct.unpack_from(e + "H", data, 18)[0]
     versions = set()
     for sh in sections:
         # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
