@@ -24,19 +24,36 @@ def is_http_event(event) -> bool:
     )
 
 
-def answer(model, request) -> dict | list:
-    """Answer one decoded request (direct invocation); raises BadInput."""
+def decode(model, request):
+    """A decoded request (direct invocation, /invocations) -> (the items to run, a function
+    from their outputs to the answer); raises BadInput."""
     if not isinstance(request, dict):
         raise BadInput(f"the request must be a JSON object with \"inputs\" or \"tensors\", got {type(request).__name__}")
     if "tensors" in request and "inputs" in request:
         raise BadInput('send either "inputs" (task mode) or "tensors" (tensor mode), not both')
     if "tensors" in request:
-        out = model.run(request["tensors"])
-        return {"tensors": {name: value.tolist() for name, value in out.items()}}
+        def tensors(outputs):
+            return {"tensors": {name: value.tolist() for name, value in outputs[0].items()}}
+
+        return [model.prepare(request["tensors"])], tensors
     if "inputs" in request:
-        return model.predict(request["inputs"], request.get("parameters"))
+        parameters = model.check_parameters(request.get("parameters"))
+        single, items = model.encode(request["inputs"])
+        return items, lambda outputs: model.answers(single, outputs, parameters)
     raise BadInput('missing "inputs" (task mode) or "tensors" (tensor mode); '
                    f'the request has keys {sorted(request)}')
+
+
+def run_each(model, items) -> list[dict]:
+    """Items run one at a time, as a Lambda invocation does (one request per sandbox)."""
+    return [model.execute([item])[0] for item in items]
+
+
+def answer(model, request, execute=None) -> dict | list:
+    """Answer one decoded request; raises BadInput. `execute` runs the items (default: one by
+    one; the model server passes its batcher)."""
+    items, finish = decode(model, request)
+    return finish((execute or (lambda batch: run_each(model, batch)))(items))
 
 
 def _http_method(event: dict) -> str:

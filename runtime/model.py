@@ -44,6 +44,16 @@ def _pad_seq(view: memoryview, spec: Tensor, length: int) -> memoryview:
     return shaped(pack(padded, spec.dtype), spec.dtype, shape)
 
 
+@dataclasses.dataclass
+class Item:
+    """Validated inputs of one request (or one max_batch slice of it), batch axis first and
+    unpadded: what the model server stacks with other requests into one batch."""
+
+    views: list  # of memoryview, in the manifest's input order
+    rows: int
+    length: int | None  # the sequence length of the views (None: no sequence axis)
+
+
 def check_cuda(model_dir: Path, m: manifest.Manifest) -> None:
     """Before any GPU call: device code compiled ahead of time, and a GPU it can serve."""
     code = m.device_code
@@ -89,6 +99,7 @@ class Model:
         self.modules = {lib.seq: CompiledModule(self.dir / lib.file, device, weights=[weights[i] for i in lib.weights])
                         for lib in m.libraries}
         self.seq_lengths = m.seq_lengths
+        self._outputs_have_seq = any(o.seq_axis is not None for o in self.outputs)
         pre = m.preprocessing
         if pre.kind == "text":
             from .text import TextEncoder
@@ -140,34 +151,95 @@ class Model:
             views.append(view)
         return views
 
+    def prepare(self, tensors) -> Item:
+        """Tensor mode: validated request tensors as one batchable item."""
+        return self.item(self.check_tensors(tensors))
+
+    def item(self, views: list[memoryview]) -> Item:
+        """Validated views (in input order) as an item."""
+        length = next((v.shape[s.seq_axis] for v, s in zip(views, self.inputs) if s.seq_axis is not None), None)
+        return Item(views, views[0].shape[0] if views[0].ndim else 1, length)
+
+    def compiled_length(self, length: int | None) -> int | None:
+        """The shortest compiled sequence length that fits `length` (None: no such axis)."""
+        if None in self.modules or length is None:
+            return None
+        return next(n for n in self.seq_lengths if n >= length)
+
+    def batch_key(self, item: Item):
+        """Items with equal keys may run in one batch. Outputs with a sequence axis come out
+        at the compiled length, so such models batch only items of the same compiled length;
+        otherwise any items batch, padded to the longest."""
+        return self.compiled_length(item.length) if self._outputs_have_seq else None
+
+    def execute(self, items: list[Item]) -> list[dict[str, memoryview]]:
+        """Run items as one batch: each padded to the shortest compiled length that fits them
+        all, rows stacked, and the output rows handed back per item."""
+        rows = sum(item.rows for item in items)
+        if rows > self.max_batch:
+            raise ValueError(f"a batch of {rows} rows exceeds the model's {self.max_batch}")
+        seq = self.compiled_length(max((i.length for i in items if i.length is not None), default=None))
+        module = self.modules[seq]
+        views = []
+        for n, spec in enumerate(self.inputs):
+            parts = [_pad_seq(item.views[n], spec, seq) if seq is not None else item.views[n] for item in items]
+            if len(parts) == 1:
+                views.append(parts[0])
+            else:  # C-contiguous, batch axis outermost: stacking rows is concatenating bytes
+                shape = [rows, *parts[0].shape[1:]]
+                views.append(shaped(bytearray(b"".join(p.cast("B") for p in parts)), spec.dtype, shape))
+        results = module(views, [spec.dtype for spec in self.inputs])
+        if len(items) == 1:
+            return [{spec.name: out for spec, out in zip(self.outputs, results)}]
+        per_item = [{} for _ in items]
+        for spec, out in zip(self.outputs, results):
+            raw, shape = out.cast("B"), list(out.shape)
+            row_bytes = raw.nbytes // rows
+            offset = 0
+            for answer, item in zip(per_item, items):
+                size = item.rows * row_bytes
+                answer[spec.name] = shaped(raw[offset:offset + size], spec.dtype, [item.rows, *shape[1:]])
+                offset += size
+        return per_item
+
     def run(self, tensors: dict) -> dict[str, memoryview]:
         """Tensor mode. Outputs are shaped memoryviews: `.tolist()` for JSON, and
         `numpy.asarray(view)` wraps one without a copy where numpy is installed."""
-        views = self.check_tensors(tensors)
-        module = self.modules.get(None)
-        if module is None:  # the shortest compiled length that fits, inputs padded to it
-            length = next(v.shape[s.seq_axis] for v, s in zip(views, self.inputs) if s.seq_axis is not None)
-            seq = next(n for n in self.seq_lengths if n >= length)
-            module = self.modules[seq]
-            views = [_pad_seq(v, s, seq) for v, s in zip(views, self.inputs)]
-        results = module(views, [spec.dtype for spec in self.inputs])
-        return {spec.name: out for spec, out in zip(self.outputs, results)}
+        return self.execute([self.prepare(tensors)])[0]
 
     # -- task mode ---------------------------------------------------------------------
-    def predict(self, inputs, parameters: dict | None = None):
+    def encode(self, inputs) -> tuple[bool, list[Item]]:
+        """Task mode: (whether one input was sent rather than a list, the encoded inputs as
+        items of at most max_batch rows each)."""
         if self.encoder is None:
             raise BadInput("this model takes tensors only: send {\"tensors\": {...}}")
+        single = isinstance(inputs, str)
+        values = self.encoder.check(inputs)
+        items = []
+        for start in range(0, len(values), self.max_batch):
+            tensors = self.encoder(values[start:start + self.max_batch])
+            items.append(self.item([tensors[spec.name] for spec in self.inputs]))
+        return single, items
+
+    def check_parameters(self, parameters) -> dict:
         parameters = parameters or {}
         if not isinstance(parameters, dict):
             raise BadInput('"parameters" must be an object')
-        single = isinstance(inputs, str)
-        items = self.encoder.check(inputs)
-        answers = []
-        for start in range(0, len(items), self.max_batch):
-            tensors = self.encoder(items[start:start + self.max_batch])
-            out = self.run(tensors)
-            answers.extend(self._postprocess(out, parameters))
-        return answers[0] if single else answers
+        if self.manifest.postprocessing.kind == "classification":
+            top_k = parameters.get("top_k", self.manifest.postprocessing.top_k)
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.labels):
+                raise BadInput(f'"parameters.top_k" must be an integer in 1..{len(self.labels)}')
+        return parameters
+
+    def predict(self, inputs, parameters: dict | None = None):
+        parameters = self.check_parameters(parameters)
+        single, items = self.encode(inputs)
+        return self.answers(single, [self.execute([item])[0] for item in items], parameters)
+
+    def answers(self, single: bool, outputs: list[dict], parameters: dict):
+        """Task-mode answers from the outputs of encode()'s items, in order."""
+        result = [a for out in outputs for a in self._postprocess(out, parameters)]
+        return result[0] if single else result
 
     def _postprocess(self, out: dict, parameters: dict) -> list:
         post = self.manifest.postprocessing
@@ -176,8 +248,6 @@ class Model:
             return values.tolist()
         if post.kind == "classification":
             top_k = parameters.get("top_k", post.top_k)
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.labels):
-                raise BadInput(f'"parameters.top_k" must be an integer in 1..{len(self.labels)}')
             score = _sigmoid if post.function == "sigmoid" else _softmax
             result = []
             for row in values.tolist():

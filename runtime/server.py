@@ -1,0 +1,360 @@
+"""The model server's application: SageMaker's inference contract, the Open Inference
+Protocol (KServe v2 REST) and Prometheus metrics over one loaded model, as a WSGI app.
+
+Standard library only: the HTTP layer (waitress, vendored into images and edge installs)
+is attached in runtime/serve.py. Requests are decoded on the server's threads, run through
+one Batcher, and answered with JSON; every failure is a status with {"error": ...}.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+from .arrays import as_tensor, flat, shaped
+from .batching import Batcher, Closed, QueueFull
+from .errors import BadInput
+from .events import decode
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+
+# Open Inference Protocol datatypes of our manifest dtypes.
+V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32", "int16": "INT16",
+                "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+_JSON = "application/json"
+_STATUS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Content Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
+_V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/(ready|infer))?$")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: tuple = ()):
+        super().__init__(message)
+        self.status, self.headers = status, list(headers)
+
+
+class Options:
+    """Serving knobs (runtime/serve.py parses them from the command line)."""
+
+    def __init__(self, max_batch: int | None = None, batch_window_ms: float = 2.0, max_queue: int = 64,
+                 timeout_s: float = 30.0, warm: bool = True):
+        self.max_batch, self.batch_window_ms, self.max_queue = max_batch, batch_window_ms, max_queue
+        self.timeout_s, self.warm = timeout_s, warm
+
+
+class App:
+    """A WSGI application serving the model in `model_dir` under `name`. Live from the
+    start; ready once load() has loaded and warmed the model."""
+
+    def __init__(self, model_dir, name: str | None = None, options: Options | None = None, log=None):
+        from . import manifest
+
+        self.model_dir = model_dir
+        self.manifest = manifest.read(model_dir)
+        self.name = name or default_name(self.manifest.model.name)
+        self.options = options or Options()
+        self.max_batch = min(self.options.max_batch or self.manifest.max_batch, self.manifest.max_batch)
+        self.metrics = Metrics(self.name, self.max_batch)
+        self.model = None
+        self.batcher = None
+        self.load_error = None
+        self.draining = False
+        self._decoding = 0
+        self._lock = threading.Lock()
+        self._log = log or sys.stdout
+        self._log_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def load(self) -> None:
+        """Load and warm the model, then start batching; on failure keep the error (the
+        server exits with it)."""
+        from .model import Model
+
+        start = time.perf_counter()
+        try:
+            model = Model(self.model_dir)
+            if self.options.warm:
+                warm(model)
+        except BaseException as e:  # noqa: BLE001 - reported by the serving loop, which exits
+            self.load_error = e
+            return
+        self.model = model
+        self.batcher = Batcher(model.execute, model.batch_key, self.max_batch, self.options.batch_window_ms / 1000,
+                               self.options.max_queue, decoding=lambda: self._decoding,
+                               on_batch=self.metrics.observe_batch)
+        self.metrics.queue_depth = lambda: self.batcher.depth
+        self.metrics.load_seconds = time.perf_counter() - start
+        self.metrics.ready = True
+        self.event("ready", load_ms=round(self.metrics.load_seconds * 1000, 1), max_batch=self.max_batch,
+                   batch_window_ms=self.options.batch_window_ms, max_queue=self.options.max_queue,
+                   threads=os.environ.get("TVM_NUM_THREADS"))
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and not self.draining
+
+    def busy(self) -> bool:
+        return self.metrics.in_flight > 0 or (self.batcher is not None and self.batcher.busy)
+
+    def event(self, what: str, **fields) -> None:
+        """One JSON line on the log (stdout)."""
+        line = json.dumps({"time": round(time.time(), 3), "event": what, **fields}, separators=(",", ":"))
+        with self._log_lock:
+            self._log.write(line + "\n")
+            self._log.flush()
+
+    # -- WSGI --------------------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        start = time.perf_counter()
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
+        request_id = _request_id(environ)
+        endpoint, batches = "unknown", None
+        with self._lock:
+            self.metrics.in_flight += 1
+        try:
+            endpoint, handler = self._route(method, path)
+            status, body, content_type, headers, batches = handler(environ)
+        except HTTPError as e:
+            status, body, content_type, headers = e.status, _json({"error": str(e)}), _JSON, e.headers
+        except Exception:  # a bug: the client gets a 500 without internals, the log the traceback
+            traceback.print_exc(file=sys.stderr)
+            status, body, content_type, headers = (500, _json({"error": "internal error; see the server's log"}),
+                                                   _JSON, [])
+        finally:
+            with self._lock:
+                self.metrics.in_flight -= 1
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                   ("X-Request-Id", request_id), *headers]
+        if self.draining:  # clients reconnect, and find the next server
+            headers.append(("Connection", "close"))
+        start_response(f"{status} {_STATUS.get(status, 'Error')}", headers)
+        seconds = time.perf_counter() - start
+        self.metrics.observe_request(endpoint, status, seconds)
+        if endpoint not in ("metrics", "ping", "health"):
+            self.log_request(request_id, method, path, status, seconds, batches)
+        return [body]
+
+    def log_request(self, request_id, method, path, status, seconds, batches=None) -> None:
+        fields = {"id": request_id, "method": method, "path": path, "status": status,
+                  "latency_ms": round(seconds * 1000, 3)}
+        if batches:
+            fields["batch"] = max(batches)
+        self.event("request", **fields)
+
+    def _route(self, method: str, path: str):
+        routes = {"/ping": ("ping", {"GET": self._ping}),
+                  "/invocations": ("invocations", {"POST": self._invocations}),
+                  "/metrics": ("metrics", {"GET": self._metrics}),
+                  "/v2/health/live": ("health", {"GET": self._live}),
+                  "/v2/health/ready": ("health", {"GET": self._ready}),
+                  "/v2": ("v2_server", {"GET": self._server_metadata}),
+                  "/": ("info", {"GET": self._info})}
+        found = routes.get(path.rstrip("/") or "/")
+        if found is None:
+            m = _V2_MODEL.match(path)
+            if m is None:
+                raise HTTPError(404, f"no such path {path}; the server answers /ping, /invocations, /metrics, "
+                                     f"/v2/health/live, /v2/health/ready, /v2/models/{self.name}[/ready|/infer]")
+            if m.group(1) != self.name:
+                raise HTTPError(404, f"unknown model {m.group(1)!r}; this server serves {self.name!r}")
+            action = m.group(2)
+            found = {None: ("v2_metadata", {"GET": self._model_metadata}),
+                     "ready": ("health", {"GET": self._ready}),
+                     "infer": ("v2_infer", {"POST": self._infer})}[action]
+        endpoint, methods = found
+        if method not in methods:
+            raise HTTPError(405, f"{method} is not allowed on {path}; use {', '.join(methods)}",
+                            headers=[("Allow", ", ".join(methods))])
+        return endpoint, methods[method]
+
+    # -- health and metadata -----------------------------------------------------------
+    def _not_ready(self) -> HTTPError:
+        if self.draining:
+            return HTTPError(503, "the server is shutting down", headers=[("Retry-After", "1")])
+        return HTTPError(503, f"the model {self.name} is loading", headers=[("Retry-After", "1")])
+
+    def _ping(self, environ):
+        if not self.ready:
+            raise self._not_ready()
+        return 200, _json({"status": "ready", "model": self.name}), _JSON, [], None
+
+    def _live(self, environ):
+        return 200, _json({"live": True}), _JSON, [], None
+
+    def _ready(self, environ):
+        if not self.ready:
+            raise self._not_ready()
+        return 200, _json({"ready": True}), _JSON, [], None
+
+    def _metrics(self, environ):
+        return 200, self.metrics.render().encode(), METRICS_CONTENT_TYPE, [], None
+
+    def _server_metadata(self, environ):
+        return 200, _json({"name": "edgebundle", "version": self.manifest.versions.edgebundle,
+                           "extensions": []}), _JSON, [], None
+
+    def _info(self, environ):
+        m = self.manifest
+        return 200, _json({"model": self.name, "task": m.model.task, "target": m.target.name,
+                           "ready": self.ready, "max_batch": self.max_batch,
+                           "endpoints": ["/ping", "/invocations", "/metrics", "/v2/health/live", "/v2/health/ready",
+                                         f"/v2/models/{self.name}", f"/v2/models/{self.name}/infer"]}), _JSON, [], None
+
+    def _model_metadata(self, environ):
+        def tensor(t):
+            return {"name": t.name, "datatype": V2_DATATYPES[t.dtype],
+                    "shape": [-1 if isinstance(d, str) else d for d in t.shape]}
+
+        m = self.manifest
+        return 200, _json({"name": self.name, "versions": [], "platform": f"edgebundle_tvm_{m.target.name}",
+                           "inputs": [tensor(t) for t in m.inputs],
+                           "outputs": [tensor(t) for t in m.outputs]}), _JSON, [], None
+
+    # -- inference ---------------------------------------------------------------------
+    def _run(self, decode_items):
+        """decode_items() -> (items, finish) on this thread, then the items through the
+        batcher; the answer, and the sizes of the batches it ran in."""
+        if not self.ready:
+            raise self._not_ready()
+        with self._lock:
+            self._decoding += 1
+        queued = False
+
+        def on_queued():
+            nonlocal queued
+            queued = True
+            self._decoding -= 1  # the batcher's lock is held: its worker sees both at once
+
+        try:
+            items, finish = decode_items()
+            outputs, batches = self.batcher.submit(items, self.options.timeout_s, on_queued=on_queued)
+        except BadInput as e:
+            raise HTTPError(400, str(e)) from None
+        except QueueFull:
+            raise HTTPError(503, f"the queue is full ({self.options.max_queue} requests waiting); retry shortly",
+                            headers=[("Retry-After", "1")]) from None
+        except Closed:
+            raise HTTPError(503, "the server is shutting down", headers=[("Retry-After", "1")]) from None
+        except TimeoutError:
+            raise HTTPError(504, f"no answer within {self.options.timeout_s:g} s (the model is overloaded); "
+                                 "retry later or with fewer inputs") from None
+        finally:
+            if not queued:
+                with self._lock:
+                    self._decoding -= 1
+                self.batcher.notify()
+        return finish(outputs), batches
+
+    def _invocations(self, environ):
+        request = _read_json(environ)
+        answer, batches = self._run(lambda: decode(self.model, request))
+        return 200, _json(answer), _JSON, [], batches
+
+    def _infer(self, environ):
+        request = _read_json(environ)
+        answer, batches = self._run(lambda: self._decode_v2(request))
+        return 200, _json(answer), _JSON, [], batches
+
+    def _decode_v2(self, request):
+        """An Open Inference Protocol request -> tensor-mode items and its answer builder."""
+        if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+            raise BadInput('the request must be an object with "inputs": [{"name", "shape", "datatype", "data"}]')
+        specs = {t.name: t for t in self.manifest.inputs}
+        tensors = {}
+        for n, entry in enumerate(request["inputs"]):
+            if not isinstance(entry, dict) or not {"name", "shape", "datatype", "data"} <= set(entry):
+                raise BadInput(f'"inputs"[{n}] must have "name", "shape", "datatype" and "data"')
+            name = entry["name"]
+            spec = specs.get(name)
+            if spec is None:
+                raise BadInput(f'unknown input {name!r}; the model takes {list(specs)}')
+            if name in tensors:
+                raise BadInput(f'input {name!r} is given twice')
+            want = V2_DATATYPES[spec.dtype]
+            if entry["datatype"] != want:
+                raise BadInput(f'input {name!r} has datatype {entry["datatype"]!r}; the model takes {want}')
+            shape = entry["shape"]
+            if (not isinstance(shape, list) or not shape
+                    or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+                raise BadInput(f'input {name!r}: "shape" must be a list of positive integers')
+            data = entry["data"]
+            if not isinstance(data, list):
+                raise BadInput(f'input {name!r}: "data" must be a list')
+            view = as_tensor(data, name, spec.dtype)
+            if math.prod(view.shape) != math.prod(shape):
+                raise BadInput(f'input {name!r} has {math.prod(view.shape)} values; shape {shape} needs '
+                               f'{math.prod(shape)}')
+            tensors[name] = shaped(view.cast("B"), spec.dtype, shape)
+        wanted = [t.name for t in self.manifest.outputs]
+        if request.get("outputs") is not None:
+            asked = request["outputs"]
+            if not isinstance(asked, list) or not all(isinstance(o, dict) and "name" in o for o in asked):
+                raise BadInput('"outputs" must be a list of {"name": ...}')
+            unknown = [o["name"] for o in asked if o["name"] not in wanted]
+            if unknown:
+                raise BadInput(f'unknown outputs {unknown}; the model has {wanted}')
+            wanted = [o["name"] for o in asked]
+        dtypes = {t.name: t.dtype for t in self.manifest.outputs}
+        items = [self.model.prepare(tensors)]
+
+        def finish(outputs):
+            out = outputs[0]
+            answer = {"model_name": self.name,
+                      "outputs": [{"name": n, "datatype": V2_DATATYPES[dtypes[n]], "shape": list(out[n].shape),
+                                   "data": flat(out[n]).tolist()} for n in wanted]}
+            if "id" in request:
+                answer["id"] = request["id"]
+            return answer
+
+        return items, finish
+
+
+def default_name(model_name: str) -> str:
+    """The name a model is served under: the manifest's, without a hub id's owner."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", model_name.rstrip("/").rsplit("/", 1)[-1]) or "model"
+
+
+def warm(model) -> None:
+    """One batch-1 call per compiled length, so the first request finds the code paged in
+    and the VM's memory pools allocated."""
+    from .arrays import pack
+
+    for seq in model.seq_lengths or [None]:
+        views = []
+        for spec in model.inputs:
+            shape = [1 if d == "batch" else seq if d == "seq" else d for d in spec.shape]
+            fill = spec.range[0] if spec.range else (spec.pad or 0)
+            views.append(shaped(pack([fill] * math.prod(shape), spec.dtype), spec.dtype, shape))
+        model.execute([model.item(views)])
+
+
+def _request_id(environ) -> str:
+    given = environ.get("HTTP_X_REQUEST_ID") or environ.get("HTTP_X_AMZN_REQUESTID")
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _read_json(environ):
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise HTTPError(400, "invalid Content-Length") from None
+    if length <= 0:
+        raise HTTPError(400, "the request body is empty; send a JSON object")
+    body = environ["wsgi.input"].read(length)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HTTPError(400, f"the body is not valid JSON: {e}") from None
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
