@@ -48,9 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seq-buckets", type=_int_list, metavar="N,N,...",
                    help="text models: sequence lengths to compile, ending at --seq-len; a request runs on the "
                         "shortest that fits (default 16,32,64,...,--seq-len; one length: --seq-buckets 128)")
-    b.add_argument("--python", default=DEFAULT_PYTHON, metavar="X.Y",
-                   help=f"Python version of the bundle (default {DEFAULT_PYTHON}; lambda: 3.12-3.14, and "
-                        "3.10/3.11 for local-test bundles only)")
+    b.add_argument("--python", metavar="X.Y",
+                   help=f"Python version of the bundle (default {DEFAULT_PYTHON}, or what the default base image "
+                        "runs: 3.12 for cuda serve-image; lambda: 3.12-3.14, and 3.10/3.11 for local-test zips only)")
+    b.add_argument("--base-image", action="append", type=_base_image, metavar="[KEY=]IMAGE",
+                   help="base image of the image formats (default: AWS's Lambda Python image for lambda-image, "
+                        "python:X.Y-slim for serve-image, NVIDIA's CUDA 13 runtime for cuda serve-image); KEY "
+                        "narrows it to a format, a target or FORMAT/TARGET (repeatable)")
     b.add_argument("--cpu", action="append",
                    help="LLVM CPU to compile for: NAME, or TARGET=NAME with several targets (defaults: x86_64 "
                         "haswell = every Lambda x86_64 host; arm64 neoverse-n1 = Graviton2; e.g. cortex-a72 for a "
@@ -67,12 +71,36 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    i = sub.add_parser("invoke", help="run a lambda.zip locally the way AWS Lambda runs it")
-    i.add_argument("bundle", type=Path, help="path to a lambda.zip")
+    i = sub.add_parser("invoke", help="run a lambda.zip or Lambda container image locally the way AWS Lambda runs it")
+    i.add_argument("bundle", help="a lambda.zip, a Lambda image's OCI archive (lambda-image.oci.tar), or a "
+                                  "Lambda image tag (edgebundle/NAME:TARGET-SHA)")
+    i.add_argument("--engine", choices=["podman", "docker"], help="container engine for images (default: the "
+                                                                  "first installed of podman, docker)")
     i.add_argument("--event", action="append", type=Path, required=True,
                    help="JSON event file (repeatable; all run in one warm sandbox, in order)")
     i.add_argument("--quiet", action="store_true", help="no progress on stderr")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sv = sub.add_parser("serve", help="serve OUT/<target> over HTTP (SageMaker, KServe v2, /metrics), as the "
+                                      "serving image does")
+    sv.add_argument("model_dir", type=Path, help="a built target directory, OUT/<target>")
+    from runtime.serve import add_arguments
+
+    add_arguments(sv)
+    sv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    im = sub.add_parser("image", help="container images from image contexts (lambda-image, serve-image)")
+    isub = im.add_subparsers(dest="image_command", required=True)
+    ib = isub.add_parser("build", help="build an image context with podman, buildah or docker; tag it and write "
+                                       "an OCI archive beside it")
+    ib.add_argument("context", type=Path, help="OUT/<target>/lambda-image or OUT/<target>/serve-image")
+    ib.add_argument("--engine", choices=["podman", "buildah", "docker"],
+                    help="default: the first installed of podman, buildah, docker")
+    ib.add_argument("--tag", help="image tag (default: the context's, edgebundle/NAME:TARGET-SHA)")
+    ib.add_argument("--no-archive", dest="archive", action="store_false",
+                    help="do not write CONTEXT.oci.tar")
+    ib.add_argument("--quiet", action="store_true")
+    ib.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     bn = sub.add_parser("bench", help="our module vs PyTorch eager vs ONNX Runtime, side by side")
     bn.add_argument("model", help="a build's OUT directory, or a model to build first")
@@ -106,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 def build_options(args) -> BuildOptions:
     return BuildOptions(targets=tuple(args.target or ("x86_64",)), formats=tuple(args.format), family=args.family,
                         task=args.task, name=args.name, seq_len=args.seq_len, seq_buckets=args.seq_buckets,
-                        python=args.python, cpu=tuple(args.cpu or ()),
+                        python=args.python, cpu=tuple(args.cpu or ()), base_images=tuple(args.base_image or ()),
                         cuda_archs=tuple(a for group in args.cuda_arch or () for a in group), host=args.host,
                         schedule=args.schedule, tuning_db=args.tuning_db)
 
@@ -120,17 +148,44 @@ def cmd_build(args) -> int:
 
 def cmd_invoke(args) -> int:
     from builder.errors import InvokeError
-    from builder.local.lambda_runtime import invoke_zip
+    from builder.local.lambda_runtime import invoke_image, invoke_zip
 
-    if not args.bundle.is_file():
-        raise InvokeError("no such bundle", where=str(args.bundle), hint="pass OUT/<target>/lambda.zip")
+    bundle = Path(args.bundle)
+    image = None
+    if bundle.is_dir():
+        raise InvokeError("that is a directory", where=str(bundle),
+                          hint="pass OUT/<target>/lambda.zip, a Lambda image's OCI archive or its tag")
+    if not bundle.is_file():
+        if "/" in args.bundle and ":" in args.bundle.rsplit("/", 1)[-1] and not args.bundle.endswith((".zip", ".tar")):
+            image = args.bundle  # an image reference
+        else:
+            raise InvokeError("no such bundle", where=str(bundle),
+                              hint="pass OUT/<target>/lambda.zip, a Lambda image's OCI archive or its tag")
+    elif not args.bundle.endswith(".zip"):
+        image = bundle  # an OCI archive
     events = []
     for path in args.event:
         try:
             events.append(path.read_bytes())
         except OSError as e:
             raise InvokeError(f"cannot read event file: {e.strerror}", where=str(path)) from None
-    return invoke_zip(args.bundle, events, progress=Progress(quiet=args.quiet))
+    if image is not None:
+        return invoke_image(image, events, engine=args.engine, progress=Progress(quiet=args.quiet))
+    return invoke_zip(bundle, events, progress=Progress(quiet=args.quiet))
+
+
+def cmd_serve(args) -> int:
+    from runtime.serve import serve
+
+    return serve(args.model_dir, args)
+
+
+def cmd_image(args) -> int:
+    from builder.container.images import build_image
+
+    build_image(args.context, engine=args.engine, tag=args.tag, archive=args.archive,
+                progress=Progress(quiet=args.quiet))
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -154,6 +209,21 @@ def cmd_inspect(args) -> int:
 
     print(describe(args.target_dir, as_json=args.json))
     return 0
+
+
+def _base_image(text: str) -> tuple[str, str]:
+    from builder.bundle.formats import FORMATS
+    from builder.compiler.targets import TARGETS
+
+    key, sep, image = text.partition("=")
+    if not sep:
+        return "", text
+    fmt, _, target = key.partition("/")
+    if (target and (fmt not in FORMATS or target not in TARGETS)) or (not target and key not in {*FORMATS, *TARGETS}):
+        raise argparse.ArgumentTypeError(f"{key!r} is not a format, a target or FORMAT/TARGET")
+    if not image:
+        raise argparse.ArgumentTypeError("no image after '='")
+    return key, image
 
 
 def _str_list(text: str) -> list[str]:
@@ -185,8 +255,8 @@ def main(argv=None) -> int:
     from runtime.manifest import ManifestError
 
     try:
-        return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect,
-                "bench": cmd_bench, "tune": cmd_tune}[args.command](args)
+        return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect, "serve": cmd_serve,
+                "image": cmd_image, "bench": cmd_bench, "tune": cmd_tune}[args.command](args)
     except EdgebundleError as e:
         if args.debug:
             raise

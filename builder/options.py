@@ -26,7 +26,11 @@ class BuildOptions:
     # Text models: the longest sequence, and the lengths compiled (None: 16, 32, ... seq_len).
     seq_len: int = DEFAULT_SEQ_LEN
     seq_buckets: tuple[int, ...] | None = None
-    python: str = DEFAULT_PYTHON  # the bundle's Python (formats check it against their platform)
+    # The bundle's Python; None: the format's default (DEFAULT_PYTHON, or what its base image runs).
+    python: str | None = None
+    # Image formats' base images: (key, image) pairs; key "" for all, else FORMAT, TARGET or
+    # FORMAT/TARGET.
+    base_images: tuple[tuple[str, str], ...] = ()
     cpu: tuple[str, ...] = ()  # LLVM CPUs: NAME, or TARGET=NAME
     cuda_archs: tuple[str, ...] = DEFAULT_CUDA_ARCHS  # SASS in the fatbin; PTX of the newest
     host: str = "x86_64"  # CPU platform of GPU targets' host code
@@ -38,9 +42,19 @@ class BuildOptions:
         for name in ("targets", "formats", "cpu", "cuda_archs"):
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(dict.fromkeys([value] if isinstance(value, str) else value or ())))
+        pairs = self.base_images.items() if isinstance(self.base_images, dict) else self.base_images or ()
+        object.__setattr__(self, "base_images", tuple(sorted((str(k), str(v)) for k, v in pairs)))
         if self.seq_buckets is not None:
             object.__setattr__(self, "seq_buckets", tuple(self.seq_buckets))
         if not self.targets:
             object.__setattr__(self, "targets", ("x86_64",))
         if not self.cuda_archs:
             object.__setattr__(self, "cuda_archs", DEFAULT_CUDA_ARCHS)
+
+    def base_image(self, fmt: str, target: str) -> str | None:
+        """The --base-image given for this format and target, most specific first."""
+        given = dict(self.base_images)
+        for key in (f"{fmt}/{target}", fmt, target, ""):
+            if key in given:
+                return given[key]
+        return None

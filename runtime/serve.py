@@ -76,9 +76,6 @@ def serve(model_dir: Path, args, ready_message=None) -> int:
     if args.batch_window_ms < 0:
         print("error: --batch-window-ms must be 0 or more", file=sys.stderr)
         return 2
-    # TVM runs one thread unless told otherwise (its default on small machines): use the
-    # CPUs this process may run on, before the runtime loads.
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     try:
         import waitress
         from waitress import wasyncore

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 from pathlib import Path
 
 
@@ -25,6 +26,25 @@ def _comment(value) -> str:
     return " ".join(str(value).split())
 
 
+def _dq(value) -> str:
+    """A double-quoted string, escaped: valid in Dockerfile LABEL/ENV/COPY lines and as a YAML
+    scalar (JSON strings are YAML double-quoted scalars)."""
+    return json.dumps(str(value))
+
+
+def _json(value) -> str:
+    """JSON (Dockerfile exec-form arrays)."""
+    return json.dumps(value)
+
+
+def _image_ref(value) -> str:
+    """An image reference, refused if it could break out of its FROM line."""
+    text = str(value)
+    if not text or any(c.isspace() for c in text) or not text.isprintable():
+        raise ValueError(f"not an image reference: {text!r}")
+    return text
+
+
 def render(name: str, **values) -> str:
     import jinja2
 
@@ -34,5 +54,5 @@ def render(name: str, **values) -> str:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(comment=_comment)
+    env.filters.update(comment=_comment, dq=_dq, json=_json, image_ref=_image_ref)
     return env.get_template(name).render(**values)

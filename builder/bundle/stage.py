@@ -47,13 +47,7 @@ def runtime_requirements(manifest: Manifest) -> list[str]:
     tokenizer the build configured must behave the same at run time). Neither numpy nor the
     tvm_ffi Python package: runtime/ talks to libtvm_ffi.so through ctypes."""
     names = {"text": ["tokenizers"], "image": ["pillow"]}.get(manifest.preprocessing.kind, [])
-    reqs = []
-    for n in names:
-        v = dist_version(n)
-        if v is None:
-            raise BundleError(f"{n} is not installed in the build environment", hint="pip install -e .")
-        reqs.append(f"{n}=={v}")
-    return reqs
+    return [pinned(n) for n in names]
 
 
 # Native libraries every bundle ships at its root: (pip distribution, path in its wheel).
@@ -96,12 +90,21 @@ def _prune(root: Path) -> None:
             path.unlink()
 
 
+def pinned(name: str) -> str:
+    """`name==<the version installed here>`: what a bundle ships is what the build ran."""
+    version = dist_version(name)
+    if version is None:
+        raise BundleError(f"{name} is not installed in the build environment", hint="pip install -e .")
+    return f"{name}=={version}"
+
+
 def vendor_runtime(stage: Path, manifest: Manifest, target, python: str, progress,
-                   glibc: str = WHEEL_GLIBC) -> list[str]:
+                   glibc: str = WHEEL_GLIBC, extra: tuple = ()) -> list[str]:
     """Unpack what runtime/ needs for `target`'s platform and `python` into stage: the
-    manylinux wheels (never the host's site-packages) and the TVM runtime libraries."""
+    manylinux wheels (never the host's site-packages) and the TVM runtime libraries.
+    `extra`: more pinned requirements (the model server's HTTP library)."""
     with progress.step(f"vendor wheels for python{python} {target.arch}"):
-        reqs = runtime_requirements(manifest)
+        reqs = runtime_requirements(manifest) + list(extra)
         for whl in wheels.fetch_wheels(reqs, python_version=python,
                                        platforms=wheels.manylinux_platforms(target.arch, glibc),
                                        progress=progress):

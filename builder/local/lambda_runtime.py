@@ -458,97 +458,190 @@ def _run_warm(
         env.update(sandbox.emulator_env(arch))
         cmd = [*argv, "-c", _BOOTSTRAP, task_root, str(Path(ric).resolve()), handler]
 
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=task,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        pump = _LogPump(proc.stdout, err)
-        pump.start()
-        threading.Thread(
-            target=lambda p=proc: api.notes.put(("exit", p.wait())), name="lambda-exit", daemon=True
-        ).start()
+        def start() -> subprocess.Popen:
+            nonlocal proc
+            proc = subprocess.Popen(cmd, cwd=task, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            return proc
 
-        def crashed(when: str, rc: int) -> InvokeError:
-            pump.join(timeout=2)
-            return InvokeError(
-                f"the function's process exited with code {rc} {when}; its last output:\n    {pump.text()}",
-                where=f"{zip_path} (handler {handler}, Python {python_version}, {arch})",
-                hint="see the log above; on Lambda this shows as Runtime.ExitError",
-            )
-
-        def timed_out(when: str) -> InvokeError:
-            _stop(proc)
-            pump.join(timeout=2)
-            return InvokeError(
-                f"no answer {when} within {timeout_s:g} s; the function's last output:\n    {pump.text()}",
-                where=f"{zip_path} (handler {handler})",
-                hint="the handler hangs or is too slow; Lambda would stop it at its timeout too",
-            )
-
-        def next_note(deadline: float, when: str):
-            try:
-                return api.notes.get(timeout=max(0.0, deadline - time.perf_counter()))
-            except queue.Empty:
-                raise timed_out(when) from None
-
-        # Init: from process start until the runtime first asks for work (or reports).
-        deadline = t0 + timeout_s
-        while True:
-            note = next_note(deadline, "during init")
-            if note[0] == "next":
-                print(f"init: {(note[1] - t0) * 1000:.0f} ms", file=err, flush=True)
-                break
-            if note[0] == "init_error":
-                print(_one_line_json(note[1]), file=out, flush=True)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-                pump.join(timeout=2)
-                return 2
-            if note[0] == "exit":
-                raise crashed("during init", note[1])
-
-        status = 0
-        for i, event in enumerate(events, 1):
-            if len(event) > MAX_REQUEST_BYTES:
-                status = 1
-                print(json.dumps({
-                    "errorType": "RequestTooLargeException",
-                    "errorMessage": f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the InvokeFunction operation",
-                }), file=out, flush=True)
-                continue
-            t1 = time.perf_counter()
-            request_id = api.enqueue(event)
-            deadline = t1 + timeout_s
-            while True:
-                note = next_note(deadline, f"to event {i}")
-                if note[0] in ("response", "error") and note[1] == request_id:
-                    break
-                if note[0] == "exit":
-                    raise crashed(f"while handling event {i}", note[1])
-            print(f"invoke {i}: {(note[3] - t1) * 1000:.1f} ms", file=err, flush=True)
-            body = note[2]
-            if note[0] == "error":
-                status = 1
-            elif len(body) > MAX_RESPONSE_BYTES:
-                status = 1
-                body = json.dumps({
-                    "errorType": "Function.ResponseSizeTooLarge",
-                    "errorMessage": "Response payload size exceeded maximum allowed payload size "
-                    f"({MAX_RESPONSE_BYTES} bytes).",
-                }).encode()
-            print(_one_line_json(body), file=out, flush=True)
-        return status
+        return _converse(start, api, events, out, err, timeout_s,
+                         where=f"{zip_path} (handler {handler}, Python {python_version}, {arch})")
     finally:
         if proc is not None:
             _stop(proc)
         if api is not None:
             api.close()
         shutil.rmtree(task, ignore_errors=True)
+
+
+def _converse(start, api: _RuntimeAPI, events: list[bytes], out: TextIO, err: TextIO, timeout_s: float,
+              where: str) -> int:
+    """Start the function's process (start() -> Popen, its output on stdout) against `api`,
+    wait for its init, send `events` one by one and print each answer; the exit status of
+    invoke_zip. The caller stops the process."""
+    t0 = time.perf_counter()
+    proc = start()
+    pump = _LogPump(proc.stdout, err)
+    pump.start()
+    threading.Thread(
+        target=lambda p=proc: api.notes.put(("exit", p.wait())), name="lambda-exit", daemon=True
+    ).start()
+
+    def crashed(when: str, rc: int) -> InvokeError:
+        pump.join(timeout=2)
+        return InvokeError(
+            f"the function's process exited with code {rc} {when}; its last output:\n    {pump.text()}",
+            where=where,
+            hint="see the log above; on Lambda this shows as Runtime.ExitError",
+        )
+
+    def timed_out(when: str) -> InvokeError:
+        _stop(proc)
+        pump.join(timeout=2)
+        return InvokeError(
+            f"no answer {when} within {timeout_s:g} s; the function's last output:\n    {pump.text()}",
+            where=where,
+            hint="the handler hangs or is too slow; Lambda would stop it at its timeout too",
+        )
+
+    def next_note(deadline: float, when: str):
+        try:
+            return api.notes.get(timeout=max(0.0, deadline - time.perf_counter()))
+        except queue.Empty:
+            raise timed_out(when) from None
+
+    # Init: from process start until the runtime first asks for work (or reports).
+    deadline = t0 + timeout_s
+    while True:
+        note = next_note(deadline, "during init")
+        if note[0] == "next":
+            print(f"init: {(note[1] - t0) * 1000:.0f} ms", file=err, flush=True)
+            break
+        if note[0] == "init_error":
+            print(_one_line_json(note[1]), file=out, flush=True)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            pump.join(timeout=2)
+            return 2
+        if note[0] == "exit":
+            raise crashed("during init", note[1])
+
+    status = 0
+    for i, event in enumerate(events, 1):
+        if len(event) > MAX_REQUEST_BYTES:
+            status = 1
+            print(json.dumps({
+                "errorType": "RequestTooLargeException",
+                "errorMessage": f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the InvokeFunction operation",
+            }), file=out, flush=True)
+            continue
+        t1 = time.perf_counter()
+        request_id = api.enqueue(event)
+        deadline = t1 + timeout_s
+        while True:
+            note = next_note(deadline, f"to event {i}")
+            if note[0] in ("response", "error") and note[1] == request_id:
+                break
+            if note[0] == "exit":
+                raise crashed(f"while handling event {i}", note[1])
+        print(f"invoke {i}: {(note[3] - t1) * 1000:.1f} ms", file=err, flush=True)
+        body = note[2]
+        if note[0] == "error":
+            status = 1
+        elif len(body) > MAX_RESPONSE_BYTES:
+            status = 1
+            body = json.dumps({
+                "errorType": "Function.ResponseSizeTooLarge",
+                "errorMessage": "Response payload size exceeded maximum allowed payload size "
+                f"({MAX_RESPONSE_BYTES} bytes).",
+            }).encode()
+        print(_one_line_json(body), file=out, flush=True)
+    return status
+
+
+# ---------------------------------------------------------------- Lambda container images
+
+
+def _load_archive(eng, archive: Path, progress: Progress) -> str:
+    """`podman/docker load` an OCI archive; the reference it was loaded as."""
+    with progress.step(f"{eng.name} load {archive.name}"):
+        out = eng.run([eng.path, "load", "-i", str(archive)], f"loading {archive}").stdout
+    # podman: "Loaded image: REF" or "Loaded image(s): REF"; docker: "Loaded image: REF" / "Loaded image ID: ID".
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("Loaded image"):
+            return line.split(":", 1)[1].strip().split(",")[0]
+    raise InvokeError(f"{eng.name} loaded {archive} but did not say as what:\n    {out.strip()}", where=str(archive))
+
+
+def invoke_image(
+    image: str | Path,
+    events: list[bytes],
+    *,
+    engine: str | None = None,
+    progress: Progress = QUIET,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    timeout_s: float = 900,
+) -> int:
+    """Run a Lambda container image (a tag, or an OCI archive to load) as Lambda would:
+    the container's own entrypoint (the base image's runtime interface client) against the
+    Runtime API served here, with the same events, output and exit status as invoke_zip."""
+    from builder.container.engine import find_engine
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    for i, ev in enumerate(events, 1):
+        try:
+            json.loads(ev)
+        except ValueError as e:
+            raise InvokeError(f"event {i} is not valid JSON ({e}); Lambda accepts only JSON payloads",
+                              where=f"event {i}: {ev[:80]!r}", hint='pass a JSON document, e.g. {"inputs": "a sentence"}') from None
+    eng = find_engine(engine, run=True)
+    ref = _load_archive(eng, Path(image), progress) if isinstance(image, Path) else image
+    try:
+        info = eng.inspect(ref)
+    except Exception as e:  # noqa: BLE001 - an unknown reference: say so in our words
+        raise InvokeError(f"no such image {ref}", where=str(image),
+                          hint="build it with `edgebundle image build OUT/<target>/lambda-image`, or pass its "
+                               "OCI archive") from e
+    labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
+    if labels.get("io.edgebundle.format") not in (None, "lambda-image"):
+        raise InvokeError(f"{ref} is a {labels['io.edgebundle.format']} image, not a Lambda image", where=str(image),
+                          hint="serving images answer HTTP: podman run -p 127.0.0.1:8080:8080 IMAGE")
+    arch = {"amd64": "x86_64", "arm64": "arm64"}.get(info.get("Architecture", "amd64"), info.get("Architecture"))
+    name = "edgebundle-local"
+    region = _DEFAULT_REGION
+    api = _RuntimeAPI(f"arn:aws:lambda:{region}:{_ACCOUNT}:function:{name}", timeout_s)
+    container = f"edgebundle-invoke-{secrets.token_hex(6)}"
+    proc: subprocess.Popen | None = None
+    try:
+        api.start()
+        env = {"AWS_LAMBDA_RUNTIME_API": api.address, "AWS_LAMBDA_FUNCTION_NAME": name,
+               "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
+               "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+               "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + secrets.token_hex(16),
+               "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand", "AWS_REGION": region, "AWS_DEFAULT_REGION": region,
+               "TZ": ":UTC"}
+        if arch == "arm64":
+            env.update(sandbox.emulator_env(arch))  # QEMU_CPU: fault on what Graviton2 lacks
+        # Host network: the Runtime API listens on this machine's loopback, as the
+        # emulator does beside a function on Lambda.
+        cmd = [eng.path, "run", "--rm", "--name", container, "--network", "host", "--pull", "never",
+               *[a for k, v in sorted(env.items()) for a in ("-e", f"{k}={v}")], ref]
+        where = f"{ref} ({arch}, {eng.name})"
+
+        def start() -> subprocess.Popen:
+            nonlocal proc
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            return proc
+
+        with _termination_as_interrupt():
+            return _converse(start, api, events, out, err, timeout_s, where=where)
+    finally:
+        if proc is not None:
+            _stop(proc)
+        subprocess.run([eng.path, "rm", "-f", *(["-t", "0"] if eng.name == "podman" else []), container], capture_output=True, stdin=subprocess.DEVNULL)
+        api.close()

@@ -37,4 +37,10 @@ class FormatSpec:
 
 FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
     FormatSpec("lambda", "AWS Lambda zip (x86_64, arm64)", "builder.bundle.formats.lambda_zip"),
+    FormatSpec("lambda-image", "AWS Lambda container image build context (x86_64, arm64; up to 10 GB)",
+               "builder.bundle.formats.lambda_image"),
+    FormatSpec("serve-image", "model server image build context (SageMaker + KServe v2 + /metrics; any target) "
+               "with Kubernetes and KServe YAML", "builder.bundle.formats.serve_image"),
+    FormatSpec("auto", "lambda when the zip fits Lambda's limits, lambda-image otherwise",
+               "builder.bundle.formats.auto"),
 )}

@@ -21,7 +21,7 @@ from builder.bundle.render import render
 from builder.bundle.stage import WHEEL_GLIBC, stage_bundle
 from builder.compiler.targets import TargetSpec
 from builder.errors import BundleError
-from builder.options import BuildOptions
+from builder.options import DEFAULT_PYTHON, BuildOptions
 from builder.versions import EDGEBUNDLE_VERSION
 from runtime.manifest import read as read_manifest
 
@@ -55,7 +55,11 @@ def precheck(target: TargetSpec, options: BuildOptions) -> None:
     if target.platform.name not in ARCHITECTURES:
         raise BundleError(f"format lambda is not available for {target.platform.name} code",
                           hint=f"Lambda runs {', '.join(ARCHITECTURES)}")
-    python_platform(options.python)
+    python_platform(options.python or DEFAULT_PYTHON)
+
+
+class TooBigForZip(BundleError):
+    """The zip would exceed Lambda's unzipped limit (format auto then writes lambda-image)."""
 
 
 def _too_big(stage: Path, size: int, manifest, out_zip: Path) -> BundleError:
@@ -63,7 +67,7 @@ def _too_big(stage: Path, size: int, manifest, out_zip: Path) -> BundleError:
     weights = (stage / manifest.weights.file).stat().st_size if manifest.weights else 0
     code = sum((stage / lib.file).stat().st_size for lib in manifest.libraries)
     rest = size - weights - code
-    return BundleError(
+    return TooBigForZip(
         f"the Lambda bundle would be {size / MIB:.0f} MiB unzipped: weights {weights / MIB:.0f} MiB, compiled "
         f"code {code / MIB:.1f} MiB, runtime and packages {rest / MIB:.1f} MiB; Lambda allows "
         f"{UNZIPPED_LIMIT / MIB:.0f} MiB unzipped, layers included",
@@ -71,14 +75,14 @@ def _too_big(stage: Path, size: int, manifest, out_zip: Path) -> BundleError:
         hint=("the weights alone exceed what a zip may hold: use a smaller checkpoint (a distilled or MiniLM-size "
               "model) for Lambda zips; " if weights > UNZIPPED_LIMIT else
               "use a smaller checkpoint (or fewer --seq-buckets, each adds compiled code); ")
-        + "the compiled model in OUT/<target> runs anywhere else with runtime/ (edgebundle inspect shows its "
-          "files); Lambda container images (10 GB) are not supported by this edgebundle yet")
+        + "or ship it as a Lambda container image (up to 10 GB): --format lambda-image, or --format auto to "
+          "choose by size")
 
 
 def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress) -> dict:
     precheck(target, options)
     manifest = read_manifest(target_dir)
-    plat = python_platform(options.python)
+    plat = python_platform(options.python or DEFAULT_PYTHON)
     if not plat["deployable"]:
         progress.warn(
             f"python{plat['python']} on Lambda runs {plat['os']} (glibc {plat['glibc']}), older than the "

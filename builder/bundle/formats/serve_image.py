@@ -1,0 +1,106 @@
+"""Format `serve-image`: a build context for an image running the model server
+(`python -m runtime.serve`: SageMaker /ping + /invocations, KServe v2, /metrics) on any
+target, plus a Kubernetes Deployment + Service and a KServe InferenceService for it.
+
+Bases: CPU targets a slim Debian image with the bundle's Python; cuda NVIDIA's CUDA 13
+runtime image (Ubuntu 24.04, whose python3 is 3.12, installed by the Dockerfile since
+NVIDIA ships none). `--base-image` takes any image with `python3` of the bundle's version
+on PATH (and, for cuda, libcudart.so.13).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from builder.bundle.context import image_name, size_of, write_context
+from builder.bundle.render import render
+from builder.bundle.stage import pinned
+from builder.compiler.targets import TargetSpec
+from builder.errors import BundleError
+from builder.fsutil import atomic_write
+from builder.options import DEFAULT_PYTHON, BuildOptions
+from builder.versions import EDGEBUNDLE_VERSION
+from runtime.manifest import read as read_manifest
+
+NAME = "serve-image"
+CONTEXT = "serve-image"
+APP_DIR = "/opt/edgebundle/app"
+MODEL_DIR = "/opt/edgebundle/model"
+PORT = 8080
+PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
+# NVIDIA's CUDA 13.0 update 2 runtime (libcudart.so.13, which libtvm_runtime_cuda.so links),
+# the release of the nvcc the cuda target is tested with.
+CUDA_BASE = "docker.io/nvidia/cuda:13.0.2-runtime-ubuntu24.04"
+CUDA_BASE_PYTHON = "3.12"  # Ubuntu 24.04's python3
+MIB = 1024 * 1024
+
+
+def default_base(target: TargetSpec, python: str) -> str:
+    return CUDA_BASE if target.device == "cuda" else f"docker.io/library/python:{python}-slim"
+
+
+def _python(target: TargetSpec, options: BuildOptions) -> str:
+    if target.device == "cuda" and options.base_image(NAME, target.name) is None:
+        if options.python not in (None, CUDA_BASE_PYTHON):
+            raise BundleError(
+                f"format {NAME}: the default cuda base ({CUDA_BASE}) runs Ubuntu 24.04's python{CUDA_BASE_PYTHON}, "
+                f"not python{options.python}",
+                hint=f"drop --python (or use {CUDA_BASE_PYTHON}), or pass --base-image with a CUDA 13 image that "
+                     f"has python{options.python}")
+        return CUDA_BASE_PYTHON
+    python = options.python or DEFAULT_PYTHON
+    if python not in PYTHONS:
+        raise BundleError(f"format {NAME}: python{python} is not supported", hint=f"use --python {', '.join(PYTHONS)}")
+    return python
+
+
+def precheck(target: TargetSpec, options: BuildOptions) -> None:
+    _python(target, options)
+
+
+def sizing(target_dir: Path, manifest) -> dict:
+    """Kubernetes requests from the model. Memory: the mapped weights and code count in full
+    once warm, plus 25% for activations of a max batch and 256 MiB for Python, the
+    tokenizer and the server; rounded up to 64 MiB. CPU: 1, or 2 for models above 100 MiB."""
+    model_bytes = sum(rec["size"] for rec in manifest.files.values())
+    memory = math.ceil((model_bytes * 1.25 + 256 * MIB) / (64 * MIB)) * 64
+    cpus = 2 if model_bytes > 100 * MIB else 1
+    return {"memory": f"{memory}Mi", "cpus": cpus,
+            "sizing_note": f"model files {model_bytes / MIB:.0f} MiB -> memory {memory}Mi, cpu {cpus}"}
+
+
+def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress) -> dict:
+    python = _python(target, options)
+    manifest = read_manifest(target_dir)
+    given = options.base_image(NAME, target.name)
+    base = given or default_base(target, python)
+    gpu = target.device == "cuda"
+    entrypoint = ["python3", "-m", "runtime.serve", MODEL_DIR, "--host", "0.0.0.0", "--port", str(PORT)]
+    health = ["python3", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/ping', "
+                               "timeout=2)"]
+    ctx = target_dir / CONTEXT
+    record = write_context(
+        ctx, target_dir, manifest, target, python=python, template="image/serve.Dockerfile.j2",
+        title="model server image",
+        values={"install_python": gpu and given is None, "port": PORT, "start_period_s": 60,
+                "healthcheck": health, "entrypoint": entrypoint},
+        code={}, extra_requirements=(pinned("waitress"),),
+        info={"format": NAME, "base_image": base, "base_image_default": given is None, "port": PORT,
+              "gpu": gpu, "entrypoint": entrypoint},
+        progress=progress, app_dir=APP_DIR, model_dir=MODEL_DIR)
+    size = sizing(target_dir, manifest)
+    app_name = image_name(manifest.model.name).replace(".", "-").replace("_", "-")[:50].strip("-") or "model"
+    app_name = f"{app_name}-{target.name.replace('_', '-')}"
+    written = {}
+    for template, filename in (("image/k8s.yaml.j2", "k8s.yaml"), ("image/kserve.yaml.j2", "kserve.yaml")):
+        atomic_write(target_dir / f"{CONTEXT}.{filename}", render(
+            template, model_name=manifest.model.name, target=target.name, edgebundle_version=EDGEBUNDLE_VERSION,
+            image=record["tag"], filename=f"{CONTEXT}.{filename}", app_name=app_name, port=PORT, gpu=gpu,
+            startup_failures=60, **size).encode())
+        written[filename] = f"{CONTEXT}.{filename}"
+    files = size_of(ctx)
+    progress.info(f"    {CONTEXT}/: {files / MIB:.1f} MiB of files on {base}, python{python} "
+                  f"{target.platform.name}{' + CUDA' if gpu else ''}; image tag {record['tag']}; "
+                  f"{', '.join(written.values())} beside it")
+    return {"path": CONTEXT, "tag": record["tag"], "base_image": base, "python": python,
+            "context_sha256": record["context_sha256"], "size": files, "kubernetes": written}
