@@ -105,11 +105,13 @@ class Batcher:
     # -- worker ------------------------------------------------------------------------
     def _take(self) -> list:
         """The next batch, oldest request first: items of the oldest item's key, in queue
-        order, while they fit in max_batch rows. Called with the lock held."""
+        order, while they fit in max_batch rows. The oldest item is always taken: one of more
+        rows than max_batch (a list of inputs under --max-batch 1) runs alone. Called with the
+        lock held."""
         first = self._pending[0]
         batch, rows, keep = [], 0, collections.deque()
         for entry in self._pending:
-            if entry[3] == first[3] and rows + entry[4] <= self.max_batch:
+            if entry is first or (entry[3] == first[3] and rows + entry[4] <= self.max_batch):
                 batch.append(entry)
                 rows += entry[4]
             else:
@@ -132,12 +134,14 @@ class Batcher:
                 if not self._pending:
                     return
                 deadline = self._pending[0][5] + self.window_s
-                while (not self._closing and self._decoding() > 0
+                while (not self._closing and self._decoding() > 0 and self._pending
                        and self._ready_rows(self._pending[0][3]) < self.max_batch):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cv.wait(left)
+                if not self._pending:  # what it waited with timed out meanwhile
+                    continue
                 batch = self._take()
                 jobs = {id(e[0]): e[0] for e in batch}
                 self._running += len(jobs)

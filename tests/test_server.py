@@ -1,0 +1,1014 @@
+"""The model server (runtime/serve.py over waitress, runtime/server.py, runtime/batching.py)
+over real HTTP on loopback, against PyTorch: both protocols, batching under concurrency,
+every refusal, a bounded load test, graceful shutdown, readiness. The Batcher's queue logic
+is tested on its own with a fake model; everything else runs the tiny builds for real."""
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reference
+from runtime.batching import Batcher, Closed, QueueFull
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SENTENCES = [  # 1 to 40 words: token counts on both sides of the compiled lengths 16 and 32
+    "Hi.",
+    "The cat sits on the mat.",
+    "Stocks fell sharply on Monday after the report.",
+    "A quick brown fox jumps over the lazy dog near the river bank.",
+    "She said that the meeting would be moved to Thursday because of the holiday.",
+    "Rain.",
+    "Compilers turn programs written by people into instructions that machines execute quickly.",
+    "Why?",
+    "The museum opened a new wing dedicated to early photography and the people who made it possible "
+    "in the nineteenth century.",
+    "Tea or coffee, and how many sugars would you like in it this morning?",
+    "Ok",
+    "Batching requests together makes better use of the processor when many clients are waiting at once "
+    "for their answers from the same model on the same machine.",
+    "Good night, moon.",
+    "He runs.",
+    "The committee will publish its findings after reviewing every submission carefully.",
+    "One two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen",
+]
+CONNECTION_LOST = ("ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "RemoteDisconnected",
+                   "ConnectionAbortedError")
+
+
+# -- helpers: a server in a subprocess, HTTP calls, Prometheus text -------------------------------
+class Response:
+    def __init__(self, status: int, headers: dict, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<{self.status} {self.body[:300]!r}>"
+
+
+class Server:
+    """`python -m runtime.serve DIR --port 0 ARGS` with its stdout (one JSON event a line)
+    and stderr drained by threads, so the pipes never fill."""
+
+    def __init__(self, model_dir, *args, wait_ready: bool = True, timeout: float = 120):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.serve", str(model_dir), "--port", "0", *map(str, args)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.lines, self.events, self.stderr = [], [], []
+        self._cv = threading.Condition()
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for t in self._readers:
+            t.start()
+        try:
+            listening = self.wait_event("listening", timeout)
+            self.port, self.name, self.pid = listening["port"], listening["model"], listening["pid"]
+            assert self.port > 0 and self.pid == self.proc.pid
+            if wait_ready:
+                self.wait_event("ready", timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _read_stdout(self):
+        for line in self.proc.stdout:
+            with self._cv:
+                self.lines.append(line)
+                try:
+                    self.events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+                self._cv.notify_all()
+        with self._cv:
+            self._cv.notify_all()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def wait_event(self, what: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for e in self.events:
+                    if e.get("event") == what:
+                        return e
+                if self.proc.poll() is not None and not self._readers[0].is_alive():
+                    raise AssertionError(f"the server exited ({self.proc.returncode}) before {what!r}: "
+                                         f"{''.join(self.lines)}{''.join(self.stderr)}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {what!r} event within {timeout} s: {''.join(self.lines)}"
+                                         f"{''.join(self.stderr)}")
+                self._cv.wait(min(left, 0.5))
+
+    def of(self, what: str) -> list[dict]:
+        with self._cv:
+            return [e for e in self.events if e.get("event") == what]
+
+    def call(self, method: str, path: str, body=None, headers=None, timeout: float = 60) -> Response:
+        return call(self.port, method, path, body, headers, timeout)
+
+    def post(self, path: str, body, **kw) -> Response:
+        return self.call("POST", path, body, **kw)
+
+    def get(self, path: str, **kw) -> Response:
+        return self.call("GET", path, **kw)
+
+    def metrics(self) -> dict:
+        r = self.get("/metrics")
+        assert r.status == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4"), r
+        return parse_metrics(r.body.decode())
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then the exit status (SIGKILL and a failure past `timeout`)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the server did not exit within {timeout} s of SIGTERM") from None
+        for t in self._readers:
+            t.join(5)
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for t in self._readers:
+            t.join(5)
+
+
+def call(port: int, method: str, path: str, body=None, headers=None, timeout: float = 60) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send `data` as is and read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def split_response(raw: bytes) -> tuple[int, dict, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return status, headers, body
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict:
+    """Prometheus text format -> {(name, frozenset of label pairs): value}; every line must
+    be a comment or a well-formed sample."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            assert not line or line.startswith(("# HELP ", "# TYPE ")), line
+            continue
+        m = _SAMPLE.match(line)
+        assert m, f"not a Prometheus sample: {line!r}"
+        samples[(m.group(1), frozenset(_LABEL.findall(m.group(2) or "")))] = float(m.group(3))
+    return samples
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 if none)."""
+    want = {(k, str(v)) for k, v in labels.items()}
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def batch_sizes(samples: dict) -> dict:
+    """{"le" bound: cumulative count} of edgebundle_batch_size."""
+    return {dict(ls)["le"]: v for (n, ls), v in samples.items() if n == "edgebundle_batch_size_bucket"}
+
+
+def tolerance(build) -> dict:
+    from runtime import manifest
+
+    v = manifest.read(build).validation
+    return {"atol": v["atol"], "rtol": v["rtol"]}
+
+
+def v2_inputs(tensors: dict, datatype="INT64") -> list[dict]:
+    return [{"name": k, "shape": list(np.shape(v)), "datatype": datatype, "data": np.ravel(v).tolist()}
+            for k, v in tensors.items()]
+
+
+def assert_error(r: Response, status: int, fragment: str):
+    assert r.status == status, r
+    assert r.headers["content-type"] == "application/json", r.headers
+    error = r.json()["error"]
+    assert isinstance(error, str) and fragment in error, error
+
+
+def softmax(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# -- the Batcher's queue logic, with a fake model ---------------------------------------------------
+class FakeItem:
+    def __init__(self, value, rows: int = 1, key=None):
+        self.value, self.rows, self.key = value, rows, key
+
+
+class FakeModel:
+    """execute() records each batch and answers each item with (value, rows in the batch);
+    `gate` (when cleared) holds the worker inside a call so requests pile up behind it."""
+
+    def __init__(self, fail_when=None):
+        self.batches = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_when = fail_when
+
+    def execute(self, items):
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.batches.append([i.value for i in items])
+        if self.fail_when and self.fail_when(items):
+            raise RuntimeError(f"model failed on {[i.value for i in items]}")
+        rows = sum(i.rows for i in items)
+        return [(i.value, rows) for i in items]
+
+
+def _batcher(model, max_batch=4, window_s=0.0, max_queue=64, decoding=lambda: 0):
+    return Batcher(model.execute, lambda item: item.key, max_batch, window_s, max_queue, decoding=decoding)
+
+
+def _submit_async(batcher, items, timeout=10):
+    """submit() on a thread; returns (thread, result dict with "value" or "error")."""
+    result = {}
+    queued = threading.Event()
+
+    def run():
+        try:
+            result["value"] = batcher.submit(items, timeout, on_queued=queued.set)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            result["error"] = e
+        queued.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert queued.wait(10)
+    return t, result
+
+
+def _hold(batcher, model):
+    """Put the worker inside a call (on item "hold") so later submissions queue up."""
+    model.gate.clear()
+    model.entered.clear()
+    t, r = _submit_async(batcher, [FakeItem("hold")])
+    assert model.entered.wait(10)
+    return t, r
+
+
+def test_batcher_respects_max_batch_and_answers_everyone():
+    model = FakeModel()
+    b = _batcher(model, max_batch=4)
+    held = _hold(b, model)
+    waiting = [_submit_async(b, [FakeItem(n)]) for n in range(10)]
+    assert b.depth == 10
+    model.gate.set()
+    for t, r in [held, *waiting]:
+        t.join(10)
+    for n, (_, r) in enumerate(waiting):
+        outputs, batches = r["value"]
+        assert outputs[0][0] == n
+        assert batches == [outputs[0][1]]
+    assert [len(batch) for batch in model.batches] == [1, 4, 4, 2]
+    assert b.depth == 0 and not b.busy
+    b.close()
+    b.join(5)
+
+
+def test_batcher_never_mixes_keys_and_keeps_fifo_order():
+    model = FakeModel()
+    b = _batcher(model, max_batch=3)
+    held = _hold(b, model)
+    keys = ["a", "b", "a", "a", "b", "c", "a", "b", "a"]
+    waiting = [_submit_async(b, [FakeItem(f"{k}{n}", key=k)]) for n, k in enumerate(keys)]
+    model.gate.set()
+    for t, _ in [held, *waiting]:
+        t.join(10)
+    batches = model.batches[1:]
+    for batch in batches:
+        assert len({v[0] for v in batch}) == 1, batches  # one key per batch
+        assert len(batch) <= 3
+    # Oldest request first; within a key, queue order.
+    assert batches == [["a0", "a2", "a3"], ["b1", "b4", "b7"], ["c5"], ["a6", "a8"]]
+    assert all("value" in r for _, r in waiting)
+
+
+def test_batcher_fifo_with_batching_off():
+    model = FakeModel()
+    b = _batcher(model, max_batch=1)
+    held = _hold(b, model)
+    waiting = [_submit_async(b, [FakeItem(n)]) for n in range(8)]
+    model.gate.set()
+    for t, _ in [held, *waiting]:
+        t.join(10)
+    assert model.batches == [["hold"], *([n] for n in range(8))]
+
+
+def test_batcher_item_larger_than_max_batch_runs_alone():
+    """A request item of more rows than max_batch (a list of inputs, with --max-batch 1) runs
+    in a call of its own instead of never being taken."""
+    model = FakeModel()
+    b = _batcher(model, max_batch=1)
+    outputs, batches = b.submit([FakeItem("two rows", rows=2), FakeItem("one row")], 5)
+    assert [o[0] for o in outputs] == ["two rows", "one row"] and batches == [2, 1]
+    held = _hold(b, model)
+    big = _submit_async(b, [FakeItem("big", rows=3)])
+    small = _submit_async(b, [FakeItem("small")])
+    model.gate.set()
+    for t, _ in (held, big, small):
+        t.join(10)
+    assert big[1]["value"][1] == [3] and small[1]["value"][1] == [1]
+    assert model.batches[-2:] == [["big"], ["small"]]
+
+
+def test_batcher_queue_full():
+    model = FakeModel()
+    b = _batcher(model, max_batch=1, max_queue=3)
+    held = _hold(b, model)  # taken by the worker: no longer in the queue
+    waiting = [_submit_async(b, [FakeItem(n)]) for n in range(3)]
+    assert b.depth == 3
+    with pytest.raises(QueueFull):
+        b.submit([FakeItem("one too many")], 5)
+    assert b.depth == 3
+    model.gate.set()
+    for t, r in [held, *waiting]:
+        t.join(10)
+        assert "value" in r
+    assert b.submit([FakeItem("later")], 5)[0] == [("later", 1)]
+    assert ["one too many"] not in model.batches
+
+
+def test_batcher_timeout_drops_the_request():
+    model = FakeModel()
+    b = _batcher(model, max_batch=4)
+    held = _hold(b, model)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        b.submit([FakeItem("late"), FakeItem("late too")], 0.2)
+    assert 0.19 <= time.monotonic() - start < 5
+    assert b.depth == 0  # dropped from the queue
+    model.gate.set()
+    held[0].join(10)
+    assert b.submit([FakeItem("next")], 5)[0] == [("next", 1)]
+    assert all("late" not in batch and "late too" not in batch for batch in model.batches)
+
+
+def test_batcher_survives_a_timeout_during_the_batching_window():
+    """The only queued request times out while the worker waits for more rows to join it:
+    the worker must go on serving (it used to die on the empty queue)."""
+    decoding = [1]  # a request the server is "still decoding" keeps the worker waiting
+    model = FakeModel()
+    b = _batcher(model, max_batch=4, window_s=0.5, decoding=lambda: decoding[0])
+    with pytest.raises(TimeoutError):
+        b.submit([FakeItem("gone")], 0.05)
+    time.sleep(0.7)  # past the window: the worker wakes to an empty queue
+    decoding[0] = 0
+    assert b.submit([FakeItem("next")], 5)[0] == [("next", 1)]
+    assert model.batches == [["next"]]
+
+
+def test_batcher_exception_reaches_every_request_of_the_batch():
+    model = FakeModel(fail_when=lambda items: any(i.value == "poison" for i in items))
+    b = _batcher(model, max_batch=8)
+    held = _hold(b, model)
+    waiting = [_submit_async(b, [FakeItem(v)]) for v in ("x", "poison", "y")]
+    model.gate.set()
+    for t, _ in [held, *waiting]:
+        t.join(10)
+    assert model.batches[1] == ["x", "poison", "y"]
+    for _, r in waiting:
+        assert isinstance(r.get("error"), RuntimeError) and "poison" in str(r["error"])
+    assert "value" in held[1]
+    # The worker goes on.
+    assert b.submit([FakeItem("fine")], 5)[0] == [("fine", 1)]
+    assert not b.busy
+
+
+def test_batcher_multi_item_request_keeps_its_order_across_batches():
+    model = FakeModel()
+    b = _batcher(model, max_batch=2)
+    outputs, batches = b.submit([FakeItem(n) for n in range(5)], 5)
+    assert [o[0] for o in outputs] == [0, 1, 2, 3, 4]
+    assert batches == [2, 2, 2, 2, 1]  # per item: the rows of the call it ran in
+
+
+def test_batcher_close_drains_then_stops():
+    model = FakeModel()
+    b = _batcher(model, max_batch=2)
+    held = _hold(b, model)
+    waiting = [_submit_async(b, [FakeItem(n)]) for n in range(5)]
+    b.close()
+    with pytest.raises(Closed):
+        b.submit([FakeItem("after close")], 5)
+    assert b.busy
+    model.gate.set()
+    for t, r in [held, *waiting]:
+        t.join(10)
+        assert "value" in r
+    b.join(5)
+    assert not b._worker.is_alive()
+    assert sorted(v for batch in model.batches[1:] for v in batch) == [0, 1, 2, 3, 4]
+
+
+def test_batcher_window_waits_only_for_requests_being_decoded():
+    # Nobody decoding: a lone request runs at once, however long the window.
+    model = FakeModel()
+    b = _batcher(model, max_batch=4, window_s=5.0)
+    start = time.monotonic()
+    b.submit([FakeItem("alone")], 10)
+    assert time.monotonic() - start < 1
+    # A request being decoded: the worker waits (up to the window) for it to join.
+    decoding = [1]
+    b2 = _batcher(model, max_batch=4, window_s=5.0, decoding=lambda: decoding[0])
+    first = _submit_async(b2, [FakeItem("first")])
+    time.sleep(0.2)
+    assert "value" not in first[1]
+
+    def decoded():
+        decoding[0] = 0
+
+    b2.submit([FakeItem("second")], 10, on_queued=decoded)
+    first[0].join(10)
+    assert model.batches[-1] == ["first", "second"]
+
+
+def test_cli_refuses_bad_options_and_missing_model(tmp_path):
+    def serve(*args):
+        return subprocess.run([sys.executable, "-m", "runtime.serve", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    for option in ("--max-batch", "--max-queue", "--timeout-s", "--max-body-mb", "--idle-timeout-s"):
+        p = serve(tmp_path, option, "0")
+        assert p.returncode == 2 and f"{option} must be positive" in p.stderr, p.stderr
+    p = serve(tmp_path, "--batch-window-ms", "-1")
+    assert p.returncode == 2 and "--batch-window-ms" in p.stderr
+    p = serve(tmp_path / "nothing-here", "--port", "0")
+    assert p.returncode == 1 and "no such file" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+# -- the server over HTTP, on the tiny builds --------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tiny_bert_build):
+    """Default options (batching up to the model's 32 rows)."""
+    s = Server(tiny_bert_build)
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def serial(tiny_bert_build):
+    """Batching off: the reference for answers under concurrency."""
+    s = Server(tiny_bert_build, "--max-batch", "1")
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def tight(tiny_bert_build):
+    """Small limits: a one-request queue, 2 s per request, 0.5 MB bodies, 1 s idle connections."""
+    s = Server(tiny_bert_build, "--max-batch", "1", "--max-queue", "1", "--timeout-s", "2", "--max-body-mb", "0.5",
+               "--idle-timeout-s", "1")
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def cls_server(tiny_bert_cls_build):
+    s = Server(tiny_bert_cls_build)
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_bert_dir):
+    """PyTorch's mean-pooled embedding of each of SENTENCES, computed alone (transformers'
+    own tokenizer, truncated to the build's 32 tokens)."""
+    return {s: reference.hf_text(tiny_bert_dir, [s], "feature-extraction")[0] for s in SENTENCES}
+
+
+def _invocations(server, sentence, **kw) -> np.ndarray:
+    r = server.post("/invocations", {"inputs": sentence}, **kw)
+    assert r.status == 200, r
+    return np.array(r.json())
+
+
+@pytest.mark.slow
+def test_sagemaker_task_mode_matches_pytorch(server, tiny_bert_build, expected):
+    tol = tolerance(tiny_bert_build)
+    one = server.post("/invocations", {"inputs": SENTENCES[1]})
+    assert one.status == 200 and one.headers["content-type"] == "application/json", one
+    np.testing.assert_allclose(np.array(one.json()), expected[SENTENCES[1]], **tol)
+    many = server.post("/invocations", {"inputs": SENTENCES})
+    assert many.status == 200, many
+    answer = np.array(many.json())
+    assert answer.shape == (len(SENTENCES), 128)
+    np.testing.assert_allclose(answer, np.stack([expected[s] for s in SENTENCES]), **tol)
+    # More inputs than the model's max batch (32): split into several calls, order kept.
+    lots = [SENTENCES[n % len(SENTENCES)] for n in range(70)]
+    answer = np.array(server.post("/invocations", {"inputs": lots}).json())
+    np.testing.assert_allclose(answer, np.stack([expected[s] for s in lots]), **tol)
+
+
+@pytest.mark.slow
+def test_sagemaker_tensor_mode_matches_pytorch(server, tiny_bert_build, tiny_bert_dir):
+    tensors = reference.tokenize(tiny_bert_build / "tokenizer.json", SENTENCES[:4])
+    r = server.post("/invocations", {"tensors": tensors}, headers={"X-Request-Id": "tensor-mode-1"})
+    assert r.status == 200 and r.headers["x-request-id"] == "tensor-mode-1", r
+    ours = np.array(r.json()["tensors"]["sentence_embedding"])
+    assert ours.shape == (4, 128)
+    np.testing.assert_allclose(ours, reference.bert_mean_embeddings(tiny_bert_dir, tensors), **tolerance(tiny_bert_build))
+    logged = [e for e in server.of("request") if e["id"] == "tensor-mode-1"]
+    assert len(logged) == 1 and logged[0]["status"] == 200 and logged[0]["path"] == "/invocations"
+
+
+@pytest.mark.slow
+def test_kserve_v2_infer_matches_pytorch(server, tiny_bert_build, tiny_bert_dir):
+    tensors = reference.tokenize(tiny_bert_build / "tokenizer.json", SENTENCES[2:5])
+    r = server.post(f"/v2/models/{server.name}/infer", {"id": "req-7", "inputs": v2_inputs(tensors)})
+    assert r.status == 200, r
+    answer = r.json()
+    assert answer["model_name"] == server.name and answer["id"] == "req-7"
+    [out] = answer["outputs"]
+    assert out["name"] == "sentence_embedding" and out["datatype"] == "FP32" and out["shape"] == [3, 128]
+    assert isinstance(out["data"], list) and len(out["data"]) == 3 * 128 and isinstance(out["data"][0], float)
+    np.testing.assert_allclose(np.reshape(out["data"], out["shape"]),
+                               reference.bert_mean_embeddings(tiny_bert_dir, tensors), **tolerance(tiny_bert_build))
+    # Asking for the output by name; nested data is accepted as well as flat.
+    inputs = v2_inputs(tensors)
+    for entry in inputs:
+        entry["data"] = np.reshape(entry["data"], entry["shape"]).tolist()
+    r2 = server.post(f"/v2/models/{server.name}/infer",
+                     {"inputs": inputs, "outputs": [{"name": "sentence_embedding"}]})
+    assert r2.status == 200 and r2.json()["outputs"][0]["data"] == out["data"]
+
+
+@pytest.mark.slow
+def test_text_classification_over_both_protocols(cls_server, tiny_bert_cls_build, tiny_bert_cls_dir):
+    tol = tolerance(tiny_bert_cls_build)
+    labels = ["negative", "neutral", "positive"]
+    logits = reference.hf_text(tiny_bert_cls_dir, SENTENCES[:3], "text-classification")
+    r = cls_server.post("/invocations", {"inputs": SENTENCES[:3]})
+    assert r.status == 200, r
+    for answer, row in zip(r.json(), softmax(logits)):
+        assert [a["label"] for a in answer] == [labels[i] for i in np.argsort(-row, kind="stable")]
+        np.testing.assert_allclose([a["score"] for a in answer], np.sort(row)[::-1], **tol)
+    top1 = cls_server.post("/invocations", {"inputs": SENTENCES[0], "parameters": {"top_k": 1}}).json()
+    assert len(top1) == 1 and top1[0]["label"] == labels[int(np.argmax(logits[0]))]
+    tensors = reference.tokenize(tiny_bert_cls_build / "tokenizer.json", SENTENCES[:3])
+    r = cls_server.post(f"/v2/models/{cls_server.name}/infer", {"inputs": v2_inputs(tensors)})
+    assert r.status == 200, r
+    [out] = r.json()["outputs"]
+    assert out["name"] == "logits" and out["shape"] == [3, 3]
+    np.testing.assert_allclose(np.reshape(out["data"], (3, 3)), reference.bert_logits(tiny_bert_cls_dir, tensors), **tol)
+
+
+@pytest.mark.slow
+def test_image_model_v2_fp32_and_task_mode(tiny_resnet_build, tiny_resnet_dir):
+    s = Server(tiny_resnet_build)
+    try:
+        pixels = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+        r = s.post(f"/v2/models/{s.name}/infer", {"inputs": [
+            {"name": "pixel_values", "shape": [2, 3, 64, 64], "datatype": "FP32", "data": pixels.ravel().tolist()}]})
+        assert r.status == 200, r
+        [out] = r.json()["outputs"]
+        assert out["name"] == "logits" and out["shape"] == [2, 4] and out["datatype"] == "FP32"
+        np.testing.assert_allclose(np.reshape(out["data"], (2, 4)), reference.resnet_logits(tiny_resnet_dir, pixels),
+                                   **tolerance(tiny_resnet_build))
+        r = s.post(f"/v2/models/{s.name}/infer", {"inputs": [
+            {"name": "pixel_values", "shape": [2, 3, 64, 64], "datatype": "FP64", "data": pixels.ravel().tolist()}]})
+        assert_error(r, 400, "FP32")
+        answer = s.post("/invocations", {"inputs": reference.png_base64(1)})
+        assert answer.status == 200 and {a["label"] for a in answer.json()} == {"cat", "dog", "bird", "fish"}, answer
+        meta = s.get(f"/v2/models/{s.name}").json()
+        assert meta["inputs"] == [{"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, 64, 64]}]
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.slow
+def test_health_metadata_and_info(server, tiny_bert_build):
+    from runtime import manifest
+
+    m = manifest.read(tiny_bert_build)
+    ping = server.get("/ping")
+    assert ping.status == 200 and ping.json() == {"status": "ready", "model": server.name}
+    assert server.get("/v2/health/live").json() == {"live": True}
+    assert server.get("/v2/health/ready").json() == {"ready": True}
+    assert server.get(f"/v2/models/{server.name}/ready").status == 200
+    meta = server.get(f"/v2/models/{server.name}")
+    assert meta.status == 200, meta
+    meta = meta.json()
+    assert meta["name"] == server.name and meta["platform"] == "edgebundle_tvm_x86_64"
+    assert meta["inputs"] == [{"name": t.name, "datatype": "INT64", "shape": [-1, -1]} for t in m.inputs]
+    assert meta["outputs"] == [{"name": "sentence_embedding", "datatype": "FP32", "shape": [-1, 128]}]
+    v2 = server.get("/v2").json()
+    assert v2["name"] == "edgebundle" and v2["version"] == m.versions.edgebundle
+    info = server.get("/").json()
+    assert info["model"] == server.name and info["task"] == "feature-extraction" and info["ready"] is True
+    assert info["max_batch"] == m.max_batch == 32
+
+
+@pytest.mark.slow
+def test_metrics(server):
+    before = server.metrics()
+    assert server.post("/invocations", {"inputs": "counted"}).status == 200
+    assert server.post("/invocations", {"inputs": 42}).status == 400
+    assert server.get("/no/such/path").status == 404
+    after = server.metrics()
+    for status, n in (("200", 1), ("400", 1)):
+        assert (metric(after, "edgebundle_requests_total", endpoint="invocations", status=status)
+                - metric(before, "edgebundle_requests_total", endpoint="invocations", status=status)) == n
+    assert (metric(after, "edgebundle_requests_total", endpoint="unknown", status="404")
+            - metric(before, "edgebundle_requests_total", endpoint="unknown", status="404")) == 1
+    # The latency histogram: cumulative buckets ending at +Inf == count, a positive sum.
+    buckets = sorted(((float(dict(ls)["le"]), v) for (n, ls), v in after.items()
+                      if n == "edgebundle_request_duration_seconds_bucket" and ("endpoint", "invocations") in ls))
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts) and buckets[-1][0] == math.inf
+    assert counts[-1] == metric(after, "edgebundle_request_duration_seconds_count", endpoint="invocations")
+    assert counts[-1] == metric(after, "edgebundle_requests_total", endpoint="invocations")
+    assert metric(after, "edgebundle_request_duration_seconds_sum", endpoint="invocations") > 0
+    sizes = batch_sizes(after)
+    assert list(sizes) == ["1", "2", "4", "8", "16", "32", "+Inf"]
+    assert sizes["+Inf"] == metric(after, "edgebundle_batch_size_count") >= 2
+    assert sizes["+Inf"] - batch_sizes(before)["+Inf"] >= 1
+    assert metric(after, "edgebundle_batch_duration_seconds_count") == sizes["+Inf"]
+    assert metric(after, "edgebundle_queue_depth", model=server.name) == 0
+    assert metric(after, "edgebundle_requests_in_flight") == 1  # the /metrics request itself
+    assert metric(after, "edgebundle_model_ready") == 1
+    assert 0 < metric(after, "edgebundle_model_load_seconds") < 60
+
+
+# -- batching under concurrency --------------------------------------------------------------------
+def _concurrently(server, sentences, rounds: int) -> dict:
+    """Each sentence from its own thread (keep-alive connection), `rounds` times, all threads
+    released together; {sentence: [answers]}."""
+    answers = {s: [] for s in sentences}
+    errors = []
+    barrier = threading.Barrier(len(sentences))
+
+    def client(sentence):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            body = json.dumps({"inputs": sentence})
+            for _ in range(rounds):
+                barrier.wait(30)
+                conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                if r.status != 200:
+                    errors.append((r.status, data))
+                else:
+                    answers[sentence].append(np.array(json.loads(data)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+            barrier.abort()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in sentences]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:5]
+    return answers
+
+
+@pytest.mark.slow
+def test_concurrent_answers_equal_sequential_ones(server, serial, tiny_bert_build, expected):
+    tol = tolerance(tiny_bert_build)
+    sequential = {s: _invocations(serial, s) for s in SENTENCES}
+    for s in SENTENCES:
+        np.testing.assert_allclose(sequential[s], expected[s], **tol)
+    before = batch_sizes(server.metrics())
+    concurrent = _concurrently(server, SENTENCES, rounds=10)
+    after = batch_sizes(server.metrics())
+    worst = 0.0
+    for s in SENTENCES:
+        assert len(concurrent[s]) == 10
+        for answer in concurrent[s]:
+            worst = max(worst, float(np.abs(answer - sequential[s]).max()))
+            np.testing.assert_allclose(answer, sequential[s], **tol)
+    # Padding to a longer compiled length changes float sums in the last bits only.
+    assert worst < 1e-5, worst
+    calls = after["+Inf"] - before["+Inf"]
+    single = after["1"] - before["1"]
+    assert calls - single > 0, f"no batch of more than one row in {calls} calls: {after}"
+    assert calls < len(SENTENCES) * 10, "every request ran alone"
+    multi = [e for e in server.of("request") if e.get("batch", 1) > 1]
+    assert multi, "no request logged a batch of more than one row"
+    # Batching off: however concurrent the clients, one row per call.
+    before = batch_sizes(serial.metrics())
+    again = _concurrently(serial, SENTENCES, rounds=3)
+    after = batch_sizes(serial.metrics())
+    assert after["+Inf"] - before["+Inf"] == after["1"] - before["1"] == len(SENTENCES) * 3
+    for s in SENTENCES:
+        for answer in again[s]:
+            np.testing.assert_allclose(answer, sequential[s], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_batching_off_still_answers_lists_and_multi_row_tensors(serial, tiny_bert_build, expected):
+    """--max-batch 1 with a request of several rows: it runs in a call of its own (it used
+    to wait, never taken, until 504, holding every request behind it)."""
+    start = time.monotonic()
+    r = serial.post("/invocations", {"inputs": SENTENCES[:5]}, timeout=20)
+    assert r.status == 200, r
+    assert time.monotonic() - start < 10
+    np.testing.assert_allclose(np.array(r.json()), np.stack([expected[s] for s in SENTENCES[:5]]),
+                               **tolerance(tiny_bert_build))
+    tensors = reference.tokenize(tiny_bert_build / "tokenizer.json", SENTENCES[:2])
+    r = serial.post("/invocations", {"tensors": tensors}, timeout=20)
+    assert r.status == 200 and len(r.json()["tensors"]["sentence_embedding"]) == 2, r
+    assert _invocations(serial, "after").shape == (128,)
+
+
+# -- refusals ---------------------------------------------------------------------------------------
+def _tensors(ids, mask=None, types=None):
+    mask = mask if mask is not None else [[1] * len(row) for row in ids]
+    types = types if types is not None else [[0] * len(row) for row in ids]
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _v2(ids=((101, 2023, 102),), **changes):
+    """A valid v2 request for token ids `ids`, with fields of its entries replaced:
+    changes={"input_ids": {"datatype": "FP32"}} etc."""
+    inputs = v2_inputs(_tensors([list(r) for r in ids]))
+    for entry in inputs:
+        entry.update(changes.get(entry["name"], {}))
+    return {"inputs": inputs}
+
+
+BAD_INVOCATIONS = [
+    ("{not json", "not valid JSON"),
+    ("", "empty"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (json.dumps([1, 2]), "JSON object"),
+    (json.dumps({"input": "typo"}), 'missing "inputs"'),
+    (json.dumps({"inputs": 42}), "string"),
+    (json.dumps({"inputs": []}), '"inputs"'),
+    (json.dumps({"inputs": ["ok", 3]}), '"inputs"[1]'),
+    (json.dumps({"inputs": "x" * 5000}), "characters"),
+    (json.dumps({"inputs": "a", "tensors": {}}), "not both"),
+    (json.dumps({"inputs": "a", "parameters": [1]}), '"parameters"'),
+    (json.dumps({"tensors": [1, 2]}), '"tensors" must be an object'),
+    (json.dumps({"tensors": {"input_ids": [[1] * 8]}}), "missing"),
+    (json.dumps({"tensors": {**_tensors([[1] * 8]), "extra": [[1] * 8]}}), "unknown ['extra']"),
+    (json.dumps({"tensors": _tensors([[1] * 33])}), "length 33"),
+    (json.dumps({"tensors": _tensors([[1] * 8] * 33)}), "batch 33"),
+    (json.dumps({"tensors": _tensors([[1] * 8], types=[[0] * 9])}), "seq=9"),
+    (json.dumps({"tensors": _tensors([1] * 8, [1] * 8, [0] * 8)}), "shape"),
+    (json.dumps({"tensors": _tensors([[[1] * 8]])}), "shape"),
+    (json.dumps({"tensors": _tensors([[99999] * 8])}), "values must be in"),
+    (json.dumps({"tensors": _tensors([[-1] * 8])}), "values must be in"),
+    (json.dumps({"tensors": _tensors([[1.5] * 8])}), "integers"),
+    (json.dumps({"tensors": _tensors([["a"] * 8])}), "numbers"),
+    (json.dumps({"tensors": _tensors([[2 ** 70] * 8])}), "outside int64"),
+    (json.dumps({"tensors": _tensors([[1] * 8, [1] * 5])}), "rectangular"),
+    (json.dumps({"tensors": _tensors([[]])}), "empty"),
+]
+
+
+@pytest.mark.slow
+def test_bad_invocations_are_400_and_change_nothing(server, expected):
+    for body, fragment in BAD_INVOCATIONS:
+        r = server.post("/invocations", body)
+        assert_error(r, 400, fragment)
+        assert r.headers["x-request-id"]
+    np.testing.assert_allclose(_invocations(server, SENTENCES[3]), expected[SENTENCES[3]], atol=1e-5, rtol=0)
+
+
+BAD_V2 = [
+    ({}, '"inputs"'),
+    ({"inputs": []}, '"inputs"'),
+    ({"inputs": "abc"}, '"inputs"'),
+    ({"inputs": [1]}, '"inputs"[0]'),
+    ({"inputs": [{"name": "input_ids", "shape": [1, 3], "data": [1, 2, 3]}]}, '"datatype"'),
+    (_v2(input_ids={"name": "nope"}), "unknown input 'nope'"),
+    ({"inputs": _v2()["inputs"] + _v2()["inputs"][:1]}, "given twice"),
+    ({"inputs": _v2()["inputs"][:2]}, "missing ['token_type_ids']"),
+    (_v2(input_ids={"datatype": "FP32"}), "'FP32'; the model takes INT64"),
+    (_v2(input_ids={"datatype": "INT32"}), "INT32"),
+    (_v2(input_ids={"shape": [1, 4]}), "shape [1, 4] needs 4"),
+    (_v2(input_ids={"shape": [3]}), "shape"),
+    (_v2(input_ids={"shape": [1, 0]}), "positive integers"),
+    (_v2(input_ids={"shape": [1, -3]}), "positive integers"),
+    (_v2(input_ids={"shape": "1,3"}), "positive integers"),
+    (_v2(input_ids={"shape": [1, True, 3]}), "positive integers"),
+    (_v2(input_ids={"data": "101 2023 102"}), '"data" must be a list'),
+    (_v2(input_ids={"data": [101.5, 2023, 102]}), "integers"),
+    (_v2(input_ids={"data": [101, 99999, 102]}), "values must be in"),
+    (_v2(token_type_ids={"shape": [3, 1]}), "has batch=3, other inputs have 1"),
+    (_v2(ids=[[1] * 40]), "length 40"),
+    ({**_v2(), "outputs": [{"name": "pooler"}]}, "unknown outputs ['pooler']"),
+    ({**_v2(), "outputs": "sentence_embedding"}, '"outputs"'),
+]
+
+
+@pytest.mark.slow
+def test_bad_v2_requests_are_400_and_change_nothing(server):
+    path = f"/v2/models/{server.name}/infer"
+    for body, fragment in BAD_V2:
+        assert_error(server.post(path, body), 400, fragment)
+    assert_error(server.post(path, "{"), 400, "not valid JSON")
+    good = server.post(path, _v2())
+    assert good.status == 200 and good.json()["outputs"][0]["shape"] == [1, 128], good
+
+
+@pytest.mark.slow
+def test_unknown_model_path_and_method(server):
+    assert_error(server.post("/v2/models/other-model/infer", _v2()), 404, "unknown model 'other-model'")
+    assert_error(server.get("/v2/models/other-model"), 404, "other-model")
+    assert_error(server.get("/v2/models/other-model/ready"), 404, "other-model")
+    for path in ("/nope", "/v1/models/x:predict", "/invocations/extra", f"/v2/models/{server.name}/explain",
+                 "/v2/models"):
+        r = server.get(path)
+        assert_error(r, 404, f"no such path {path}")
+        assert "/invocations" in r.json()["error"]
+    for method, path, allowed in (("GET", "/invocations", "POST"), ("POST", "/ping", "GET"),
+                                  ("PUT", f"/v2/models/{server.name}/infer", "POST"), ("DELETE", "/metrics", "GET"),
+                                  ("GET", f"/v2/models/{server.name}/infer", "POST"),
+                                  ("POST", f"/v2/models/{server.name}", "GET")):
+        r = server.call(method, path, body="{}" if method != "GET" else None)
+        assert_error(r, 405, f"{method} is not allowed on {path}")
+        assert r.headers["allow"] == allowed
+    assert server.get("/ping").status == 200
+
+
+@pytest.mark.slow
+def test_malformed_http_is_a_json_400(server):
+    for raw in (b"GARBAGE\r\n\r\n", b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        status, headers, body = split_response(raw_exchange(server.port, raw))
+        assert status == 400, (raw, body)
+        assert headers["content-type"] == "application/json" and json.loads(body)["error"], body
+    assert server.get("/ping").status == 200
+
+
+@pytest.mark.slow
+def test_chunked_body_is_accepted(server, expected):
+    body = json.dumps({"inputs": SENTENCES[1]}).encode()
+    raw = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+           + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:])) + b"0\r\n\r\n")
+    status, _, answer = split_response(raw_exchange(server.port, raw))
+    assert status == 200, answer
+    np.testing.assert_allclose(json.loads(answer), expected[SENTENCES[1]], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_oversize_body_is_refused_before_it_is_sent(tight):
+    before = tight.metrics()
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000\r\nX-Request-Id: too-big\r\n\r\n")
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", tight.port), timeout=10) as s:
+        s.sendall(head)  # and not one byte of the gigabyte
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < int(
+                re.search(rb"Content-Length: (\d+)", raw).group(1) if re.search(rb"Content-Length: (\d+)", raw) else 1):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    assert time.monotonic() - start < 5
+    status, headers, body = split_response(raw)
+    assert status == 413 and headers["content-type"] == "application/json", raw
+    assert headers.get("connection") == "close"
+    error = json.loads(body)["error"]
+    assert "Too Large" in error and str(int(0.5 * 1024 * 1024)) in error, error
+    after = tight.metrics()
+    assert (metric(after, "edgebundle_requests_total", status="413")
+            - metric(before, "edgebundle_requests_total", status="413")) == 1
+    # Just under the limit is read (and refused for what it says, not its size).
+    r = tight.post("/invocations", b"[" + b"1," * 200_000 + b"1]")
+    assert_error(r, 400, "JSON object")
+    assert tight.post("/invocations", {"inputs": "fine"}).status == 200
+
+
+@pytest.mark.slow
+def test_stalled_clients_block_nobody_and_are_closed(tight):
+    """Connections that send half a request and stall (more of them than the server has
+    threads) hold no thread: other requests are answered; after --idle-timeout-s (1 s) the
+    stalled connections are closed."""
+    stalled = []
+    try:
+        for n in range(24):  # the tight server runs 1 + 1 + 4 = 6 threads
+            s = socket.create_connection(("127.0.0.1", tight.port), timeout=15)
+            s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inp" if n % 2
+                      else b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Le")
+            stalled.append(s)
+        start = time.monotonic()
+        for sentence in SENTENCES[:6]:
+            r = tight.post("/invocations", {"inputs": sentence}, timeout=10)
+            assert r.status == 200, r
+        assert time.monotonic() - start < 5
+        for s in stalled:
+            began = time.monotonic()
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", data  # closed without an answer
+            assert time.monotonic() - began < 10
+        assert tight.post("/invocations", {"inputs": "after"}).status == 200
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def _big_request(n=3000):
+    # ~1.5 ms per 32-row call on the tiny model: seconds of work in one request.
+    return {"inputs": [f"sentence number {i}, long enough to be truncated at thirty-two tokens by the tokenizer, "
+                       f"which is what the build configured for every input it will ever see" for i in range(n)]}
+
+
+def _wait_metric(server, name, value, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metric(server.metrics(), name) == value:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{name} never reached {value}")
+
+
+@pytest.mark.slow
+def test_full_queue_is_503_and_slow_answers_504(tight):
+    """--max-queue 1: while one request waits for the model the next is refused with 503 +
+    Retry-After; --timeout-s 2: a request the model cannot finish in time gets 504; the
+    server then answers normally."""
+    big = {}
+
+    def send_big():
+        start = time.monotonic()
+        big["response"] = tight.post("/invocations", _big_request(), timeout=60)
+        big["seconds"] = time.monotonic() - start
+
+    t = threading.Thread(target=send_big)
+    t.start()
+    try:
+        _wait_metric(tight, "edgebundle_queue_depth", 1)
+        r = tight.post("/invocations", {"inputs": "no room"}, timeout=10)
+        assert_error(r, 503, "queue is full")
+        assert r.headers["retry-after"] == "1"
+        r = tight.post(f"/v2/models/{tight.name}/infer", _v2(), timeout=10)
+        assert_error(r, 503, "queue is full")
+    finally:
+        t.join(60)
+    assert_error(big["response"], 504, "no answer within 2 s")
+    assert 1.9 < big["seconds"] < 10, big["seconds"]
+    _wait_metric(tight, "edgebundle_queue_depth", 0)
+    m = tight.metrics()
+    assert metric(m, "edgebundle_requests_total", endpoint="invocations", status="503") >= 1
+    assert metric(m, "edgebundle_requests_total", endpoint="v2_infer", status="503") >= 1
+    assert metric(m, "edgebundle_requests_total", endpoint="invocations", status="504") >= 1
+    for sentence in SENTENCES[:3]:
+        assert _invocations(tight, sentence).shape == (128,)
