@@ -205,6 +205,11 @@ def test_cli_build_with_image_formats(tiny_bert_dir, tmp_path):
 # ------------------------------------------------------------------ images (podman)
 
 
+def _rmi(tag: str) -> None:
+    """Test images go when their test is done (the stand-in bases stay, cached)."""
+    subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
+
+
 def _invoke_image(ref, events: list) -> tuple[int, list, str]:
     from builder.local.lambda_runtime import invoke_image
 
@@ -221,7 +226,9 @@ def lambda_image_x86(tiny_bert_build, tmp_path_factory):
 
     t = _copy_target(tiny_bert_build, tmp_path_factory.mktemp("limg") / "x86_64")
     _format("lambda-image", t, base_images={"": standin_images.lambda_base("x86_64")})
-    return t, build_image(t / "lambda-image")
+    built = build_image(t / "lambda-image")
+    yield t, built
+    _rmi(built["tag"])
 
 
 @needs_podman
@@ -249,7 +256,7 @@ def test_image_build_is_reproducible(lambda_image_x86):
     from builder.container.images import build_image
 
     t, first = lambda_image_x86
-    subprocess.run(["podman", "rmi", "-f", first["tag"]], check=True, capture_output=True)
+    _rmi(first["tag"])
     # No cached layers: built again from the context alone.
     again = build_image(t / "lambda-image", archive=False)
     assert again["layers"] == first["layers"] and len(first["layers"]) >= 4
@@ -258,7 +265,7 @@ def test_image_build_is_reproducible(lambda_image_x86):
 @needs_podman
 @pytest.mark.slow
 @pytest.mark.emulated_arm64
-def test_lambda_image_arm64_matches_pytorch(tiny_bert_dir, tiny_bert_arm64_build, tmp_path):
+def test_lambda_image_arm64_matches_pytorch(tiny_bert_dir, tiny_bert_arm64_build, tmp_path, request):
     from builder.container.images import build_image
 
     if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
@@ -266,6 +273,7 @@ def test_lambda_image_arm64_matches_pytorch(tiny_bert_dir, tiny_bert_arm64_build
     t = _copy_target(tiny_bert_arm64_build, tmp_path / "arm64")
     _format("lambda-image", t, target="arm64", base_images={"": standin_images.lambda_base("arm64")})
     built = build_image(t / "lambda-image", archive=False)
+    request.addfinalizer(lambda: _rmi(built["tag"]))
     assert built["platform"] == "linux/arm64"
     tensors = reference.tokenize(t / "tokenizer.json", SENTENCES)
     rc, (answer,), _ = _invoke_image(built["tag"], [{"tensors": tensors}])
@@ -288,12 +296,13 @@ def _http(port: int, method: str, path: str, body=None) -> tuple[int, dict]:
 
 @needs_podman
 @pytest.mark.slow
-def test_serve_image_answers_both_protocols(tiny_bert_cls_dir, tiny_bert_cls_build, tmp_path):
+def test_serve_image_answers_both_protocols(tiny_bert_cls_dir, tiny_bert_cls_build, tmp_path, request):
     from builder.container.images import build_image
 
     t = _copy_target(tiny_bert_cls_build, tmp_path / "x86_64")
     _format("serve-image", t, base_images={"": standin_images.serve_base("x86_64")})
     built = build_image(t / "serve-image", archive=False)
+    request.addfinalizer(lambda: _rmi(built["tag"]))
     name = f"edgebundle-test-{os.getpid()}"
     port = 18000 + os.getpid() % 1000
     subprocess.run(["podman", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", built["tag"],
@@ -349,6 +358,7 @@ def test_cuda_serve_context_builds(tiny_resnet_multi_build, tmp_path):
     ctx = t / "serve-image"
     assert (ctx / "deps" / "libtvm_runtime_cuda.so").is_file()
     built = build_image(ctx, archive=False)
+    _rmi(built["tag"])
     assert built["tag"] == rec["tag"]
     k8s = list(yaml.safe_load_all((t / "serve-image.k8s.yaml").read_text()))
     assert k8s[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1

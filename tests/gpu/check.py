@@ -1,7 +1,9 @@
 """GPU check: cuda builds run on the GPU through the shipped runtime, in a fresh process where
 torch, tvm, tvm_ffi, numpy and the builder cannot be imported (a staged bundle: runtime/,
 libtvm_ffi.so, libtvm_runtime.so, libtvm_runtime_cuda.so, tokenizers / Pillow wheels),
-compared with PyTorch on CUDA (fp32, TF32 off) at batch 1 and 32, and timed against it.
+compared with PyTorch on CUDA (fp32, TF32 off) at batch 1 and 32, and timed against it; and the
+model server (`python -m runtime.serve`, what the cuda serving image runs) answering v2 and
+SageMaker requests from 8 concurrent clients on the tiny BERT.
 
 Two halves, so that the build can happen where TVM and nvcc are and the run where the GPU is:
 
@@ -91,7 +93,7 @@ def prepare(root: Path, arch: str, python: str, tiny_only: bool) -> None:
     """Build, stage and write inputs under root; root/plan.json lists what --run runs."""
     import tiny_models
     from builder.build import build
-    from builder.bundle.stage import copy_runtime, vendor_runtime
+    from builder.bundle.stage import copy_runtime, pinned, vendor_runtime
     from builder.compiler.cuda import device_code_of
     from builder.compiler.targets import TARGETS
     from builder.options import DEFAULT_CUDA_ARCHS, BuildOptions
@@ -126,7 +128,9 @@ def prepare(root: Path, arch: str, python: str, tiny_only: bool) -> None:
         # leaving it out keeps the directory under the device's 64 MiB carry.
         if manifest.preprocessing.kind == "text" and not staged:
             stage.mkdir(exist_ok=True)
-            vendor_runtime(stage, manifest, TARGETS["cuda"], python, Progress(quiet=True))
+            # waitress: the model server (what the cuda serving image runs) is checked too.
+            vendor_runtime(stage, manifest, TARGETS["cuda"], python, Progress(quiet=True),
+                           extra=(pinned("waitress"),))
             staged.add("text")
         inputs = root / "inputs" / name
         inputs.mkdir(parents=True, exist_ok=True)
@@ -209,6 +213,61 @@ def _libcudart_dirs() -> list[str]:
     return found
 
 
+def _serve_check(target_dir: Path, env: dict, arrays: dict, ref: np.ndarray) -> dict:
+    """The model server (as the cuda serving image starts it) on the GPU: v2 infer and
+    SageMaker tensor mode agree with PyTorch; 8 concurrent clients (batched) as well."""
+    import http.client
+    import threading
+
+    log = target_dir.parent / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.serve", str(target_dir), "--port", "0"],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        port, deadline = None, time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = log.read_text().splitlines()
+            port = next((json.loads(x)["port"] for x in lines if '"event":"listening"' in x), None)
+            if port and any('"event":"ready"' in x for x in lines):
+                break
+            time.sleep(0.2)
+        else:
+            return {"ok": False, "error": log.read_text()[-2000:]}
+
+        def post(path, body):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = json.loads(resp.read())
+            conn.close()
+            return resp.status, data
+
+        one = {k: v[:1] for k, v in arrays.items()}
+        name = json.loads((target_dir / "model.json").read_text())["model"]["name"]
+        status, v2 = post(f"/v2/models/{name}/infer", {"inputs": [
+            {"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.ravel().tolist()}
+            for k, v in one.items()]})
+        diffs = [float(np.max(np.abs(np.array(v2["outputs"][0]["data"]).reshape(1, -1) - ref[:1])))
+                 if status == 200 else float("inf")]
+        answers = [None] * 8
+
+        def client(i):
+            answers[i] = post("/invocations", {"tensors": {k: v[i:i + 1].tolist() for k, v in arrays.items()}})
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, (st, body) in enumerate(answers):
+            out = next(iter(body["tensors"].values())) if st == 200 else None
+            diffs.append(float(np.max(np.abs(np.array(out) - ref[i:i + 1]))) if out is not None else float("inf"))
+        return {"ok": max(diffs) <= ATOL, "max_abs_diff": max(diffs)}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def run(root: Path, runs: int) -> list[dict]:
     import torch
 
@@ -255,6 +314,10 @@ def run(root: Path, runs: int) -> list[dict]:
                                         "ours_ms": round(got["warm_ms"], 3), "torch_eager_ms": round(torch_ms, 3),
                                         "speedup_vs_torch": round(torch_ms / got["warm_ms"], 2)}
             result["ok"] &= diff <= ATOL
+        if entry["model"] == "tiny-bert":
+            arrays = {name: _read(Path(p), fmt, shape) for name, (p, fmt, shape) in index["32"].items()}
+            result["server"] = _serve_check(root / entry["target_dir"], env, arrays, ref_fn(arrays))
+            result["ok"] &= result["server"]["ok"]
         print(json.dumps(result), flush=True)
         results.append(result)
     return results
