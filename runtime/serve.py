@@ -154,6 +154,9 @@ def _drain(app, server, channel_type, timeout_s: float, turn) -> int:
     deadline = started + timeout_s
     while pending() and time.monotonic() < deadline:
         turn()
+        # With the listening socket gone the server no longer closes idle connections on its
+        # own: a client stalled mid-request would hold the exit until the drain timeout.
+        server.maintenance(time.time())
     left = pending()
     if app.batcher is not None:
         app.batcher.close()
@@ -167,8 +170,17 @@ def _drain(app, server, channel_type, timeout_s: float, turn) -> int:
 
 def _json_error_channel(base, app):
     """waitress's own refusals (413 oversize body, 400 malformed HTTP) as JSON errors,
-    counted and logged like the application's answers."""
-    from waitress.task import ErrorTask
+    counted and logged like the application's answers; while draining, every answer closes
+    its connection (a WSGI application may not send Connection: close itself), so clients
+    on keep-alive connections reconnect and find the next server instead of holding the
+    drain open with requests answered 503."""
+    from waitress.task import ErrorTask, WSGITask
+
+    class DrainingTask(WSGITask):
+        def build_response_header(self):
+            if app.draining:
+                self.set_close_on_finish()
+            return super().build_response_header()
 
     class JsonErrorTask(ErrorTask):
         def execute(self):
@@ -180,9 +192,11 @@ def _json_error_channel(base, app):
             self.content_length = len(body)
             self.write(body)
             app.metrics.observe_request("refused", e.code, 0.0)
-            app.log_request("-", self.request.command or "-", self.request.path or "-", e.code, 0.0)
+            # A start line waitress could not parse leaves no command or path on the request.
+            method, path = (getattr(self.request, a, None) or "-" for a in ("command", "path"))
+            app.log_request("-", method, path, e.code, 0.0)
 
-    return type("JsonErrorChannel", (base,), {"error_task_class": JsonErrorTask})
+    return type("JsonErrorChannel", (base,), {"error_task_class": JsonErrorTask, "task_class": DrainingTask})
 
 
 def main(argv=None) -> int:

@@ -85,11 +85,11 @@ class App:
         except BaseException as e:  # noqa: BLE001 - reported by the serving loop, which exits
             self.load_error = e
             return
-        self.model = model
         self.batcher = Batcher(model.execute, model.batch_key, self.max_batch, self.options.batch_window_ms / 1000,
                                self.options.max_queue, decoding=lambda: self._decoding,
                                on_batch=self.metrics.observe_batch)
         self.metrics.queue_depth = lambda: self.batcher.depth
+        self.model = model  # last: a model makes the server ready, and requests then need the batcher
         self.metrics.load_seconds = time.perf_counter() - start
         self.metrics.ready = True
         self.event("ready", load_ms=round(self.metrics.load_seconds * 1000, 1), max_batch=self.max_batch,
@@ -130,10 +130,10 @@ class App:
         finally:
             with self._lock:
                 self.metrics.in_flight -= 1
+        # No "Connection: close" while draining: a hop-by-hop header, which WSGI servers refuse
+        # (waitress turned every answer into a 500): serve.py closes them after each answer.
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
                    ("X-Request-Id", request_id), *headers]
-        if self.draining:  # clients reconnect, and find the next server
-            headers.append(("Connection", "close"))
         start_response(f"{status} {_STATUS.get(status, 'Error')}", headers)
         seconds = time.perf_counter() - start
         self.metrics.observe_request(endpoint, status, seconds)
@@ -230,7 +230,10 @@ class App:
         def on_queued():
             nonlocal queued
             queued = True
-            self._decoding -= 1  # the batcher's lock is held: its worker sees both at once
+            # Under the batcher's lock too: its worker sees the request queued and no longer
+            # decoding at once. (Lock order: batcher, then app; never the reverse.)
+            with self._lock:
+                self._decoding -= 1
 
         try:
             items, finish = decode_items()
