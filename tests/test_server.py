@@ -500,6 +500,28 @@ def test_batcher_window_waits_only_for_requests_being_decoded():
     assert model.batches[-1] == ["first", "second"]
 
 
+def test_batcher_window_waits_after_a_batch_of_several_rows():
+    """Under load (the last model call held several rows) a lone queued request waits up to
+    the window for its neighbours, whose clients are about to send again; after a one-row
+    call it runs at once."""
+    model = FakeModel()
+    b = _batcher(model, max_batch=4, window_s=0.4)
+    b.submit([FakeItem("pair", rows=2)], 10)  # a two-row call: the load signal
+    start = time.monotonic()
+    b.submit([FakeItem("after-pair")], 10)
+    assert time.monotonic() - start >= 0.3  # waited (nobody came)
+    start = time.monotonic()
+    b.submit([FakeItem("after-single")], 10)
+    assert time.monotonic() - start < 0.3  # the last call had one row: no wait
+    # A request arriving within the window joins the waiting one.
+    b.submit([FakeItem("pair2", rows=2)], 10)
+    first = _submit_async(b, [FakeItem("a")])
+    time.sleep(0.1)
+    b.submit([FakeItem("b")], 10)
+    first[0].join(10)
+    assert model.batches[-1] == ["a", "b"]
+
+
 def test_cli_refuses_bad_options_and_missing_model(tmp_path):
     def serve(*args):
         return subprocess.run([sys.executable, "-m", "runtime.serve", *map(str, args)], cwd=ROOT,
