@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("invoke", help="run a lambda.zip or Lambda container image locally the way AWS Lambda runs it")
     i.add_argument("bundle", help="a lambda.zip, a Lambda image's OCI archive (lambda-image.oci.tar), or a "
-                                  "Lambda image tag (edgebundle/NAME:TARGET-SHA)")
+                                  "Lambda image tag (localhost/edgebundle/NAME:TARGET-SHA)")
     i.add_argument("--engine", choices=["podman", "docker"], help="container engine for images (default: the "
                                                                   "first installed of podman, docker)")
     i.add_argument("--event", action="append", type=Path, required=True,
@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     ib.add_argument("context", type=Path, help="OUT/<target>/lambda-image or OUT/<target>/serve-image")
     ib.add_argument("--engine", choices=["podman", "buildah", "docker"],
                     help="default: the first installed of podman, buildah, docker")
-    ib.add_argument("--tag", help="image tag (default: the context's, edgebundle/NAME:TARGET-SHA)")
+    ib.add_argument("--tag", help="image tag (default: the context's, localhost/edgebundle/NAME:TARGET-SHA)")
     ib.add_argument("--no-archive", dest="archive", action="store_false",
                     help="do not write CONTEXT.oci.tar")
     ib.add_argument("--quiet", action="store_true")
@@ -156,11 +156,10 @@ def cmd_invoke(args) -> int:
         raise InvokeError("that is a directory", where=str(bundle),
                           hint="pass OUT/<target>/lambda.zip, a Lambda image's OCI archive or its tag")
     if not bundle.is_file():
-        if "/" in args.bundle and ":" in args.bundle.rsplit("/", 1)[-1] and not args.bundle.endswith((".zip", ".tar")):
-            image = args.bundle  # an image reference
-        else:
+        if args.bundle.endswith((".zip", ".tar", ".json")) or not args.bundle.strip():
             raise InvokeError("no such bundle", where=str(bundle),
                               hint="pass OUT/<target>/lambda.zip, a Lambda image's OCI archive or its tag")
+        image = args.bundle  # an image reference (the engine says if it has none such)
     elif not args.bundle.endswith(".zip"):
         image = bundle  # an OCI archive
     events = []

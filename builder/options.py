@@ -28,8 +28,8 @@ class BuildOptions:
     seq_buckets: tuple[int, ...] | None = None
     # The bundle's Python; None: the format's default (DEFAULT_PYTHON, or what its base image runs).
     python: str | None = None
-    # Image formats' base images: (key, image) pairs; key "" for all, else FORMAT, TARGET or
-    # FORMAT/TARGET.
+    # Image formats' base images: (key, image) pairs in the order given (a later one of the
+    # same key wins); key "" for all, else FORMAT, TARGET or FORMAT/TARGET.
     base_images: tuple[tuple[str, str], ...] = ()
     cpu: tuple[str, ...] = ()  # LLVM CPUs: NAME, or TARGET=NAME
     cuda_archs: tuple[str, ...] = DEFAULT_CUDA_ARCHS  # SASS in the fatbin; PTX of the newest
@@ -43,7 +43,7 @@ class BuildOptions:
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(dict.fromkeys([value] if isinstance(value, str) else value or ())))
         pairs = self.base_images.items() if isinstance(self.base_images, dict) else self.base_images or ()
-        object.__setattr__(self, "base_images", tuple(sorted((str(k), str(v)) for k, v in pairs)))
+        object.__setattr__(self, "base_images", tuple((str(k), str(v)) for k, v in pairs))
         if self.seq_buckets is not None:
             object.__setattr__(self, "seq_buckets", tuple(self.seq_buckets))
         if not self.targets:
@@ -54,7 +54,10 @@ class BuildOptions:
     def base_image(self, fmt: str, target: str) -> str | None:
         """The --base-image given for this format and target, most specific first."""
         given = dict(self.base_images)
-        for key in (f"{fmt}/{target}", fmt, target, ""):
+        # `auto` writes lambda-image contexts: its key names their base too.
+        formats = (fmt, "auto") if fmt == "lambda-image" else (fmt,)
+        keys = [f"{f}/{target}" for f in formats] + list(formats) + [target, ""]
+        for key in keys:
             if key in given:
                 return given[key]
         return None

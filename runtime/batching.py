@@ -4,9 +4,9 @@ worker runs them together, up to the model's max batch.
 The model runs one call at a time (the VM is not re-entrant), so while it runs, requests
 pile up and the next call takes them all. The window (at most `window_s` after the oldest
 queued request) is waited only under load: while the server is still decoding other
-requests, or when the last call held several rows (their clients are about to send again;
+requests, or when the last call held several requests (their clients are about to send again;
 on 2 cores, decoding competes with the model, so requests arrive just after a call starts).
-A lone client (one-row calls, nothing being decoded) never waits. Measured with
+A lone client (one request per call, nothing being decoded) never waits, whatever its rows. Measured with
 examples/bench/serve_load.py (all-MiniLM-L6-v2, 16 clients, short sentences): without the
 load rule batches averaged 5 rows and batching gave 1.25-1.3x the requests/s of serving
 one at a time; with it 1.6-1.7x.
@@ -54,7 +54,7 @@ class Batcher:
         self._running = 0  # requests whose items the worker holds
         self._cv = threading.Condition()
         self._closing = False
-        self._last_rows = 0  # rows of the last model call: a load signal for the window
+        self._last_requests = 0  # requests in the last model call: a load signal for the window
         self._worker = threading.Thread(target=self._loop, name="edgebundle-batcher", daemon=True)
         self._worker.start()
 
@@ -140,8 +140,8 @@ class Batcher:
                     return
                 deadline = self._pending[0][5] + self.window_s
                 # Wait for more only under load: requests still being decoded, or the last
-                # batch held several (their clients are about to send again).
-                while (not self._closing and (self._decoding() > 0 or self._last_rows > 1) and self._pending
+                # call held several requests (their clients are about to send again).
+                while (not self._closing and (self._decoding() > 0 or self._last_requests > 1) and self._pending
                        and self._ready_rows(self._pending[0][3]) < self.max_batch):
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -170,7 +170,7 @@ class Batcher:
         except Exception as e:  # reaches every request of the batch; the server keeps running
             outputs, error = [None] * len(batch), e
         self._on_batch(rows, time.perf_counter() - start)
-        self._last_rows = rows
+        self._last_requests = len({id(e[0]) for e in batch})
         with self._cv:
             for (job, n, *_), out in zip(batch, outputs):
                 job.outputs[n] = out

@@ -47,8 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the model's name in /v2/models/NAME (default: the build's model name)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server, as images do)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT)),
-                   help=f"port (default {DEFAULT_PORT}, SageMaker's)")
+    p.add_argument("--port", type=int,
+                   help=f"port, 0-65535 (default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}, SageMaker's)")
     p.add_argument("--max-batch", type=int,
                    help="most rows per model call (default: the model's max batch; 1 turns batching off)")
     p.add_argument("--batch-window-ms", type=float, default=DEFAULT_BATCH_WINDOW_MS,
@@ -74,8 +74,17 @@ def serve(model_dir: Path, args, ready_message=None) -> int:
         if value is not None and value <= 0:
             print(f"error: {name} must be positive", file=sys.stderr)
             return 2
-    if args.batch_window_ms < 0:
-        print("error: --batch-window-ms must be 0 or more", file=sys.stderr)
+    if args.batch_window_ms < 0 or args.drain_timeout_s < 0:
+        print("error: --batch-window-ms and --drain-timeout-s must be 0 or more", file=sys.stderr)
+        return 2
+    if args.port is None:
+        given = os.environ.get("SAGEMAKER_BIND_TO_PORT", str(DEFAULT_PORT))
+        if not given.isdigit():
+            print(f"error: SAGEMAKER_BIND_TO_PORT={given!r} is not a port number", file=sys.stderr)
+            return 2
+        args.port = int(given)
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port {args.port} is not a port (0-65535)", file=sys.stderr)
         return 2
     try:
         import waitress
@@ -103,9 +112,15 @@ def serve(model_dir: Path, args, ready_message=None) -> int:
             max_request_body_size=int(args.max_body_mb * 1024 * 1024), channel_timeout=args.idle_timeout_s,
             cleanup_interval=max(1, min(30, args.idle_timeout_s / 2)), connection_limit=max(100, 2 * threads),
             clear_untrusted_proxy_headers=True, asyncore_use_poll=True)
-    except OSError as e:
-        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e}",
+              file=sys.stderr)
         return 1
+    if not hasattr(server, "effective_port"):  # a name resolving to several addresses (::1 and 127.0.0.1)
+        server.close()
+        print(f"error: --host {args.host} resolves to several addresses; give one, e.g. 127.0.0.1 or ::1",
+              file=sys.stderr)
+        return 2
     server.channel_class = _json_error_channel(HTTPChannel, app)
 
     stop = threading.Event()

@@ -220,8 +220,9 @@ class App:
     # -- inference ---------------------------------------------------------------------
     def _run(self, decode_items):
         """decode_items() -> (items, finish) on this thread, then the items through the
-        batcher; the answer, and the sizes of the batches it ran in."""
-        if not self.ready:
+        batcher; the answer, and the sizes of the batches it ran in. While draining, what
+        was received is still answered: only the health paths turn 503."""
+        if self.model is None:
             raise self._not_ready()
         with self._lock:
             self._decoding += 1
@@ -275,6 +276,8 @@ class App:
             if not isinstance(entry, dict) or not {"name", "shape", "datatype", "data"} <= set(entry):
                 raise BadInput(f'"inputs"[{n}] must have "name", "shape", "datatype" and "data"')
             name = entry["name"]
+            if not isinstance(name, str):
+                raise BadInput(f'"inputs"[{n}]: "name" must be a string')
             spec = specs.get(name)
             if spec is None:
                 raise BadInput(f'unknown input {name!r}; the model takes {list(specs)}')
@@ -357,6 +360,8 @@ def _read_json(environ):
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HTTPError(400, f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise HTTPError(400, "the body's JSON is nested too deeply") from None
 
 
 def _json(value) -> bytes:

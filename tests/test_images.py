@@ -151,7 +151,7 @@ def test_contexts_layout_deterministic_and_yaml(tiny_bert_build, tmp_path):
     assert (ctx / "deps" / "waitress" / "__init__.py").is_file() and (ctx / "deps" / "libtvm_runtime.so").is_file()
     assert (ctx / "code" / "runtime" / "serve.py").is_file() and (ctx / "model" / "model.weights").is_file()
     info = json.loads((ctx / "image.json").read_text())
-    assert info["tag"] == f"edgebundle/{image_name(info['model'])}:x86_64-{rec['context_sha256'][:12]}"
+    assert info["tag"] == f"localhost/edgebundle/{image_name(info['model'])}:x86_64-{rec['context_sha256'][:12]}"
     assert info["platform"] == "linux/amd64"
     assert info["labels"]["io.edgebundle.weights.sha256"] == json.loads(
         (a / "model.json").read_text())["files"]["model.weights"]["sha256"]

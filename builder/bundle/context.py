@@ -32,7 +32,8 @@ EPOCH = 315532800  # 1980-01-01, the oldest time a zip can record
 
 def image_name(model_name: str) -> str:
     """A repository name from a model name: lowercase [a-z0-9._-], as OCI references allow."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", model_name.rsplit("/", 1)[-1].lower()).strip("-._")
+    slug = re.sub(r"[^a-z0-9._-]+", "-", model_name.rsplit("/", 1)[-1].lower())
+    slug = re.sub(r"[._-]{2,}", "-", slug).strip("-._")  # OCI: one separator between components
     return slug or "model"
 
 
@@ -103,7 +104,9 @@ def write_context(ctx: Path, target_dir: Path, manifest, target, *, python: str,
         record = {**info, "model": manifest.model.name, "target": target.name, "platform": oci_platform(target),
                   "python": python, "requirements": reqs, "glibc_required": elf.max_glibc_of(audit),
                   "context_sha256": digest,
-                  "tag": f"edgebundle/{image_name(manifest.model.name)}:{target.name}-{digest[:12]}",
+                  # Fully qualified as podman stores it: an unqualified edgebundle/NAME would
+                  # mean docker.io/edgebundle/NAME to a cluster pulling the YAML's image.
+                  "tag": f"localhost/edgebundle/{image_name(manifest.model.name)}:{target.name}-{digest[:12]}",
                   "labels": labels, "edgebundle": EDGEBUNDLE_VERSION}
         (tmp / INFO).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         _normalize(tmp)

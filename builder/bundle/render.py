@@ -27,9 +27,14 @@ def _comment(value) -> str:
 
 
 def _dq(value) -> str:
-    """A double-quoted string, escaped: valid in Dockerfile LABEL/ENV/COPY lines and as a YAML
-    scalar (JSON strings are YAML double-quoted scalars)."""
-    return json.dumps(str(value))
+    """A double-quoted Dockerfile string (LABEL, ENV): JSON escapes, and `$` escaped so that
+    the builder does not substitute variables into it."""
+    return json.dumps(str(value), ensure_ascii=False).replace("$", "\\$")
+
+
+def _yaml_str(value) -> str:
+    """A YAML double-quoted scalar (a JSON string is one)."""
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def _json(value) -> str:
@@ -54,5 +59,5 @@ def render(name: str, **values) -> str:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(comment=_comment, dq=_dq, json=_json, image_ref=_image_ref)
+    env.filters.update(comment=_comment, dq=_dq, yaml_str=_yaml_str, json=_json, image_ref=_image_ref)
     return env.get_template(name).render(**values)

@@ -10,7 +10,7 @@ from builder.options import BuildOptions
 
 
 def precheck(target: TargetSpec, options: BuildOptions) -> None:
-    lambda_zip.precheck(target, options)
+    lambda_zip.precheck(target, options, "auto")
     lambda_image.precheck(target, options)
 
 

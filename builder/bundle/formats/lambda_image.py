@@ -37,7 +37,7 @@ def _python(options: BuildOptions) -> str:
 
 
 def precheck(target: TargetSpec, options: BuildOptions) -> None:
-    zip_precheck(target, options)
+    zip_precheck(target, options, NAME)
     _python(options)
 
 

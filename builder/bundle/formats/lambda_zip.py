@@ -48,12 +48,12 @@ def python_platform(python: str) -> dict:
             "os": "Amazon Linux 2023" if deployable else "Amazon Linux 2"}
 
 
-def precheck(target: TargetSpec, options: BuildOptions) -> None:
+def precheck(target: TargetSpec, options: BuildOptions, fmt: str = "lambda") -> None:
     if target.device != "cpu":
-        raise BundleError(f"format lambda is not available for target {target.name}: AWS Lambda has no GPUs",
+        raise BundleError(f"format {fmt} is not available for target {target.name}: AWS Lambda has no GPUs",
                           hint="build --target x86_64 or arm64 for Lambda")
     if target.platform.name not in ARCHITECTURES:
-        raise BundleError(f"format lambda is not available for {target.platform.name} code",
+        raise BundleError(f"format {fmt} is not available for {target.platform.name} code",
                           hint=f"Lambda runs {', '.join(ARCHITECTURES)}")
     python_platform(options.python or DEFAULT_PYTHON)
 

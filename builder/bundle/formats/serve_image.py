@@ -75,9 +75,10 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
     given = options.base_image(NAME, target.name)
     base = given or default_base(target, python)
     gpu = target.device == "cuda"
-    entrypoint = ["python3", "-m", "runtime.serve", MODEL_DIR, "--host", "0.0.0.0", "--port", str(PORT)]
-    health = ["python3", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/ping', "
-                               "timeout=2)"]
+    # No --port: the server takes SAGEMAKER_BIND_TO_PORT when set, else 8080; so does the check.
+    entrypoint = ["python3", "-m", "runtime.serve", MODEL_DIR, "--host", "0.0.0.0"]
+    health = ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ping' % "
+                               f"os.environ.get('SAGEMAKER_BIND_TO_PORT', '{PORT}'), timeout=2)"]
     ctx = target_dir / CONTEXT
     record = write_context(
         ctx, target_dir, manifest, target, python=python, template="image/serve.Dockerfile.j2",
@@ -89,8 +90,9 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
               "gpu": gpu, "entrypoint": entrypoint},
         progress=progress, app_dir=APP_DIR, model_dir=MODEL_DIR)
     size = sizing(target_dir, manifest)
+    # Kubernetes names: DNS labels starting with a letter (KServe's too).
     app_name = image_name(manifest.model.name).replace(".", "-").replace("_", "-")[:50].strip("-") or "model"
-    app_name = f"{app_name}-{target.name.replace('_', '-')}"
+    app_name = f"{'' if app_name[0].isalpha() else 'm-'}{app_name}-{target.name.replace('_', '-')}"
     written = {}
     for template, filename in (("image/k8s.yaml.j2", "k8s.yaml"), ("image/kserve.yaml.j2", "kserve.yaml")):
         atomic_write(target_dir / f"{CONTEXT}.{filename}", render(
