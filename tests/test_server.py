@@ -1117,13 +1117,19 @@ def test_app_is_live_at_once_and_ready_only_after_load(tiny_bert_build):
         assert {"id": "abc", "status": 200, "path": "/invocations"}.items() <= events[-1].items()
         m = parse_metrics(_wsgi(app, "GET", "/metrics")[2].decode())
         assert metric(m, "edgebundle_model_ready") == 1 and metric(m, "edgebundle_model_load_seconds") > 0
-        # Draining: not ready, refusing new work, asking clients to reconnect elsewhere.
+        # Draining: not ready (balancers stop routing here), but what was received is answered.
         app.draining = True
         status, headers, body = _wsgi(app, "GET", "/ping")
         assert status == 503 and "shutting down" in json.loads(body)["error"]
+        assert _wsgi(app, "GET", "/v2/health/ready")[0] == 503
         status, headers, body = _wsgi(app, "POST", "/invocations", json.dumps({"inputs": "late"}).encode())
-        assert status == 503 and headers["retry-after"] == "1" and "shutting down" in json.loads(body)["error"]
+        assert status == 200 and len(json.loads(body)) == 128
         assert _wsgi(app, "GET", "/v2/health/live")[0] == 200
+        # Once the batcher stops (the end of the drain), a request is refused, not lost.
+        app.batcher.close()
+        app.batcher.join(5)
+        status, headers, body = _wsgi(app, "POST", "/invocations", json.dumps({"inputs": "later"}).encode())
+        assert status == 503 and headers["retry-after"] == "1" and "shutting down" in json.loads(body)["error"]
     finally:
         app.batcher.close()
         app.batcher.join(5)
