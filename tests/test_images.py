@@ -248,6 +248,11 @@ def test_lambda_image_x86_64_matches_pytorch(tiny_bert_dir, lambda_image_x86):
     assert archive.name == "lambda-image.oci.tar"
     rc, (again,), _ = _invoke_image(archive, [{"tensors": tensors}])
     assert again == tensor_answer and rc == 0
+    # An archive whose image the store lacked: loaded for the call, removed after it.
+    _rmi(built["tag"])
+    rc, (again,), _ = _invoke_image(archive, [{"tensors": tensors}])
+    assert again == tensor_answer and rc == 0
+    assert subprocess.run(["podman", "image", "exists", built["tag"]]).returncode != 0
 
 
 @needs_podman

@@ -564,6 +564,18 @@ def _converse(start, api: _RuntimeAPI, events: list[bytes], out: TextIO, err: Te
 # ---------------------------------------------------------------- Lambda container images
 
 
+def _archive_ref(archive: Path) -> str | None:
+    """The image name an OCI archive carries (its index's ref.name annotation), if any."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as tar:
+            index = json.load(tar.extractfile("index.json"))
+        return index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    except (OSError, KeyError, IndexError, TypeError, ValueError, tarfile.TarError, AttributeError):
+        return None
+
+
 def _load_archive(eng, archive: Path, progress: Progress) -> str:
     """`podman/docker load` an OCI archive; the reference it was loaded as."""
     with progress.step(f"{eng.name} load {archive.name}"):
@@ -599,7 +611,15 @@ def invoke_image(
             raise InvokeError(f"event {i} is not valid JSON ({e}); Lambda accepts only JSON payloads",
                               where=f"event {i}: {ev[:80]!r}", hint='pass a JSON document, e.g. {"inputs": "a sentence"}') from None
     eng = find_engine(engine, run=True)
-    ref = _load_archive(eng, Path(image), progress) if isinstance(image, Path) else image
+    loaded = None  # a reference this call added to the engine's store, removed after
+    if isinstance(image, Path):
+        named = _archive_ref(Path(image))
+        had = named is not None and subprocess.run(
+            [eng.path, "image", "inspect", named], capture_output=True, stdin=subprocess.DEVNULL).returncode == 0
+        ref = _load_archive(eng, Path(image), progress)
+        loaded = None if had else ref
+    else:
+        ref = image
     try:
         info = eng.inspect(ref)
     except Exception as e:  # noqa: BLE001 - an unknown reference: say so in our words
@@ -643,5 +663,8 @@ def invoke_image(
     finally:
         if proc is not None:
             _stop(proc)
-        subprocess.run([eng.path, "rm", "-f", *(["-t", "0"] if eng.name == "podman" else []), container], capture_output=True, stdin=subprocess.DEVNULL)
+        subprocess.run([eng.path, "rm", "-f", *(["-t", "0"] if eng.name == "podman" else []), container],
+                       capture_output=True, stdin=subprocess.DEVNULL)
+        if loaded is not None:
+            subprocess.run([eng.path, "rmi", loaded], capture_output=True, stdin=subprocess.DEVNULL)
         api.close()
