@@ -70,6 +70,19 @@ def test_tiny_bert_zip_matches_pytorch(tiny_bert_dir, tiny_bert_build):
     assert rc == 1  # one event (the direct bad input) failed
 
 
+def test_zip_logs_one_emf_line_per_request(tiny_bert_build):
+    out, err = io.StringIO(), io.StringIO()
+    rc = invoke_zip(tiny_bert_build / "lambda.zip",
+                    [json.dumps(e).encode() for e in ({"inputs": "one"}, {"inputs": 7}, http("{broken"))],
+                    out=out, err=err)
+    lines = [json.loads(x) for x in err.getvalue().splitlines() if x.startswith('{"_aws"')]
+    assert rc == 1 and len(lines) == 3, err.getvalue()[-2000:]
+    assert [x["ColdStart"] for x in lines] == [1, 0, 0]
+    assert [x["outcome"] for x in lines] == ["ok", "bad_input", "bad_input"]
+    assert all(x["Latency"] > 0 and x["requestId"] and x["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "edgebundle"
+               for x in lines)
+
+
 def test_tiny_bert_classifier_zip(tiny_bert_cls_dir, tiny_bert_cls_build):
     text = "What a wonderful day."
     tensors = reference.tokenize(tiny_bert_cls_build / "tokenizer.json", [text])
