@@ -44,16 +44,11 @@ def decode(model, request):
                    f'the request has keys {sorted(request)}')
 
 
-def run_each(model, items) -> list[dict]:
-    """Items run one at a time, as a Lambda invocation does (one request per sandbox)."""
-    return [model.execute([item])[0] for item in items]
-
-
 def answer(model, request, execute=None) -> dict | list:
     """Answer one decoded request; raises BadInput. `execute` runs the items (default: one by
     one; the model server passes its batcher)."""
     items, finish = decode(model, request)
-    return finish((execute or (lambda batch: run_each(model, batch)))(items))
+    return finish((execute or model.execute_each)(items))
 
 
 def _http_method(event: dict) -> str:

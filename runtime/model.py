@@ -202,6 +202,10 @@ class Model:
                 offset += size
         return per_item
 
+    def execute_each(self, items: list[Item]) -> list[dict[str, memoryview]]:
+        """Items run one at a time, as a Lambda invocation does (one request per sandbox)."""
+        return [self.execute([item])[0] for item in items]
+
     def run(self, tensors: dict) -> dict[str, memoryview]:
         """Tensor mode. Outputs are shaped memoryviews: `.tolist()` for JSON, and
         `numpy.asarray(view)` wraps one without a copy where numpy is installed."""
@@ -234,7 +238,7 @@ class Model:
     def predict(self, inputs, parameters: dict | None = None):
         parameters = self.check_parameters(parameters)
         single, items = self.encode(inputs)
-        return self.answers(single, [self.execute([item])[0] for item in items], parameters)
+        return self.answers(single, self.execute_each(items), parameters)
 
     def answers(self, single: bool, outputs: list[dict], parameters: dict):
         """Task-mode answers from the outputs of encode()'s items, in order."""

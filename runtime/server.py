@@ -69,6 +69,18 @@ class App:
         self._decoding = 0
         self._lock = threading.Lock()
         self._log = log or sys.stdout
+        # {path: (endpoint label, {method: handler})}; the model's v2 paths are literal: one name.
+        model = f"/v2/models/{self.name}"
+        self._routes = {"/ping": ("ping", {"GET": self._ping}),
+                        "/invocations": ("invocations", {"POST": self._invocations}),
+                        "/metrics": ("metrics", {"GET": self._metrics}),
+                        "/v2/health/live": ("health", {"GET": self._live}),
+                        "/v2/health/ready": ("health", {"GET": self._ready}),
+                        "/v2": ("v2_server", {"GET": self._server_metadata}),
+                        "/": ("info", {"GET": self._info}),
+                        model: ("v2_metadata", {"GET": self._model_metadata}),
+                        f"{model}/ready": ("health", {"GET": self._ready}),
+                        f"{model}/infer": ("v2_infer", {"POST": self._infer})}
         self._log_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -149,25 +161,13 @@ class App:
         self.event("request", **fields)
 
     def _route(self, method: str, path: str):
-        routes = {"/ping": ("ping", {"GET": self._ping}),
-                  "/invocations": ("invocations", {"POST": self._invocations}),
-                  "/metrics": ("metrics", {"GET": self._metrics}),
-                  "/v2/health/live": ("health", {"GET": self._live}),
-                  "/v2/health/ready": ("health", {"GET": self._ready}),
-                  "/v2": ("v2_server", {"GET": self._server_metadata}),
-                  "/": ("info", {"GET": self._info})}
-        found = routes.get(path.rstrip("/") or "/")
+        found = self._routes.get(path.rstrip("/") or "/")
         if found is None:
             m = _V2_MODEL.match(path)
-            if m is None:
-                raise HTTPError(404, f"no such path {path}; the server answers /ping, /invocations, /metrics, "
-                                     f"/v2/health/live, /v2/health/ready, /v2/models/{self.name}[/ready|/infer]")
-            if m.group(1) != self.name:
+            if m is not None and m.group(1) != self.name:
                 raise HTTPError(404, f"unknown model {m.group(1)!r}; this server serves {self.name!r}")
-            action = m.group(2)
-            found = {None: ("v2_metadata", {"GET": self._model_metadata}),
-                     "ready": ("health", {"GET": self._ready}),
-                     "infer": ("v2_infer", {"POST": self._infer})}[action]
+            raise HTTPError(404, f"no such path {path}; the server answers /ping, /invocations, /metrics, "
+                                 f"/v2/health/live, /v2/health/ready, /v2/models/{self.name}[/ready|/infer]")
         endpoint, methods = found
         if method not in methods:
             raise HTTPError(405, f"{method} is not allowed on {path}; use {', '.join(methods)}",

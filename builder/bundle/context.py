@@ -41,11 +41,14 @@ def oci_platform(target) -> str:
     return f"linux/{target.platform.deb_arch}"
 
 
+def _stamp(path: Path) -> None:
+    os.chmod(path, 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
+    os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
+
+
 def _normalize(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):
-        mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
-        os.chmod(path, mode)
-        os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
+        _stamp(path)
     os.utime(root, (EPOCH, EPOCH))
 
 
@@ -109,7 +112,8 @@ def write_context(ctx: Path, target_dir: Path, manifest, target, *, python: str,
                   "tag": f"localhost/edgebundle/{image_name(manifest.model.name)}:{target.name}-{digest[:12]}",
                   "labels": labels, "edgebundle": EDGEBUNDLE_VERSION}
         (tmp / INFO).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        _normalize(tmp)
+        _stamp(tmp / INFO)
+        os.utime(tmp, (EPOCH, EPOCH))
         if ctx.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{ctx.name}.old.", dir=ctx.parent))
             os.replace(ctx, old / ctx.name)
@@ -133,6 +137,3 @@ def read_info(ctx: Path) -> dict:
                           hint="pass OUT/<target>/lambda-image or OUT/<target>/serve-image, written by "
                                "edgebundle build --format lambda-image|serve-image") from None
 
-
-def size_of(ctx: Path) -> int:
-    return sum(f.stat().st_size for f in tree_files(ctx))

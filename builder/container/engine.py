@@ -42,13 +42,19 @@ class Engine:
             return [self.path, "push", tag, f"oci-archive:{path}:{tag}"]
         return [self.path, "save", "-o", str(path), tag]
 
-    def run(self, argv: list[str], what: str, capture: bool = True, env=None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(argv, capture_output=capture, text=True, stdin=subprocess.DEVNULL, env=env)
+    def run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             tail = "\n    ".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-15:])
             raise BundleError(f"{what} failed ({self.name} exited with {proc.returncode}):\n    {tail}",
                               where=shlex.join(argv), hint=_hint(self.name, tail))
         return proc
+
+    def has(self, ref: str) -> bool:
+        """Whether the engine's store holds `ref`."""
+        argv = [self.path, "image", "inspect", ref] if self.name != "buildah" else \
+            [self.path, "inspect", "--type", "image", ref]
+        return subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL).returncode == 0
 
     def inspect(self, ref: str) -> dict:
         fmt = "{{json .}}"

@@ -36,7 +36,7 @@ from builder.bundle import elf, wheels
 from builder.bundle.formats.lambda_zip import ARCHITECTURES as LAMBDA_ARCHITECTURES
 from builder.bundle.stage import WHEEL_GLIBC
 from builder.local import sandbox
-from builder.platforms import platform_named
+from builder.platforms import normalize_arch, platform_named
 
 # The runtime client and its dependencies, pinned so every local run uses the same code.
 # simplejson and snapshot-restore-py are awslambdaric 4.2.2's only requirements
@@ -70,6 +70,34 @@ main(sys.argv)
 
 
 # ---------------------------------------------------------------- bundle metadata
+
+
+def _check_events(events: list[bytes]) -> None:
+    for i, ev in enumerate(events, 1):
+        try:
+            json.loads(ev)
+        except ValueError as e:
+            raise InvokeError(
+                f"event {i} is not valid JSON ({e}); Lambda accepts only JSON payloads",
+                where=f"event {i}: {ev[:80]!r}",
+                hint='pass a JSON document, e.g. {"inputs": "a sentence"}',
+            ) from None
+
+
+def _lambda_env(api: "_RuntimeAPI", name: str, region: str, memory_mb: int) -> dict:
+    """What Lambda sets for every function, whatever its packaging."""
+    return {
+        "AWS_LAMBDA_RUNTIME_API": api.address,
+        "AWS_LAMBDA_FUNCTION_NAME": name,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + secrets.token_hex(16),
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "TZ": ":UTC",
+    }
 
 
 def read_lambda_json(zip_path: Path) -> dict:
@@ -395,15 +423,7 @@ def invoke_zip(
     meta = read_lambda_json(zip_path)
     if meta.get("deployable") is False:
         progress.warn(f"{zip_path} is marked not deployable to AWS Lambda (see lambda.json); running it locally anyway")
-    for i, ev in enumerate(events, 1):
-        try:
-            json.loads(ev)
-        except ValueError as e:
-            raise InvokeError(
-                f"event {i} is not valid JSON ({e}); Lambda accepts only JSON payloads",
-                where=f"event {i}: {ev[:80]!r}",
-                hint='pass a JSON document, e.g. {"inputs": "a sentence"}',
-            ) from None
+    _check_events(events)
 
     ric = awslambdaric_dir(meta["python"], meta["architecture"], progress)
     with _termination_as_interrupt():
@@ -436,20 +456,11 @@ def _run_warm(
         env = {
             # What Lambda's python runtimes set; nothing of ours (no PYTHONPATH, no HOME
             # with caches, no proxies) so the function sees what it will see there.
-            "AWS_LAMBDA_RUNTIME_API": api.address,
+            **_lambda_env(api, name, region, memory_mb),
             "LAMBDA_TASK_ROOT": task_root,
             "LAMBDA_RUNTIME_DIR": str(Path(ric).resolve()),
             "_HANDLER": handler,
             "AWS_EXECUTION_ENV": f"AWS_Lambda_python{python_version}",
-            "AWS_LAMBDA_FUNCTION_NAME": name,
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
-            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + secrets.token_hex(16),
-            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-            "AWS_REGION": region,
-            "AWS_DEFAULT_REGION": region,
-            "TZ": ":UTC",
             "LANG": "en_US.UTF-8",
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LD_LIBRARY_PATH": ":".join(str(Path(p).resolve()) for p in library_path),
@@ -604,33 +615,35 @@ def invoke_image(
 
     out = out or sys.stdout
     err = err or sys.stderr
-    for i, ev in enumerate(events, 1):
-        try:
-            json.loads(ev)
-        except ValueError as e:
-            raise InvokeError(f"event {i} is not valid JSON ({e}); Lambda accepts only JSON payloads",
-                              where=f"event {i}: {ev[:80]!r}", hint='pass a JSON document, e.g. {"inputs": "a sentence"}') from None
+    _check_events(events)
     eng = find_engine(engine, run=True)
     loaded = None  # a reference this call added to the engine's store, removed after
     if isinstance(image, Path):
-        named = _archive_ref(Path(image))
-        had = named is not None and subprocess.run(
-            [eng.path, "image", "inspect", named], capture_output=True, stdin=subprocess.DEVNULL).returncode == 0
-        ref = _load_archive(eng, Path(image), progress)
+        named = _archive_ref(image)
+        had = named is not None and eng.has(named)
+        ref = _load_archive(eng, image, progress)
         loaded = None if had else ref
     else:
         ref = image
     try:
+        return _run_image(eng, ref, str(image), events, out, err, timeout_s)
+    finally:
+        if loaded is not None:
+            subprocess.run([eng.path, "rmi", loaded], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def _run_image(eng, ref: str, where: str, events: list[bytes], out: TextIO, err: TextIO, timeout_s: float) -> int:
+    try:
         info = eng.inspect(ref)
     except Exception as e:  # noqa: BLE001 - an unknown reference: say so in our words
-        raise InvokeError(f"no such image {ref}", where=str(image),
+        raise InvokeError(f"no such image {ref}", where=where,
                           hint="build it with `edgebundle image build OUT/<target>/lambda-image`, or pass its "
                                "OCI archive") from e
     labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
     if labels.get("io.edgebundle.format") not in (None, "lambda-image"):
-        raise InvokeError(f"{ref} is a {labels['io.edgebundle.format']} image, not a Lambda image", where=str(image),
+        raise InvokeError(f"{ref} is a {labels['io.edgebundle.format']} image, not a Lambda image", where=where,
                           hint="serving images answer HTTP: podman run -p 127.0.0.1:8080:8080 IMAGE")
-    arch = {"amd64": "x86_64", "arm64": "arm64"}.get(info.get("Architecture", "amd64"), info.get("Architecture"))
+    arch = normalize_arch(info.get("Architecture") or "amd64")
     name = "edgebundle-local"
     region = _DEFAULT_REGION
     api = _RuntimeAPI(f"arn:aws:lambda:{region}:{_ACCOUNT}:function:{name}", timeout_s)
@@ -638,12 +651,7 @@ def invoke_image(
     proc: subprocess.Popen | None = None
     try:
         api.start()
-        env = {"AWS_LAMBDA_RUNTIME_API": api.address, "AWS_LAMBDA_FUNCTION_NAME": name,
-               "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
-               "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
-               "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + secrets.token_hex(16),
-               "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand", "AWS_REGION": region, "AWS_DEFAULT_REGION": region,
-               "TZ": ":UTC"}
+        env = _lambda_env(api, name, region, 2048)
         if arch == "arm64":
             env.update(sandbox.emulator_env(arch))  # QEMU_CPU: fault on what Graviton2 lacks
         # Host network: the Runtime API listens on this machine's loopback, as the
@@ -665,6 +673,4 @@ def invoke_image(
             _stop(proc)
         subprocess.run([eng.path, "rm", "-f", *(["-t", "0"] if eng.name == "podman" else []), container],
                        capture_output=True, stdin=subprocess.DEVNULL)
-        if loaded is not None:
-            subprocess.run([eng.path, "rmi", loaded], capture_output=True, stdin=subprocess.DEVNULL)
         api.close()

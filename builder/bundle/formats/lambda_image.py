@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from builder.bundle.context import size_of, write_context
-from builder.bundle.formats.lambda_zip import DEPLOYABLE_PYTHONS, LAMBDA_GLIBC, precheck as zip_precheck
-from builder.bundle.render import render
+from builder.bundle.archive import tree_size
+from builder.bundle.context import write_context
+from builder.bundle.formats.lambda_zip import (DEPLOYABLE_PYTHONS, LAMBDA_GLIBC, handler_source, lambda_json,
+                                               python_platform)
+from builder.bundle.formats.lambda_zip import precheck as zip_precheck
 from builder.compiler.targets import TargetSpec
 from builder.errors import BundleError
 from builder.options import DEFAULT_PYTHON, BuildOptions
-from builder.versions import EDGEBUNDLE_VERSION
 from runtime.manifest import read as read_manifest
 
 NAME = "lambda-image"
@@ -42,24 +43,21 @@ def precheck(target: TargetSpec, options: BuildOptions) -> None:
 
 
 def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress) -> dict:
-    precheck(target, options)
+    zip_precheck(target, options, NAME)
     python = _python(options)
     manifest = read_manifest(target_dir)
     given = options.base_image(NAME, target.name)
     base = given or default_base(python)
-    handler = render("lambda/handler.py.j2", edgebundle_version=EDGEBUNDLE_VERSION,
-                     model_name=manifest.model.name, task=manifest.model.task, target=target.name)
-    lambda_json = {"handler": "handler.handler", "python": python, "runtime": f"python{python}",
-                   "architecture": target.platform.name, "deployable": True, "package_type": "Image",
-                   "platform_glibc": LAMBDA_GLIBC[python], "edgebundle": EDGEBUNDLE_VERSION}
+    info = lambda_json(python_platform(python), target, package_type="Image")
     ctx = target_dir / CONTEXT
     record = write_context(
         ctx, target_dir, manifest, target, python=python, template="image/lambda.Dockerfile.j2",
         title="AWS Lambda container image", values={},
-        code={"handler.py": handler, "lambda.json": json.dumps(lambda_json, indent=2, sort_keys=True) + "\n"},
-        info={"format": NAME, "base_image": base, "base_image_default": given is None, "lambda": lambda_json},
+        code={"handler.py": handler_source(manifest, target),
+              "lambda.json": json.dumps(info, indent=2, sort_keys=True) + "\n"},
+        info={"format": NAME, "base_image": base, "base_image_default": given is None, "lambda": info},
         progress=progress, app_dir=TASK_ROOT, model_dir=TASK_ROOT)
-    size = size_of(ctx)
+    size = tree_size(ctx)
     if size > IMAGE_LIMIT:
         raise BundleError(f"the Lambda image's files alone are {size / 1024 ** 3:.1f} GiB; Lambda allows 10 GB "
                           "per image, base image included", where=str(ctx),

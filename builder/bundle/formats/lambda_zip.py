@@ -48,6 +48,19 @@ def python_platform(python: str) -> dict:
             "os": "Amazon Linux 2023" if deployable else "Amazon Linux 2"}
 
 
+def handler_source(manifest, target: TargetSpec) -> str:
+    """handler.py at the task root: the same for the zip and the container image."""
+    return render("lambda/handler.py.j2", edgebundle_version=EDGEBUNDLE_VERSION, model_name=manifest.model.name,
+                  task=manifest.model.task, target=target.name)
+
+
+def lambda_json(plat: dict, target: TargetSpec, **more) -> dict:
+    """lambda.json: what `edgebundle invoke` and `deploy` need to run a bundle like Lambda."""
+    return {"handler": "handler.handler", "python": plat["python"], "runtime": f"python{plat['python']}",
+            "architecture": target.platform.name, "deployable": plat["deployable"],
+            "platform_glibc": plat["glibc"], "edgebundle": EDGEBUNDLE_VERSION, **more}
+
+
 def precheck(target: TargetSpec, options: BuildOptions, fmt: str = "lambda") -> None:
     if target.device != "cpu":
         raise BundleError(f"format {fmt} is not available for target {target.name}: AWS Lambda has no GPUs",
@@ -97,21 +110,8 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
         # in the local sandbox, whose Debian is newer still.
         reqs = stage_bundle(stage, target_dir, manifest, target, plat["python"], progress,
                             glibc=plat["glibc"] if plat["deployable"] else WHEEL_GLIBC)
-        (stage / "handler.py").write_text(render(
-            "lambda/handler.py.j2", edgebundle_version=EDGEBUNDLE_VERSION,
-            model_name=manifest.model.name, task=manifest.model.task, target=target.name))
-        # lambda.json: what `edgebundle invoke` and `deploy` need to run it like Lambda.
-        info = {
-            "handler": "handler.handler",
-            "python": plat["python"],
-            "runtime": f"python{plat['python']}",
-            "architecture": arch,
-            "deployable": plat["deployable"],
-            "platform_glibc": plat["glibc"],
-            "memory_mb": DEFAULT_MEMORY_MB,
-            "requirements": reqs,
-            "edgebundle": EDGEBUNDLE_VERSION,
-        }
+        (stage / "handler.py").write_text(handler_source(manifest, target))
+        info = lambda_json(plat, target, memory_mb=DEFAULT_MEMORY_MB, requirements=reqs)
         with progress.step("ELF audit"):
             audit = elf.audit_tree(stage, machine=target.elf_machine,
                                    max_glibc=plat["glibc"] if plat["deployable"] else None,

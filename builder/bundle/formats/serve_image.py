@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from builder.bundle.context import image_name, size_of, write_context
+from builder.bundle.archive import tree_size
+from builder.bundle.context import image_name, write_context
 from builder.bundle.render import render
 from builder.bundle.stage import pinned
 from builder.compiler.targets import TargetSpec
@@ -100,7 +101,7 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
             image=record["tag"], filename=f"{CONTEXT}.{filename}", app_name=app_name, port=PORT, gpu=gpu,
             startup_failures=60, **size).encode())
         written[filename] = f"{CONTEXT}.{filename}"
-    files = size_of(ctx)
+    files = tree_size(ctx)
     progress.info(f"    {CONTEXT}/: {files / MIB:.1f} MiB of files on {base}, python{python} "
                   f"{target.platform.name}{' + CUDA' if gpu else ''}; image tag {record['tag']}; "
                   f"{', '.join(written.values())} beside it")
