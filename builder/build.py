@@ -22,6 +22,7 @@ from runtime.manifest import Library
 
 LIBRARY = "model.so"
 WEIGHTS = "model.weights"
+TIMING = "timing.json"
 
 
 def build(model: str, out: Path, options: BuildOptions | None = None, progress: Progress | None = None) -> dict:
@@ -134,11 +135,19 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
                       f"PTX {device_code['ptx']}; {sum(v['bytes'] for v in device_code['libraries'].values()) / 1e6:.1f} MB")
     # Written before validation too: the runtime that validates loads the target directory.
     write_manifest(tdir, manifest)
-    validation = validate_target(tdir, target, spec, refs, progress, LIBRARY)
+    timings: dict = {}
+    validation = validate_target(tdir, target, spec, refs, progress, LIBRARY, timings)
     manifest = dataclasses.replace(manifest, validation=validation)
     write_manifest(tdir, manifest)
     # model.so was hashed for the manifest already.
     trec = {"dir": target.name, "library": manifest.files[LIBRARY], "validation": validation, "formats": {}}
+    # Read by the Lambda formats' SAM template and by deploy (builder/deploy/sizing.py) to
+    # size a function's timeout; never shipped (bundles stay byte-identical across builds).
+    if timings:
+        trec["latency"] = timings
+        write_json(tdir / TIMING, timings)
+    else:
+        (tdir / TIMING).unlink(missing_ok=True)
     for f in options.formats:
         with progress.step(f"format {f} for {target.name}"):
             trec["formats"][f] = FORMATS[f].build(tdir, target, options, progress)

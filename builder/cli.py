@@ -71,15 +71,60 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    i = sub.add_parser("invoke", help="run a lambda.zip or Lambda container image locally the way AWS Lambda runs it")
-    i.add_argument("bundle", help="a lambda.zip, a Lambda image's OCI archive (lambda-image.oci.tar), or a "
-                                  "Lambda image tag (localhost/edgebundle/NAME:TARGET-SHA)")
+    i = sub.add_parser("invoke", help="run a lambda.zip or Lambda container image locally the way AWS Lambda runs "
+                                      "it, or call a deployed function (--function)")
+    i.add_argument("bundle", nargs="?", help="a lambda.zip, a Lambda image's OCI archive (lambda-image.oci.tar), "
+                                             "or a Lambda image tag (localhost/edgebundle/NAME:TARGET-SHA)")
+    i.add_argument("--function", metavar="NAME[:ALIAS]",
+                   help="call this deployed Lambda function instead (each event once; on a function error its "
+                        "error and log tail are printed)")
+    i.add_argument("--layer", action="append", type=Path, default=[],
+                   help="a Lambda layer zip to unpack under /opt for a local zip (repeatable, in order), e.g. "
+                        "lambda-runtime-layer.zip beside lambda-model.zip")
+    _aws_arguments(i)
     i.add_argument("--engine", choices=["podman", "docker"], help="container engine for images (default: the "
                                                                   "first installed of podman, docker)")
     i.add_argument("--event", action="append", type=Path, required=True,
                    help="JSON event file (repeatable; all run in one warm sandbox, in order)")
     i.add_argument("--quiet", action="store_true", help="no progress on stderr")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    d = sub.add_parser("deploy", help="put a Lambda zip or image on AWS: create or update the function, publish a "
+                                      "version, point an alias at it (planned first; safe to repeat)")
+    d.add_argument("bundle", type=Path, help="OUT/<target> (or its lambda.zip, or its lambda-image context, built "
+                                             "with `edgebundle image build`)")
+    d.add_argument("--function-name", required=True, help="the Lambda function to create or update")
+    d.add_argument("--role", help="execution role ARN or name (needed to create the function; given on an update "
+                                  "it replaces the function's role)")
+    d.add_argument("--alias", default="live", help="alias pointed at the new version (default live)")
+    d.add_argument("--package", choices=["zip", "image"], help="which bundle, when OUT/<target> holds both")
+    d.add_argument("--memory", type=int, metavar="MB", help="memory in MB (default: sized from the model; see the "
+                                                            "README's Deploy section)")
+    d.add_argument("--timeout", type=int, metavar="S", help="timeout in seconds (default: sized from the model)")
+    d.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE",
+                   help="an environment variable for the function (repeatable)")
+    d.add_argument("--s3-bucket", help="upload the zip to this bucket and deploy from there (always needed above "
+                                       "Lambda's 50 MB direct upload); the key is named by the zip's sha256")
+    d.add_argument("--s3-prefix", default="edgebundle/", help="key prefix in --s3-bucket (default edgebundle/)")
+    d.add_argument("--repository", help="images: the ECR repository (default edgebundle/<model>; created if missing)")
+    d.add_argument("--push-tool", choices=["skopeo", "podman", "docker"],
+                   help="images: what pushes the OCI archive (default: the first installed)")
+    url = d.add_mutually_exclusive_group()
+    url.add_argument("--function-url", dest="function_url", action="store_const", const="AWS_IAM",
+                     help="give the alias a function URL with AWS_IAM auth (callers sign requests with SigV4)")
+    url.add_argument("--public-function-url", dest="function_url", action="store_const", const="NONE",
+                     help="give the alias a function URL with NO authentication: anyone may call it")
+    d.add_argument("--snapstart", action="store_true",
+                   help="zips, python3.12+: SnapStart on published versions (the model loads and warms before the "
+                        "snapshot)")
+    d.add_argument("--runtime-layer", action="store_true",
+                   help="zips: ship runtime/, libtvm and packages as a Lambda layer shared by models of the same "
+                        "target and Python (published once, by content); the function's zip carries the model")
+    d.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    d.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    _aws_arguments(d)
+    d.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     sv = sub.add_parser("serve", help="serve OUT/<target> over HTTP (SageMaker, KServe v2, /metrics), as the "
                                       "serving image does")
@@ -146,10 +191,62 @@ def cmd_build(args) -> int:
     return 0
 
 
+def _aws_arguments(p) -> None:
+    p.add_argument("--profile", help="AWS profile (default: AWS_PROFILE or the default profile)")
+    p.add_argument("--region", help="AWS region (default: AWS_REGION or the profile's); AWS_ENDPOINT_URL is "
+                                    "honoured as by the AWS CLI")
+
+
+def _read_events(paths) -> list[bytes]:
+    from builder.errors import InvokeError
+
+    events = []
+    for path in paths:
+        try:
+            events.append(path.read_bytes())
+        except OSError as e:
+            raise InvokeError(f"cannot read event file: {e.strerror}", where=str(path)) from None
+    return events
+
+
+def cmd_deploy(args) -> int:
+    import json
+
+    from builder.deploy import deploy
+    from builder.options import DeployOptions
+
+    options = DeployOptions(
+        function_name=args.function_name, role=args.role, alias=args.alias, package=args.package,
+        memory_mb=args.memory, timeout_s=args.timeout, environment=tuple(args.env), s3_bucket=args.s3_bucket,
+        s3_prefix=args.s3_prefix, repository=args.repository, function_url=args.function_url,
+        snapstart=args.snapstart, runtime_layer=args.runtime_layer, push_tool=args.push_tool,
+        profile=args.profile, region=args.region, dry_run=args.dry_run)
+    from builder.deploy.executor import Pusher
+
+    result = deploy(args.bundle, options, Progress(quiet=args.quiet), pusher=Pusher(args.push_tool))
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def cmd_invoke(args) -> int:
     from builder.errors import InvokeError
     from builder.local.lambda_runtime import invoke_image, invoke_zip
 
+    if args.function:
+        if args.bundle or args.layer:
+            raise InvokeError("--function calls a deployed function: give no local bundle or --layer with it",
+                              hint="edgebundle invoke --function NAME[:ALIAS] --event FILE")
+        from builder.deploy import _require_boto3
+        from builder.deploy.aws import Clients
+        from builder.deploy.remote import invoke_function
+
+        _require_boto3()
+        events = _read_events(args.event)
+        return invoke_function(args.function, events, Clients(args.profile, args.region),
+                               progress=Progress(quiet=args.quiet))
+    if not args.bundle:
+        raise InvokeError("nothing to invoke", hint="pass a lambda.zip, an image, or --function NAME[:ALIAS]")
     bundle = Path(args.bundle)
     image = None
     if bundle.is_dir():
@@ -162,15 +259,12 @@ def cmd_invoke(args) -> int:
         image = args.bundle  # an image reference (the engine says if it has none such)
     elif not args.bundle.endswith(".zip"):
         image = bundle  # an OCI archive
-    events = []
-    for path in args.event:
-        try:
-            events.append(path.read_bytes())
-        except OSError as e:
-            raise InvokeError(f"cannot read event file: {e.strerror}", where=str(path)) from None
+    events = _read_events(args.event)
     if image is not None:
+        if args.layer:
+            raise InvokeError("--layer applies to zips: an image carries its own layers")
         return invoke_image(image, events, engine=args.engine, progress=Progress(quiet=args.quiet))
-    return invoke_zip(bundle, events, progress=Progress(quiet=args.quiet))
+    return invoke_zip(bundle, events, layers=args.layer, progress=Progress(quiet=args.quiet))
 
 
 def cmd_serve(args) -> int:
@@ -225,6 +319,13 @@ def _base_image(text: str) -> tuple[str, str]:
     return key, image
 
 
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _str_list(text: str) -> list[str]:
     values = [x.strip() for x in text.split(",") if x.strip()]
     if not values:
@@ -254,7 +355,7 @@ def main(argv=None) -> int:
     from runtime.manifest import ManifestError
 
     try:
-        return {"build": cmd_build, "invoke": cmd_invoke, "inspect": cmd_inspect, "serve": cmd_serve,
+        return {"build": cmd_build, "invoke": cmd_invoke, "deploy": cmd_deploy, "inspect": cmd_inspect, "serve": cmd_serve,
                 "image": cmd_image, "bench": cmd_bench, "tune": cmd_tune}[args.command](args)
     except EdgebundleError as e:
         if args.debug:

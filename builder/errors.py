@@ -51,3 +51,7 @@ class ToolMissingError(EdgebundleError):
 
 class InvokeError(EdgebundleError):
     """Running a bundle locally failed outside of the handler itself."""
+
+
+class DeployError(EdgebundleError):
+    """Deploying to AWS, or invoking what was deployed, failed (or was refused before it began)."""

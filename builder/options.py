@@ -61,3 +61,26 @@ class BuildOptions:
             if key in given:
                 return given[key]
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployOptions:
+    """What `edgebundle deploy` is asked to do; builder.deploy reads it."""
+
+    function_name: str
+    role: str | None = None  # ARN or role name; required to create the function
+    alias: str = "live"
+    package: str | None = None  # "zip" | "image" when a target directory holds both
+    memory_mb: int | None = None  # None: builder/deploy/sizing.py's rule
+    timeout_s: int | None = None
+    environment: tuple[tuple[str, str], ...] = ()  # more KEY=VALUE for the function
+    s3_bucket: str | None = None  # zips: through S3 (always above 50 MB)
+    s3_prefix: str = "edgebundle/"
+    repository: str | None = None  # images: the ECR repository (default edgebundle/<model>)
+    function_url: str | None = None  # None, "AWS_IAM" or "NONE" (public: an explicit flag)
+    snapstart: bool = False
+    runtime_layer: bool = False
+    push_tool: str | None = None  # skopeo | podman | docker (default: the first installed)
+    profile: str | None = None
+    region: str | None = None
+    dry_run: bool = False

@@ -202,6 +202,24 @@ class Model:
                 offset += size
         return per_item
 
+    def sample_item(self, seq: int | None = None, rows: int = 1) -> Item:
+        """A request of `rows` rows at sequence length `seq` (None: the longest), filled
+        with each input's pad value or the low end of its range."""
+        seq = seq or (self.seq_lengths[-1] if self.seq_lengths else None)
+        views = []
+        for spec in self.inputs:
+            shape = [rows if d == "batch" else seq if d == "seq" else d for d in spec.shape]
+            fill = spec.range[0] if spec.range else (spec.pad or 0)
+            views.append(shaped(pack([fill] * math.prod(shape), spec.dtype), spec.dtype, shape))
+        return self.item(views)
+
+    def warm(self) -> None:
+        """One batch-1 call per compiled length, so the first request finds the code paged in
+        and the VM's memory pools allocated (the model server before ready; the Lambda
+        handler before a SnapStart snapshot)."""
+        for seq in self.seq_lengths or [None]:
+            self.execute([self.sample_item(seq)])
+
     def execute_each(self, items: list[Item]) -> list[dict[str, memoryview]]:
         """Items run one at a time, as a Lambda invocation does (one request per sandbox)."""
         return [self.execute([item])[0] for item in items]

@@ -93,7 +93,7 @@ class App:
         try:
             model = Model(self.model_dir)
             if self.options.warm:
-                warm(model)
+                model.warm()
         except BaseException as e:  # noqa: BLE001 - reported by the serving loop, which exits
             self.load_error = e
             return
@@ -325,20 +325,6 @@ class App:
 def default_name(model_name: str) -> str:
     """The name a model is served under: the manifest's, without a hub id's owner."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", model_name.rstrip("/").rsplit("/", 1)[-1]) or "model"
-
-
-def warm(model) -> None:
-    """One batch-1 call per compiled length, so the first request finds the code paged in
-    and the VM's memory pools allocated."""
-    from .arrays import pack
-
-    for seq in model.seq_lengths or [None]:
-        views = []
-        for spec in model.inputs:
-            shape = [1 if d == "batch" else seq if d == "seq" else d for d in spec.shape]
-            fill = spec.range[0] if spec.range else (spec.pad or 0)
-            views.append(shaped(pack([fill] * math.prod(shape), spec.dtype), spec.dtype, shape))
-        model.execute([model.item(views)])
 
 
 def _request_id(environ) -> str:

@@ -60,10 +60,12 @@ _DEFAULT_REGION = "us-east-1"
 # so a bundle's own copy of a module shadows the runtime's, as there.
 _BOOTSTRAP = """\
 import sys
-task_root, ric_dir, handler = sys.argv[1:4]
-sys.path[:] = [task_root, *sys.path, ric_dir]
+task_root, ric_dir, handler, opt = sys.argv[1:5]
+# Lambda's order: the task root, then the layers' python dirs under /opt, then the runtime.
+layers = [f"{opt}/python/lib/python%d.%d/site-packages" % sys.version_info[:2], f"{opt}/python"] if opt else []
+sys.path[:] = [task_root, *layers, *sys.path, ric_dir]
 sys.argv = ["/var/runtime/bootstrap", handler]
-del task_root, ric_dir
+del task_root, ric_dir, opt, layers
 from awslambdaric.__main__ import main
 main(sys.argv)
 """
@@ -406,8 +408,10 @@ def invoke_zip(
     out: TextIO | None = None,
     timeout_s: float = 900,
     err: TextIO | None = None,
+    layers: list | tuple = (),
 ) -> int:
     """Run ``zip_path`` as Lambda would and send it ``events`` one after another.
+    ``layers``: layer zips unpacked, in order, into the sandbox's /opt.
 
     One warm process answers all events (one cold start). Each answer is printed to
     ``out`` (default stdout) as one JSON document per line: the handler's result, or
@@ -427,26 +431,31 @@ def invoke_zip(
 
     ric = awslambdaric_dir(meta["python"], meta["architecture"], progress)
     with _termination_as_interrupt():
-        return _run_warm(zip_path, meta, events, ric, progress, out, err, timeout_s)
+        return _run_warm(zip_path, meta, events, ric, progress, out, err, timeout_s, [Path(p) for p in layers])
 
 
 def _run_warm(
     zip_path: Path, meta: dict, events: list[bytes], ric: Path, progress: Progress, out: TextIO, err: TextIO,
-    timeout_s: float,
+    timeout_s: float, layers: list[Path] = (),
 ) -> int:
     python_version, arch, handler = meta["python"], meta["architecture"], meta["handler"]
     memory_mb = meta.get("memory_mb", 128)
-    task = Path(tempfile.mkdtemp(prefix="edgebundle-task-"))
+    work = Path(tempfile.mkdtemp(prefix="edgebundle-task-"))
+    task, opt = work / "task", work / "opt"
     api: _RuntimeAPI | None = None
     proc: subprocess.Popen | None = None
     try:
         _unzip(zip_path, task)
+        for layer in layers:  # later layers overwrite earlier ones, as Lambda merges them
+            unzip(layer, opt, error=lambda msg, where=str(layer): InvokeError(msg, where=where))
         # The same audit the build ran: a zip edited after the build (an x86_64 wheel slipped
         # into an arm64 bundle is the classic) is refused before anything runs.
-        elf.audit_tree(task, machine=platform_named(arch).elf_machine,
-                       max_glibc=meta.get("platform_glibc") if meta.get("deployable", True) else None,
-                       what=str(zip_path))
-        library_path = [task, task / "lib"]
+        trees = [(task, zip_path)] + ([(opt, ", ".join(map(str, layers)))] if layers else [])
+        for tree, what in trees:
+            elf.audit_tree(tree, machine=platform_named(arch).elf_machine,
+                           max_glibc=meta.get("platform_glibc") if meta.get("deployable", True) else None,
+                           what=str(what))
+        library_path = [task, task / "lib"] + ([opt / "lib"] if layers else [])
         argv = sandbox.python_command(python_version, arch, progress, library_path=library_path)
         name = str(meta.get("name") or "edgebundle-local")
         region = str(meta.get("region") or _DEFAULT_REGION)
@@ -467,7 +476,8 @@ def _run_warm(
             "HOME": "/tmp",
         }
         env.update(sandbox.emulator_env(arch))
-        cmd = [*argv, "-c", _BOOTSTRAP, task_root, str(Path(ric).resolve()), handler]
+        cmd = [*argv, "-c", _BOOTSTRAP, task_root, str(Path(ric).resolve()), handler,
+               str(opt.resolve()) if layers else ""]
 
         def start() -> subprocess.Popen:
             nonlocal proc
@@ -482,7 +492,7 @@ def _run_warm(
             _stop(proc)
         if api is not None:
             api.close()
-        shutil.rmtree(task, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _converse(start, api: _RuntimeAPI, events: list[bytes], out: TextIO, err: TextIO, timeout_s: float,

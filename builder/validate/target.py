@@ -17,14 +17,21 @@ from builder.validate.emulated import can_emulate, run_emulated
 GPU_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 
 
-def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progress: Progress, library: str) -> dict:
+def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progress: Progress, library: str,
+                    timings: dict | None = None) -> dict:
+    """Compare with PyTorch; where the model runs in-process, also time it into `timings`
+    (build.json only: model.json and the bundles stay byte-identical across builds)."""
     import runtime
 
     where = str(tdir / library)
     if target.host_can_run():
         with progress.step(f"validate {target.name} against PyTorch"):
-            result = compare(spec, refs, run_in_process(runtime.load(tdir), spec, where), where)
+            model = runtime.load(tdir)
+            result = compare(spec, refs, run_in_process(model, spec, where), where)
         result["how"] = "in-process"
+        if timings is not None:
+            with progress.step(f"time {target.name} at batch 1 and {model.max_batch}"):
+                timings.update(time_model(model))
     elif can_emulate(target):
         outputs = run_emulated(tdir, target, spec.validation_inputs, progress)
         result = compare(spec, refs, outputs, where)
@@ -49,3 +56,26 @@ def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progr
         return {"skipped": reason}
     progress.info("    max|diff| vs PyTorch: " + ", ".join(f"{k} {v:.2e}" for k, v in result["max_abs_diff"].items()))
     return result
+
+
+def time_model(model) -> dict:
+    """Latency at the longest compiled length, batch 1 and a full batch (best of a few
+    runs): what `deploy` sizes a Lambda function's timeout from."""
+    import os
+    import time
+
+    from runtime._tvm import available_cpus
+
+    def best(rows: int, runs: int) -> float:
+        item = model.sample_item(rows=rows)
+        model.execute([item])  # paged in, pools allocated
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model.execute([item])
+            times.append(time.perf_counter() - t0)
+        return round(min(times) * 1000, 3)
+
+    return {"batch1_ms": best(1, 5), "full_batch_ms": best(model.max_batch, 2), "max_batch": model.max_batch,
+            "seq": model.seq_lengths[-1] if model.seq_lengths else None,
+            "threads": int(os.environ.get("TVM_NUM_THREADS") or available_cpus()), "host": platform.machine()}

@@ -64,5 +64,8 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
                           hint="use a smaller checkpoint, or the serve-image format (no such limit)")
     progress.info(f"    {CONTEXT}/: {size / 2 ** 20:.1f} MiB of files on {base}, python{python} "
                   f"{target.platform.name}; image tag {record['tag']} (edgebundle image build {ctx})")
-    return {"path": CONTEXT, "tag": record["tag"], "base_image": base, "python": python,
+    from builder.bundle.sam import write_sam_template
+
+    sam = write_sam_template(target_dir, manifest)
+    return {"path": CONTEXT, "tag": record["tag"], "sam_template": sam.name, "base_image": base, "python": python,
             "context_sha256": record["context_sha256"], "size": size}

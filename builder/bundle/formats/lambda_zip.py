@@ -133,6 +133,11 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
     progress.info(f"    lambda.zip: {zipped / MIB:.1f} MiB zipped, {size / MIB:.1f} MiB unzipped, "
                   f"python{plat['python']} {arch}, glibc needed {info['glibc_required']}"
                   + ("" if plat["deployable"] else "  [LOCAL TEST ONLY: not deployable]"))
-    return {"path": out_zip.name, **file_record(out_zip), "unzipped_size": size,
+    from builder.bundle.sam import write_sam_template
+
+    sam = write_sam_template(target_dir, manifest)
+    progress.info(f"    {sam.name}: AWS SAM template (sam deploy), or: edgebundle deploy {target_dir} "
+                  "--function-name NAME --role ROLE")
+    return {"path": out_zip.name, **file_record(out_zip), "unzipped_size": size, "sam_template": sam.name,
             "python": plat["python"], "deployable": plat["deployable"],
             "glibc_required": info["glibc_required"]}

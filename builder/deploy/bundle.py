@@ -1,0 +1,157 @@
+"""What `deploy` puts on AWS, found from what the user points at and checked before any
+AWS call: a Lambda zip (OUT/<target>/lambda.zip) or a Lambda image (the lambda-image
+context and the OCI archive `edgebundle image build` wrote beside it)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+from builder.bundle.formats.lambda_zip import ARCHITECTURES, DEPLOYABLE_PYTHONS
+from builder.errors import DeployError
+from runtime.manifest import FILENAME, Manifest
+from runtime.manifest import read as read_manifest
+
+ZIP = "lambda.zip"
+CONTEXT = "lambda-image"
+ARCHIVE_SUFFIX = ".oci.tar"
+TIMING = "timing.json"  # builder.build.TIMING (not imported: that pulls the compiler's registries)
+KINDS = ("zip", "image")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    kind: str  # "zip" | "image"
+    target_dir: Path
+    path: Path  # the zip, or the image's OCI archive
+    info: dict  # lambda.json: runtime, handler, architecture, deployable
+    manifest: Manifest
+    sha256: str  # zip: of its bytes (Lambda's CodeSha256, hex); image: the OCI manifest digest
+    size: int  # bytes uploaded: the zip, or the archive
+    latency: dict | None  # the build's timing of the model (timing.json), if it ran here
+    image: dict | None = None  # image.json of the context
+
+    @property
+    def name(self) -> str:
+        return self.manifest.model.name
+
+    @property
+    def architecture(self) -> str:
+        return self.info["architecture"]
+
+    @property
+    def runtime(self) -> str:
+        return self.info["runtime"]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _latency(target_dir: Path) -> dict | None:
+    try:
+        return json.loads((target_dir / TIMING).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def archive_index(archive: Path) -> dict:
+    """The OCI archive's single image: {"digest", "ref"} from index.json."""
+    try:
+        with tarfile.open(archive) as tar:
+            index = json.load(tar.extractfile("index.json"))
+        entry = index["manifests"][0]
+        return {"digest": entry["digest"], "ref": (entry.get("annotations") or {}).get(
+            "org.opencontainers.image.ref.name")}
+    except (OSError, KeyError, IndexError, TypeError, ValueError, AttributeError, tarfile.TarError) as e:
+        raise DeployError(f"not a readable OCI archive ({type(e).__name__}: {e})", where=str(archive),
+                          hint="rewrite it with edgebundle image build") from None
+
+
+def _locate(path: Path, package: str | None) -> tuple[str, Path, Path]:
+    """(kind, target_dir, zip or context) from a target dir, a zip, a context or an archive."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".zip":
+        return "zip", path.parent, path
+    if path.name.endswith(ARCHIVE_SUFFIX):
+        ctx = path.with_name(path.name[:-len(ARCHIVE_SUFFIX)])
+        return "image", ctx.parent, ctx
+    if (path / "image.json").is_file():
+        return "image", path.parent, path
+    if (path / FILENAME).is_file():
+        found = {k: p for k, p in (("zip", path / ZIP), ("image", path / CONTEXT)) if p.exists()}
+        if package:
+            if package not in found:
+                raise DeployError(f"no Lambda {package} bundle in {path}", where=str(path),
+                                  hint=f"build one: edgebundle build MODEL --format "
+                                       f"{'lambda' if package == 'zip' else 'lambda-image'} --out OUT")
+            return package, path, found[package]
+        if len(found) == 2:
+            raise DeployError(f"{path} holds both a Lambda zip and a Lambda image", where=str(path),
+                              hint="choose one with --package zip or --package image")
+        if found:
+            kind, where = next(iter(found.items()))
+            return kind, path, where
+        if read_manifest(path).target.device != "cpu":
+            raise DeployError(f"target {read_manifest(path).target.name} cannot run on AWS Lambda: Lambda has no "
+                              "GPUs", where=str(path),
+                              hint="deploy an x86_64 or arm64 build; GPU models ship as serve-image containers")
+        raise DeployError("no Lambda bundle in this target directory", where=str(path),
+                          hint="build one: edgebundle build MODEL --format lambda (or lambda-image, or auto)")
+    if not path.exists():
+        raise DeployError("no such bundle", where=str(path),
+                          hint="pass OUT/<target>, its lambda.zip, or its lambda-image context")
+    raise DeployError("not a Lambda bundle", where=str(path),
+                      hint="pass OUT/<target>, its lambda.zip, or its lambda-image context")
+
+
+def refuse_undeployable(info: dict, manifest: Manifest, where: str) -> None:
+    """What the bundle says cannot run on Lambda, refused before any AWS call."""
+    if manifest.target.device != "cpu":
+        raise DeployError(f"target {manifest.target.name} cannot run on AWS Lambda: Lambda has no GPUs",
+                          where=where, hint="deploy an x86_64 or arm64 build")
+    if info.get("deployable") is False or info.get("python") not in DEPLOYABLE_PYTHONS:
+        reason = info.get("not_deployable_reason") or f"python{info.get('python')} is not a deployable runtime"
+        raise DeployError(f"this bundle is marked not deployable to AWS Lambda: {reason}", where=where,
+                          hint=f"it is for local tests (edgebundle invoke); rebuild with --python "
+                               f"{' or '.join(DEPLOYABLE_PYTHONS)} to deploy")
+    if info.get("architecture") not in ARCHITECTURES:
+        raise DeployError(f"architecture {info.get('architecture')!r} is not one Lambda runs", where=where,
+                          hint=f"Lambda runs {', '.join(ARCHITECTURES)}")
+
+
+def open_bundle(path: Path, package: str | None = None) -> Bundle:
+    kind, target_dir, where = _locate(Path(path), package)
+    manifest = read_manifest(target_dir if kind == "image" or (target_dir / FILENAME).is_file() else where.parent)
+    if kind == "zip":
+        from builder.local.lambda_runtime import read_lambda_json
+
+        info = read_lambda_json(where)
+        refuse_undeployable(info, manifest, str(where))
+        return Bundle("zip", target_dir, where, info, manifest, _sha256(where), where.stat().st_size,
+                      _latency(target_dir))
+    from builder.bundle.context import read_info
+
+    image = read_info(where)
+    info = image.get("lambda")
+    if image.get("format") != CONTEXT or not isinstance(info, dict):
+        raise DeployError(f"{where} is a {image.get('format')} context, not a Lambda image", where=str(where),
+                          hint="build --format lambda-image for Lambda; serve-image is for servers and clusters")
+    refuse_undeployable(info, manifest, str(where))
+    archive = where.with_name(where.name + ARCHIVE_SUFFIX)
+    if not archive.is_file():
+        raise DeployError("the image has not been built: no OCI archive beside its context", where=str(archive),
+                          hint=f"edgebundle image build {where}")
+    index = archive_index(archive)
+    if index["ref"] and index["ref"] != image["tag"] and not image["tag"].endswith(":" + index["ref"]):
+        raise DeployError(f"the OCI archive holds {index['ref']}, not the context's {image['tag']}: the context "
+                          "changed since the image was built", where=str(archive),
+                          hint=f"rebuild it: edgebundle image build {where}")
+    return Bundle("image", target_dir, archive, info, manifest, index["digest"].split(":", 1)[-1],
+                  archive.stat().st_size, _latency(target_dir), image=image)

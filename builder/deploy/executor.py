@@ -1,0 +1,192 @@
+"""The only code that changes anything on AWS: it carries out a Plan's actions in order,
+filling in the Refs earlier actions produce, and waits where Lambda applies a change in the
+background. The alias moves last, so a deploy that fails midway leaves it (and the
+traffic) on the version it was on."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from builder.deploy import aws
+from builder.deploy.plan import FileBody, Plan, Ref
+from builder.errors import DeployError, ToolMissingError
+
+# Lambda applies creates and updates asynchronously; a big image can take minutes.
+WAIT_DELAY_S = 2
+WAIT_MAX_ATTEMPTS = 450  # 15 minutes
+
+
+class Pusher:
+    """Pushes an OCI archive to ECR with skopeo (the archive as it is), podman or docker
+    (loaded, then pushed), logging in with a token from ecr:GetAuthorizationToken through a
+    private auth file (never on a command line)."""
+
+    TOOLS = ("skopeo", "podman", "docker")
+
+    def __init__(self, tool: str | None = None):
+        self.tool = tool
+
+    def _find(self) -> tuple[str, str]:
+        for name in ([self.tool] if self.tool else self.TOOLS):
+            path = shutil.which(name)
+            if path:
+                return name, path
+        raise ToolMissingError(
+            f"pushing an image needs {self.tool or 'skopeo, podman or docker'}, and none is installed",
+            hint="apt install skopeo (or podman), or push the image yourself and deploy its tag")
+
+    def argv(self, tool: str, path: str, archive: Path, ref: str, authfile: Path, platform: str | None) -> list:
+        if tool == "skopeo":
+            return [[path, "copy", "--dest-authfile", str(authfile), "--retry-times", "3",
+                     f"oci-archive:{archive}", f"docker://{ref}"]]
+        if tool == "podman":
+            return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref],
+                    [path, "push", "--authfile", str(authfile), ref]]
+        return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref], [path, "push", ref]]
+
+    def push(self, archive: Path, ref: str, auth: dict, platform: str | None, progress) -> None:
+        import json
+
+        tool, path = self._find()
+        registry = ref.split("/", 1)[0]
+        with tempfile.TemporaryDirectory(prefix="edgebundle-ecr-") as tmp:
+            authfile = Path(tmp) / "config.json"  # both the containers' auth.json and docker's config.json
+            fd = os.open(authfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"auths": {registry: {"auth": auth["authorizationToken"]}}}, f)
+            env = {**os.environ, "DOCKER_CONFIG": tmp}
+            loaded = None
+            for cmd in self.argv(tool, path, archive, ref, authfile, platform):
+                if cmd[0] == "TAG":  # podman/docker: tag what `load` printed as the ECR reference
+                    cmd = [path, "tag", loaded, cmd[1]]
+                with progress.step(f"{tool} {cmd[1]}"):
+                    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise DeployError(f"{tool} {cmd[1]} failed (exit {proc.returncode}): "
+                                      f"{(proc.stderr or proc.stdout).strip()[-800:]}", where=ref,
+                                      hint="check the registry is reachable and you may push (ecr:InitiateLayerUpload,"
+                                           " ecr:PutImage, ...); rerun with --debug")
+                if cmd[1] == "load":
+                    loaded = proc.stdout.strip().splitlines()[-1].split(":", 1)[1].strip().split(",")[0]
+
+
+class Executor:
+    OPS = ("create_repository", "push_image", "upload", "publish_layer", "create_function", "update_code",
+           "update_configuration", "publish_version", "create_alias", "update_alias", "create_url", "update_url",
+           "add_permission")
+
+    def __init__(self, clients, progress, pusher: Pusher | None = None):
+        self.clients, self.progress = clients, progress
+        self.pusher = pusher or Pusher()
+        self.values: dict = {}
+
+    def run(self, plan: Plan) -> dict:
+        """Carry out the plan; returns what was learnt (version, url, layer_arn)."""
+        for action in plan.actions:
+            assert action.op in self.OPS, action.op
+            with self.progress.step(action.summary):
+                result = getattr(self, action.op)(self._resolve(action.params), action.summary)
+            if action.produces:
+                self.values[action.produces] = result
+        return self.values
+
+    def _resolve(self, value):
+        if isinstance(value, Ref):
+            return self.values[value.key]
+        if isinstance(value, FileBody):
+            return value.path.read_bytes()
+        if isinstance(value, dict):
+            return {k: self._resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v) for v in value]
+        return value
+
+    def _call(self, service: str, method: str, what: str, **params):
+        return aws.call(getattr(self.clients(service), method), what, progress=self.progress, **params)
+
+    def _wait(self, waiter: str, what: str, **params) -> None:
+        import botocore.exceptions as bx
+
+        lam = self.clients("lambda")
+        try:
+            lam.get_waiter(waiter).wait(**params, WaiterConfig={"Delay": WAIT_DELAY_S,
+                                                                "MaxAttempts": WAIT_MAX_ATTEMPTS})
+        except bx.WaiterError as e:
+            last = getattr(e, "last_response", None) or {}
+            reason = last.get("LastUpdateStatusReason") or last.get("StateReason") or str(e)
+            raise DeployError(f"{what}: Lambda did not finish applying it: {reason}", where=params.get("FunctionName"),
+                              hint="the alias still points at the previous version; fix the cause and rerun") from None
+
+    # -- actions -------------------------------------------------------------------------
+    def create_repository(self, p, what):
+        self._call("ecr", "create_repository", what, **p)
+
+    def push_image(self, p, what):
+        repo = self._call("ecr", "describe_repositories", what, repositoryNames=[p["repository"]])
+        uri = repo["repositories"][0]["repositoryUri"]
+        auth = self._call("ecr", "get_authorization_token", what)["authorizationData"][0]
+        self.pusher.push(p["archive"], f"{uri}:{p['tag']}", auth, p.get("platform"), self.progress)
+
+    def upload(self, p, what):
+        import boto3.s3.transfer as tr
+
+        try:  # multipart, retried, in parallel parts: 100s of MB are common here
+            self.clients("s3").upload_file(str(p["path"]), p["Bucket"], p["Key"],
+                                           Config=tr.TransferConfig(multipart_threshold=64 * 2 ** 20))
+        except Exception as e:  # noqa: BLE001 - S3 transfer errors wrap the ClientError
+            raise aws.translate(getattr(e, "last_exception", None) or e.__cause__ or e, what) from e
+
+    def publish_layer(self, p, what):
+        return self._call("lambda", "publish_layer_version", what, **p)["LayerVersionArn"]
+
+    def create_function(self, p, what):
+        self._call("lambda", "create_function", what, **p)
+        self._wait("function_active_v2", what, FunctionName=p["FunctionName"])
+
+    def update_code(self, p, what):
+        self._call("lambda", "update_function_code", what, **p)
+        self._wait("function_updated_v2", what, FunctionName=p["FunctionName"])
+
+    def update_configuration(self, p, what):
+        self._call("lambda", "update_function_configuration", what, **p)
+        self._wait("function_updated_v2", what, FunctionName=p["FunctionName"])
+
+    def publish_version(self, p, what):
+        version = self._call("lambda", "publish_version", what, **p)["Version"]
+        # SnapStart versions are Pending while Lambda initialises and snapshots them.
+        self._wait("published_version_active", what, FunctionName=p["FunctionName"], Qualifier=version)
+        return version
+
+    def create_alias(self, p, what):
+        self._call("lambda", "create_alias", what, **p)
+
+    def update_alias(self, p, what):
+        self._call("lambda", "update_alias", what, **p)
+
+    def create_url(self, p, what):
+        return self._call("lambda", "create_function_url_config", what, **p)["FunctionUrl"]
+
+    def update_url(self, p, what):
+        return self._call("lambda", "update_function_url_config", what, **p)["FunctionUrl"]
+
+    def add_permission(self, p, what):
+        try:
+            self._call("lambda", "add_permission", what, **p)
+        except DeployError as e:  # already granted by an earlier deploy: the same statement id
+            if "ResourceConflictException" not in e.what:
+                raise
+
+
+def describe_result(plan: Plan, values: dict) -> dict:
+    """What deploy prints and returns."""
+    version = values.get("version") or next(
+        (a.params["FunctionVersion"] for a in plan.actions if a.op in ("create_alias", "update_alias")), None) \
+        or plan.alias_version
+    return {"function": plan.function, "alias": plan.alias, "version": version, "region": plan.region,
+            "fingerprint": plan.fingerprint, "changed": plan.changes, **({"url": values["url"]} if "url" in values
+                                                                       else {}),
+            **({"layer": values["layer_arn"]} if "layer_arn" in values else {}),
+            "bundle": str(plan.bundle.path)}
