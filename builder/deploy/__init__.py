@@ -32,6 +32,9 @@ def deploy(path: Path, options: DeployOptions, progress, clients=None, pusher=No
     with progress.step(f"read the current state of {options.function_name} on AWS"):
         plan = make_plan(bundle, options, clients)
     progress.info(plan.render())
+    if options.function_url == "NONE":
+        progress.warn(f"--public-function-url: the function URL of {plan.function}:{plan.alias} takes requests "
+                      "without authentication: anyone who knows it can call the model, and you pay for each call")
     if options.dry_run:
         progress.info("dry run: nothing was changed")
         return {**describe_result(plan, {}), "dry_run": True, "plan": [a.summary for a in plan.actions]}
@@ -42,9 +45,6 @@ def deploy(path: Path, options: DeployOptions, progress, clients=None, pusher=No
                       + (f"; URL {result['url']}" if result.get("url") else ""))
     else:
         progress.info(f"nothing new published: {plan.function}:{plan.alias} is version {result['version']}")
-    if options.function_url == "NONE" and any(a.op in ("create_url", "update_url") for a in plan.actions):
-        progress.warn(f"the function URL of {plan.function}:{plan.alias} has no authentication: anyone who "
-                      "knows it can call the model (and you pay for each call)")
     return result
 
 

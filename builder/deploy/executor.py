@@ -76,7 +76,7 @@ class Pusher:
 class Executor:
     OPS = ("create_repository", "push_image", "upload", "publish_layer", "create_function", "update_code",
            "update_configuration", "publish_version", "create_alias", "update_alias", "create_url", "update_url",
-           "add_permission")
+           "add_permission", "remove_permission")
 
     def __init__(self, clients, progress, pusher: Pusher | None = None):
         self.clients, self.progress = clients, progress
@@ -137,7 +137,10 @@ class Executor:
             self.clients("s3").upload_file(str(p["path"]), p["Bucket"], p["Key"],
                                            Config=tr.TransferConfig(multipart_threshold=64 * 2 ** 20))
         except Exception as e:  # noqa: BLE001 - S3 transfer errors wrap the ClientError
-            raise aws.translate(getattr(e, "last_exception", None) or e.__cause__ or e, what) from e
+            # boto3 raises S3UploadFailedError inside its except block: the ClientError (and
+            # its code, which picks the hint) is the context, not the cause.
+            raise aws.translate(getattr(e, "last_exception", None) or e.__cause__ or e.__context__ or e,
+                                what) from e
 
     def publish_layer(self, p, what):
         return self._call("lambda", "publish_layer_version", what, **p)["LayerVersionArn"]
@@ -180,11 +183,21 @@ class Executor:
                 raise
 
 
+    def remove_permission(self, p, what):
+        try:
+            self._call("lambda", "remove_permission", what, **p)
+        except DeployError as e:  # removed by hand already
+            if "ResourceNotFoundException" not in e.what:
+                raise
+
+
 def describe_result(plan: Plan, values: dict) -> dict:
     """What deploy prints and returns."""
     version = values.get("version") or next(
         (a.params["FunctionVersion"] for a in plan.actions if a.op in ("create_alias", "update_alias")), None) \
         or plan.alias_version
+    if isinstance(version, Ref):  # a dry run: the version is published only when the plan runs
+        version = None
     return {"function": plan.function, "alias": plan.alias, "version": version, "region": plan.region,
             "fingerprint": plan.fingerprint, "changed": plan.changes, **({"url": values["url"]} if "url" in values
                                                                        else {}),

@@ -293,9 +293,10 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
         config.update({"Runtime": bundle.runtime, "Handler": bundle.info["handler"], "Layers": layers,
                        "SnapStart": {"ApplyOn": "PublishedVersions" if options.snapstart else "None"}})
     identity = {k: v for k, v in config.items() if k not in ("Role", "Description", "Layers")}
-    identity.update({"Role": role or (config_now or {}).get("Role"), "Architectures": [bundle.architecture], "Layers": [layer_identity] if layer_identity else [],
-                     "Environment": {k: identity["Environment"]["Variables"].get(k) for k in
-                                     ("TVM_NUM_THREADS", *dict(options.environment))}})
+    # Every variable the version will have (ours, the user's and those already there) is in
+    # identity["Environment"]: a deploy that keeps them all is the same configuration.
+    identity.update({"Role": role or (config_now or {}).get("Role"), "Architectures": [bundle.architecture],
+                     "Layers": [layer_identity] if layer_identity else []})
     plan.fingerprint = fingerprint(code_identity, identity)
     tag = f"{FINGERPRINT_TAG}{plan.fingerprint[:16]}"
     version_description = f"{tag} {bundle.name} {bundle.kind} {bundle.sha256[:12]}"
@@ -413,6 +414,9 @@ def _url_actions(lam, fn: str, options: DeployOptions, exists: bool, plan: Plan)
                           {"FunctionName": fn, "Qualifier": options.alias, "AuthType": auth}, produces="url"))
     else:
         plan.notes.append(f"function URL {now['FunctionUrl']} (auth {auth}) already there")
+    if auth != "NONE" and now is not None and now["AuthType"] == "NONE":
+        out.append(Action("remove_permission", f"withdraw the public permission of {fn}:{options.alias}'s URL",
+                          {"FunctionName": fn, "Qualifier": options.alias, "StatementId": PUBLIC_URL_STATEMENT}))
     if auth == "NONE" and (now is None or now["AuthType"] != auth):
         out.append(Action("add_permission", f"allow anyone to call {fn}:{options.alias}'s URL "
                                             "(lambda:InvokeFunctionUrl for principal *)",
