@@ -114,9 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="give the alias a function URL with AWS_IAM auth (callers sign requests with SigV4)")
     url.add_argument("--public-function-url", dest="function_url", action="store_const", const="NONE",
                      help="give the alias a function URL with NO authentication: anyone may call it")
-    d.add_argument("--snapstart", action="store_true",
+    d.add_argument("--snapstart", action=argparse.BooleanOptionalAction, default=None,
                    help="zips, python3.12+: SnapStart on published versions (the model loads and warms before the "
-                        "snapshot)")
+                        "snapshot); default: what the function has")
     d.add_argument("--runtime-layer", action="store_true",
                    help="zips: ship runtime/, libtvm and packages as a Lambda layer shared by models of the same "
                         "target and Python (published once, by content); the function's zip carries the model")

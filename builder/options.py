@@ -78,7 +78,7 @@ class DeployOptions:
     s3_prefix: str = "edgebundle/"
     repository: str | None = None  # images: the ECR repository (default edgebundle/<model>)
     function_url: str | None = None  # None, "AWS_IAM" or "NONE" (public: an explicit flag)
-    snapstart: bool = False
+    snapstart: bool | None = None  # None: keep what the function has
     runtime_layer: bool = False
     push_tool: str | None = None  # skopeo | podman | docker (default: the first installed)
     profile: str | None = None

@@ -387,6 +387,9 @@ def test_function_url_iam_then_public(tiny_bert_build, role, lam):
     statements = json.loads(lam.get_policy(FunctionName="fn", Qualifier="live")["Policy"])["Statement"]
     public = [s for s in statements if s["Action"] == "lambda:InvokeFunctionUrl"]
     assert public and public[0]["Principal"] == "*" and public[0]["FunctionUrlAuthType"] == "NONE"
+    # Since October 2025 a public URL also needs InvokeFunction, granted through the URL only.
+    assert [s["Sid"] for s in statements if s["Action"] == "lambda:InvokeFunction"] == [
+        "edgebundle-public-function-url-invoke"]
     assert re.search(r"WARNING: .*(no|without) authentication", out), out
     assert [v["Version"] for v in versions(lam, "fn")] == ["1"]  # the URL is not part of a version
 
@@ -396,7 +399,7 @@ def test_function_url_iam_then_public(tiny_bert_build, role, lam):
         statements = json.loads(lam.get_policy(FunctionName="fn", Qualifier="live")["Policy"])["Statement"]
     except lam.exceptions.ResourceNotFoundException:
         statements = []
-    assert not [s for s in statements if s["Action"] == "lambda:InvokeFunctionUrl"]
+    assert not [s for s in statements if s["Action"] in ("lambda:InvokeFunctionUrl", "lambda:InvokeFunction")]
 
 
 # -- 6: images through ECR ----------------------------------------------------------------------
@@ -437,7 +440,7 @@ def test_pusher_argv_keeps_token_off_command_line(tmp_path):
     """skopeo copies the OCI archive as it is, authenticated through a file, not an argument."""
     archive, authfile = tmp_path / "lambda-image.oci.tar", tmp_path / "auth.json"
     ref = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/edgebundle/bert:x86_64-0123456789ab"
-    (argv,) = Pusher().argv("skopeo", "/usr/bin/skopeo", archive, ref, authfile, None)
+    (argv,) = Pusher().argv("skopeo", "/usr/bin/skopeo", archive, ref, authfile)
     assert argv[0] == "/usr/bin/skopeo" and "--dest-authfile" in argv
     assert argv[argv.index("--dest-authfile") + 1] == str(authfile)
     assert f"oci-archive:{archive}" in argv and f"docker://{ref}" in argv
@@ -832,3 +835,90 @@ def test_cli_dry_run_json(tiny_bert_build, role, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert json.loads(captured.out)["dry_run"] is True
+
+
+# -- from review: sizing numbers, failed versions, package types, S3 without ListBucket ---------
+
+class _Manifest:
+    """What size_function reads of a manifest: weights and library sizes."""
+
+    def __init__(self, weights_mib: int, code_mib: int = 2):
+        from runtime.manifest import Library, WeightsFile
+
+        self.weights = WeightsFile("model.weights", 1, weights_mib * 2 ** 20)
+        self.libraries = (Library("model.so", None),)
+        self.files = {"model.so": {"size": code_mib * 2 ** 20}}
+
+
+@pytest.mark.parametrize("weights, latency, memory, timeout, threads", [
+    (86, None, 1792, 60, 1),  # MiniLM: one whole vCPU is the floor; untimed: 60 s
+    (414, {"full_batch_ms": 1551, "threads": 2}, 1792, 30, 1),  # 3 x 3.1 s + 10 s < the 30 s floor
+    (3000, {"full_batch_ms": 20000, "threads": 2}, 3264, 70, 2),  # 3002 + 256 -> 3264; 3 x 20 s + 10 s
+    (1000, {"full_batch_ms": 400000, "threads": 4}, 1792, 900, 1),  # capped at Lambda's 900 s
+])
+def test_sizing_rule_numbers(weights, latency, memory, timeout, threads):
+    """The documented rule, as numbers: memory = max(1769, weights + code + 256) rounded up
+    to 64; threads = memory / 1769 rounded; timeout = 3 x scaled full batch + 10, 30..900."""
+    sizing = size_function(_Manifest(weights), latency)
+    assert (sizing.memory_mb, sizing.timeout_s, sizing.threads) == (memory, timeout, threads)
+    assert size_function(_Manifest(weights), latency, memory_mb=10240).threads == 6
+
+
+def test_model_too_big_for_lambda_memory_refused():
+    with pytest.raises(DeployError, match="more than Lambda's 10240 MB"):
+        size_function(_Manifest(10200), None)
+
+
+def test_failed_version_is_not_reused(tiny_bert_build, role, lam):
+    """A version with this fingerprint whose state is Failed (a SnapStart snapshot that
+    failed) is not pointed at: the deploy publishes again."""
+    run_deploy(tiny_bert_build, role=role)
+
+    def failed(parsed, **kwargs):
+        for v in parsed.get("Versions", []):
+            if v["Version"] == "1":
+                v["State"] = "Failed"
+
+    rec = Recorder().stub("after-call.lambda.ListVersionsByFunction", failed)
+    _, out = run_deploy(tiny_bert_build, Clients(region=REGION, factory=rec))
+    assert "already holds this bundle" not in out
+    assert "PublishVersion" in rec.ops("lambda")
+
+
+def test_package_type_change_refused(tiny_bert_build, lambda_image, role, lam):
+    """A zip onto an image function is refused in the plan, before anything is pushed."""
+    tdir, _, manifest = lambda_image
+    run_deploy(tdir / "lambda-image", role=role, pusher=RecordingPusher(manifest), function_name="fn-kind")
+    rec = Recorder()
+    with pytest.raises(DeployError, match="cannot change a function's package type"):
+        run_deploy(tiny_bert_build, Clients(region=REGION, factory=rec), function_name="fn-kind")
+    assert all(op.startswith(("Get", "List", "Head", "Describe")) for op in rec.ops())
+
+
+def test_split_model_zip_refused_alone(tiny_bert_build, tmp_path):
+    """lambda-model.zip (the model half of --runtime-layer) has no runtime: refused."""
+    from builder.deploy.layer import split_zip
+
+    work = copy_build(tiny_bert_build, tmp_path / "x86_64")
+    split = split_zip(work / "lambda.zip", read_manifest(work))
+    calls = []
+    with pytest.raises(DeployError, match="model half of a --runtime-layer split"):
+        run_deploy(split.model, no_aws(calls), role="arn:aws:iam::123456789012:role/r")
+    assert calls == []
+
+
+def test_s3_head_forbidden_means_upload(tiny_bert_build, role, lam):
+    """Without s3:ListBucket S3 answers HEAD of a missing key with 403: the zip is uploaded."""
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket="edge-forbidden")
+    rec = Recorder().stub("before-call.s3.HeadObject", lambda **kw: error_response("403", "Forbidden", 403))
+    run_deploy(tiny_bert_build, Clients(region=REGION, factory=rec), role=role, s3_bucket="edge-forbidden")
+    assert "PutObject" in rec.ops("s3") or "CreateMultipartUpload" in rec.ops("s3")
+    assert versions(lam, "fn")[0]["Version"] == "1"
+
+
+def test_invoke_client_never_retries():
+    """A retried Invoke would run the model twice: one attempt, a read timeout above 900 s."""
+    with mock_aws():
+        client = Clients(region=REGION).invoke_client()
+    assert client.meta.config.retries["total_max_attempts"] == 1
+    assert client.meta.config.read_timeout > 900

@@ -194,7 +194,7 @@ def test_sam_template_matches_the_bundle(tiny_bert_build):
     assert doc["Transform"] == "AWS::Serverless-2016-10-31"
     props = doc["Resources"]["ModelFunction"]["Properties"]
     bundle = open_bundle(tiny_bert_build)
-    sizing = size_function(bundle.manifest, bundle.latency)
+    sizing = size_function(bundle.manifest, None)  # untimed: the template is the same build to build
     assert (tiny_bert_build / props["CodeUri"]).resolve() == bundle.path.resolve()
     assert (props["Handler"], props["Runtime"], props["Architectures"]) == (
         bundle.info["handler"], bundle.runtime, [bundle.architecture])

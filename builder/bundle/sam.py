@@ -32,7 +32,6 @@ def _functions(target_dir: Path) -> list[dict]:
 
 
 def write_sam_template(target_dir: Path, manifest) -> Path | None:
-    from builder.deploy.bundle import _latency
     from builder.deploy.sizing import size_function
 
     functions = _functions(target_dir)
@@ -40,7 +39,8 @@ def write_sam_template(target_dir: Path, manifest) -> Path | None:
     if not functions:
         path.unlink(missing_ok=True)
         return None
-    sizing = size_function(manifest, _latency(target_dir))
+    # Untimed: the build's latency varies run to run, and the template must not.
+    sizing = size_function(manifest, None)
     image = next((f for f in functions if f["kind"] == "image"), None)
     atomic_write(path, render(
         "lambda/template.yaml.j2", model_name=manifest.model.name, task=manifest.model.task,

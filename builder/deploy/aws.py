@@ -58,6 +58,20 @@ class Clients:
                     user_agent_extra="edgebundle"))
         return self._made[service]
 
+    def invoke_client(self):
+        """Lambda's client for Invoke: one attempt (a retried invoke runs the model again) and
+        a read timeout above Lambda's longest run (900 s)."""
+        if self._factory is not None:
+            return self("lambda")
+        if "lambda-invoke" not in self._made:
+            from botocore.config import Config
+
+            self("lambda")  # the same checks (region, profile) as every client
+            self._made["lambda-invoke"] = self.session().client("lambda", config=Config(
+                read_timeout=905, connect_timeout=10, retries={"mode": "standard", "total_max_attempts": 1},
+                user_agent_extra="edgebundle"))
+        return self._made["lambda-invoke"]
+
     @property
     def region_name(self) -> str:
         return self("lambda").meta.region_name

@@ -133,6 +133,10 @@ def open_bundle(path: Path, package: str | None = None) -> Bundle:
         from builder.local.lambda_runtime import read_lambda_json
 
         info = read_lambda_json(where)
+        if info.get("runtime_layer"):
+            raise DeployError("this is the model half of a --runtime-layer split: without its layer it has no "
+                              "runtime", where=str(where),
+                              hint=f"deploy {target_dir} (or its lambda.zip) with --runtime-layer")
         refuse_undeployable(info, manifest, str(where))
         return Bundle("zip", target_dir, where, info, manifest, _sha256(where), where.stat().st_size,
                       _latency(target_dir))

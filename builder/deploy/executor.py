@@ -4,6 +4,7 @@ background. The alias moves last, so a deploy that fails midway leaves it (and t
 traffic) on the version it was on."""
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -21,8 +22,9 @@ WAIT_MAX_ATTEMPTS = 450  # 15 minutes
 
 class Pusher:
     """Pushes an OCI archive to ECR with skopeo (the archive as it is), podman or docker
-    (loaded, then pushed), logging in with a token from ecr:GetAuthorizationToken through a
-    private auth file (never on a command line)."""
+    (loaded, then pushed), logging in with a token from ecr:GetAuthorizationToken: skopeo and
+    podman through a private auth file, docker through `docker login --password-stdin` as
+    AWS documents (its own config keeps the user's contexts); never on a command line."""
 
     TOOLS = ("skopeo", "podman", "docker")
 
@@ -38,14 +40,15 @@ class Pusher:
             f"pushing an image needs {self.tool or 'skopeo, podman or docker'}, and none is installed",
             hint="apt install skopeo (or podman), or push the image yourself and deploy its tag")
 
-    def argv(self, tool: str, path: str, archive: Path, ref: str, authfile: Path, platform: str | None) -> list:
+    def argv(self, tool: str, path: str, archive: Path, ref: str, authfile: Path) -> list:
         if tool == "skopeo":
             return [[path, "copy", "--dest-authfile", str(authfile), "--retry-times", "3",
                      f"oci-archive:{archive}", f"docker://{ref}"]]
         if tool == "podman":
             return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref],
                     [path, "push", "--authfile", str(authfile), ref]]
-        return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref], [path, "push", ref]]
+        return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref],
+                [path, "login", "--username", "AWS", "--password-stdin", ref.split("/", 1)[0]], [path, "push", ref]]
 
     def push(self, archive: Path, ref: str, auth: dict, platform: str | None, progress) -> None:
         import json
@@ -53,24 +56,36 @@ class Pusher:
         tool, path = self._find()
         registry = ref.split("/", 1)[0]
         with tempfile.TemporaryDirectory(prefix="edgebundle-ecr-") as tmp:
-            authfile = Path(tmp) / "config.json"  # both the containers' auth.json and docker's config.json
+            authfile = Path(tmp) / "auth.json"
             fd = os.open(authfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump({"auths": {registry: {"auth": auth["authorizationToken"]}}}, f)
-            env = {**os.environ, "DOCKER_CONFIG": tmp}
+            password = base64.b64decode(auth["authorizationToken"]).decode().split(":", 1)[1]
             loaded = None
-            for cmd in self.argv(tool, path, archive, ref, authfile, platform):
+            for cmd in self.argv(tool, path, archive, ref, authfile):
                 if cmd[0] == "TAG":  # podman/docker: tag what `load` printed as the ECR reference
                     cmd = [path, "tag", loaded, cmd[1]]
                 with progress.step(f"{tool} {cmd[1]}"):
-                    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                    proc = subprocess.run(cmd, capture_output=True, text=True,
+                                          input=password if cmd[1] == "login" else None)
                 if proc.returncode != 0:
                     raise DeployError(f"{tool} {cmd[1]} failed (exit {proc.returncode}): "
                                       f"{(proc.stderr or proc.stdout).strip()[-800:]}", where=ref,
                                       hint="check the registry is reachable and you may push (ecr:InitiateLayerUpload,"
                                            " ecr:PutImage, ...); rerun with --debug")
                 if cmd[1] == "load":
-                    loaded = proc.stdout.strip().splitlines()[-1].split(":", 1)[1].strip().split(",")[0]
+                    loaded = _loaded_ref(proc.stdout)
+                    if not loaded:
+                        raise DeployError(f"{tool} load did not say what it loaded: {proc.stdout.strip()[-300:]}",
+                                          where=str(archive), hint="push with --push-tool skopeo")
+
+
+def _loaded_ref(output: str) -> str | None:
+    """podman: "Loaded image: REF" / "Loaded image(s): REF"; docker: "Loaded image: REF"."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("Loaded image") and ":" in line:
+            return line.split(":", 1)[1].strip().split(",")[0] or None
+    return None
 
 
 class Executor:
@@ -116,7 +131,9 @@ class Executor:
                                                                 "MaxAttempts": WAIT_MAX_ATTEMPTS})
         except bx.WaiterError as e:
             last = getattr(e, "last_response", None) or {}
-            reason = last.get("LastUpdateStatusReason") or last.get("StateReason") or str(e)
+            cfg = last.get("Configuration") or last  # GetFunction nests it; GetFunctionConfiguration does not
+            reason = "; ".join(str(cfg[k]) for k in ("StateReasonCode", "StateReason", "LastUpdateStatusReasonCode",
+                                                     "LastUpdateStatusReason") if cfg.get(k)) or str(e)
             raise DeployError(f"{what}: Lambda did not finish applying it: {reason}", where=params.get("FunctionName"),
                               hint="the alias still points at the previous version; fix the cause and rerun") from None
 

@@ -28,8 +28,19 @@ MIB = 1024 * 1024
 DIRECT_UPLOAD_LIMIT = 50 * MIB  # Lambda: zips above it go through S3
 UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped
 FINGERPRINT_TAG = "edgebundle-fp:"
-PUBLIC_URL_STATEMENT = "edgebundle-public-function-url"
+# A public (NONE) URL needs both grants since October 2025: the URL action, and
+# InvokeFunction through the URL.
+PUBLIC_URL_STATEMENTS = (("edgebundle-public-function-url", "lambda:InvokeFunctionUrl",
+                          {"FunctionUrlAuthType": "NONE"}),
+                         ("edgebundle-public-function-url-invoke", "lambda:InvokeFunction",
+                          {"InvokedViaFunctionUrl": True}))
 SNAPSTART_PYTHONS = ("3.12", "3.13", "3.14")
+# Lambda's reserved variables: set by the service, refused in a function's configuration.
+RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+                "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+                "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+                "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +145,17 @@ def _get(fn, what: str, **params):
         raise aws.translate(e, what) from e
 
 
+def _head(s3, bucket: str, key: str) -> dict | None:
+    """The object's metadata, or None when it is not there (or, without s3:ListBucket, when
+    S3 answers a missing key with 403: then it is uploaded, which PutObject may allow)."""
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)
+    except Exception as e:  # noqa: BLE001 - translated below
+        if aws.is_not_found(e) or aws.error_code(e) in ("403", "Forbidden"):
+            return None
+        raise aws.translate(e, f"checking s3://{bucket}/{key}") from e
+
+
 def _versions(client, function: str) -> list[dict]:
     out, marker = [], None
     while True:
@@ -177,9 +199,9 @@ def _check_options(bundle: Bundle, options: DeployOptions) -> None:
         raise DeployError("--runtime-layer applies to zips: an image carries its runtime in its own layers",
                           where=str(bundle.path), hint="drop --runtime-layer")
     for key, _ in options.environment:
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", key) or key.startswith("AWS_"):
-            raise DeployError(f"environment variable {key!r}: names are letters, digits and _, and AWS_ is "
-                              "reserved by Lambda", hint="rename it")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]+", key) or key in RESERVED_ENV:
+            raise DeployError(f"environment variable {key!r}: names are a letter then letters, digits and _, and "
+                              "AWS_REGION, LAMBDA_TASK_ROOT and the like are reserved by Lambda", hint="rename it")
 
 
 def fingerprint(code: str, config: dict) -> str:
@@ -196,7 +218,7 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
     current = _get(lam.get_function, f"reading function {fn}", FunctionName=fn)
     config_now = (current or {}).get("Configuration")
     account = None
-    if current is None or options.role:
+    if current is None or options.role or bundle.kind == "image":
         ident = _get(clients("sts").get_caller_identity, "reading the AWS account (sts:GetCallerIdentity)")
         account = (ident or {}).get("Account")
     role = _role_arn(clients, options.role, account)
@@ -204,6 +226,12 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
         raise DeployError(f"function {fn} does not exist yet, and creating it needs an execution role",
                           hint="pass --role ARN_OR_NAME (a role Lambda may assume, with "
                                "AWSLambdaBasicExecutionRole for logs)")
+    package = "Zip" if bundle.kind == "zip" else "Image"
+    if config_now and config_now.get("PackageType", "Zip") != package:
+        raise DeployError(f"function {fn} is a {config_now.get('PackageType', 'Zip')} function and this bundle is "
+                          f"{'a zip' if package == 'Zip' else 'an image'}: Lambda cannot change a function's "
+                          "package type", where=str(bundle.path),
+                          hint="deploy to another --function-name, or delete the function first")
     plan = Plan(fn, options.alias, clients.region_name, bundle, sizing, "", function_exists=current is not None)
     actions: list[Action] = []
 
@@ -247,8 +275,7 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
                                   hint="pass --s3-bucket BUCKET (in the function's region); the zip is uploaded "
                                        "there once, under a key named by its sha256")
             key = f"{options.s3_prefix}{image_name(bundle.name)}/{code_sha}.zip"
-            head = _get(clients("s3").head_object, f"checking s3://{options.s3_bucket}/{key}",
-                        Bucket=options.s3_bucket, Key=key)
+            head = _head(clients("s3"), options.s3_bucket, key)
             if head is not None and head.get("ContentLength") == size:
                 plan.notes.append(f"s3://{options.s3_bucket}/{key} already holds this zip: not uploaded again")
             else:
@@ -290,13 +317,21 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
     if role:
         config["Role"] = role
     if bundle.kind == "zip":
-        config.update({"Runtime": bundle.runtime, "Handler": bundle.info["handler"], "Layers": layers,
-                       "SnapStart": {"ApplyOn": "PublishedVersions" if options.snapstart else "None"}})
+        # Layers the user attached (extensions: Insights, ADOT, ...) stay, after ours.
+        theirs = [layer["Arn"] for layer in (config_now or {}).get("Layers") or []
+                  if ":layer:edgebundle-runtime-" not in layer["Arn"]]
+        if theirs:
+            plan.notes.append(f"{len(theirs)} layer(s) already on {fn} kept: " + ", ".join(theirs))
+        snapstart = options.snapstart
+        if snapstart is None:  # not asked either way: what the function has
+            snapstart = ((config_now or {}).get("SnapStart") or {}).get("ApplyOn") == "PublishedVersions"
+        config.update({"Runtime": bundle.runtime, "Handler": bundle.info["handler"], "Layers": layers + theirs,
+                       "SnapStart": {"ApplyOn": "PublishedVersions" if snapstart else "None"}})
     identity = {k: v for k, v in config.items() if k not in ("Role", "Description", "Layers")}
     # Every variable the version will have (ours, the user's and those already there) is in
     # identity["Environment"]: a deploy that keeps them all is the same configuration.
     identity.update({"Role": role or (config_now or {}).get("Role"), "Architectures": [bundle.architecture],
-                     "Layers": [layer_identity] if layer_identity else []})
+                     "Layers": ([layer_identity] if layer_identity else []) + config.get("Layers", [])[len(layers):]})
     plan.fingerprint = fingerprint(code_identity, identity)
     tag = f"{FINGERPRINT_TAG}{plan.fingerprint[:16]}"
     version_description = f"{tag} {bundle.name} {bundle.kind} {bundle.sha256[:12]}"
@@ -304,8 +339,11 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
     alias = _get(lam.get_alias, f"reading alias {fn}:{options.alias}", FunctionName=fn, Name=options.alias) \
         if current else None
     plan.alias_version = (alias or {}).get("FunctionVersion")
+    # Only Active versions: one whose SnapStart snapshot failed (or still Pending after an
+    # interrupted deploy) carries the fingerprint too, and must not be pointed at.
     matching = [v["Version"] for v in (_versions(lam, fn) if current else [])
-                if v.get("Version") != "$LATEST" and tag in (v.get("Description") or "")]
+                if v.get("Version") != "$LATEST" and tag in (v.get("Description") or "")
+                and v.get("State", "Active") == "Active"]
     version: str | Ref
     if matching:
         version = matching[-1]
@@ -317,7 +355,7 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
         where = f"{bundle.kind} {code_identity if bundle.kind == 'image' else code_sha[:12]}"
         if current is None:
             params = {"FunctionName": fn, "Code": code, "Architectures": [bundle.architecture],
-                      "PackageType": "Zip" if bundle.kind == "zip" else "Image", "Publish": False,
+                      "PackageType": package, "Publish": False,
                       "Tags": {"edgebundle:model": bundle.name, "edgebundle:version": EDGEBUNDLE_VERSION},
                       **config}
             actions.append(Action("create_function", f"create function {fn}: " + _describe(bundle, config, where),
@@ -415,11 +453,13 @@ def _url_actions(lam, fn: str, options: DeployOptions, exists: bool, plan: Plan)
     else:
         plan.notes.append(f"function URL {now['FunctionUrl']} (auth {auth}) already there")
     if auth != "NONE" and now is not None and now["AuthType"] == "NONE":
-        out.append(Action("remove_permission", f"withdraw the public permission of {fn}:{options.alias}'s URL",
-                          {"FunctionName": fn, "Qualifier": options.alias, "StatementId": PUBLIC_URL_STATEMENT}))
+        for sid, action, _ in PUBLIC_URL_STATEMENTS:
+            out.append(Action("remove_permission", f"withdraw the public grant {action} of {fn}:{options.alias}",
+                              {"FunctionName": fn, "Qualifier": options.alias, "StatementId": sid}))
     if auth == "NONE" and (now is None or now["AuthType"] != auth):
-        out.append(Action("add_permission", f"allow anyone to call {fn}:{options.alias}'s URL "
-                                            "(lambda:InvokeFunctionUrl for principal *)",
-                          {"FunctionName": fn, "Qualifier": options.alias, "StatementId": PUBLIC_URL_STATEMENT,
-                           "Action": "lambda:InvokeFunctionUrl", "Principal": "*", "FunctionUrlAuthType": "NONE"}))
+        for sid, action, condition in PUBLIC_URL_STATEMENTS:
+            out.append(Action("add_permission", f"allow anyone to call {fn}:{options.alias} through its URL "
+                                                f"({action} for principal *)",
+                              {"FunctionName": fn, "Qualifier": options.alias, "StatementId": sid,
+                               "Action": action, "Principal": "*", **condition}))
     return out

@@ -31,7 +31,7 @@ def invoke_function(function: str, events: list[bytes], clients, out: TextIO | N
     out, err = out or sys.stdout, err or sys.stderr
     _check_events(events)
     name, qualifier = split_name(function)
-    lam = clients("lambda")
+    lam = clients.invoke_client()
     status = 0
     for i, event in enumerate(events, 1):
         params = {"FunctionName": name, "Payload": event, "LogType": "Tail",
