@@ -37,6 +37,9 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
     for f in options.formats:
         if f not in FORMATS:
             raise UnsupportedModelError(f"unknown format {f!r}", hint=f"choose from {', '.join(FORMATS)}")
+    if len(options.pythons) > 1 and set(options.formats) - {"edge"}:
+        raise UnsupportedModelError("--python is repeatable for --format edge only; the other formats ship one "
+                                    "Python", hint="build those formats in a separate build with one --python")
     resolved = {}
     for t in options.targets:
         resolved[t] = resolve_target(t, options.host)

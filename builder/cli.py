@@ -48,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seq-buckets", type=_int_list, metavar="N,N,...",
                    help="text models: sequence lengths to compile, ending at --seq-len; a request runs on the "
                         "shortest that fits (default 16,32,64,...,--seq-len; one length: --seq-buckets 128)")
-    b.add_argument("--python", metavar="X.Y",
+    b.add_argument("--python", metavar="X.Y", action="append",
                    help=f"Python version of the bundle (default {DEFAULT_PYTHON}, or what the default base image "
-                        "runs: 3.12 for cuda serve-image; lambda: 3.12-3.14, and 3.10/3.11 for local-test zips only)")
+                        "runs: 3.12 for cuda serve-image; lambda: 3.12-3.14, and 3.10/3.11 for local-test zips only; "
+                        "edge: 3.11 = Debian 12, repeatable: the device may run any of them)")
     b.add_argument("--base-image", action="append", type=_base_image, metavar="[KEY=]IMAGE",
                    help="base image of the image formats (default: AWS's Lambda Python image for lambda-image, "
                         "python:X.Y-slim for serve-image, NVIDIA's CUDA 13 runtime for cuda serve-image); KEY "
@@ -179,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
 def build_options(args) -> BuildOptions:
     return BuildOptions(targets=tuple(args.target or ("x86_64",)), formats=tuple(args.format), family=args.family,
                         task=args.task, name=args.name, seq_len=args.seq_len, seq_buckets=args.seq_buckets,
-                        python=args.python, cpu=tuple(args.cpu or ()), base_images=tuple(args.base_image or ()),
+                        python=(args.python or [None])[0], pythons=tuple(args.python or ()), cpu=tuple(args.cpu or ()), base_images=tuple(args.base_image or ()),
                         cuda_archs=tuple(a for group in args.cuda_arch or () for a in group), host=args.host,
                         schedule=args.schedule, tuning_db=args.tuning_db)
 

@@ -28,6 +28,8 @@ class BuildOptions:
     seq_buckets: tuple[int, ...] | None = None
     # The bundle's Python; None: the format's default (DEFAULT_PYTHON, or what its base image runs).
     python: str | None = None
+    # Format edge only: every Python the device may run (its wheelhouse carries each).
+    pythons: tuple[str, ...] = ()
     # Image formats' base images: (key, image) pairs in the order given (a later one of the
     # same key wins); key "" for all, else FORMAT, TARGET or FORMAT/TARGET.
     base_images: tuple[tuple[str, str], ...] = ()
@@ -39,7 +41,7 @@ class BuildOptions:
 
     def __post_init__(self):
         # Lists from callers become tuples: options are hashable and cannot be mutated midway.
-        for name in ("targets", "formats", "cpu", "cuda_archs"):
+        for name in ("targets", "formats", "cpu", "cuda_archs", "pythons"):
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(dict.fromkeys([value] if isinstance(value, str) else value or ())))
         pairs = self.base_images.items() if isinstance(self.base_images, dict) else self.base_images or ()

@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest request body; larger ones get 413 before being read (default 6, Lambda's)")
     p.add_argument("--idle-timeout-s", type=float, default=60.0,
                    help="close connections idle (or stalled mid-request) this long (default 60)")
+    p.add_argument("--token-file", type=Path,
+                   help="require `Authorization: Bearer <token>` (the file's first line) on every request "
+                        "except the health probes /ping and /v2/health/*")
     p.add_argument("--drain-timeout-s", type=float, default=30.0,
                    help="on SIGTERM, most time spent finishing received requests (default 30)")
 
@@ -96,10 +99,22 @@ def serve(model_dir: Path, args, ready_message=None) -> int:
     from .manifest import ManifestError
     from .server import App, Options
 
+    token = None
+    if getattr(args, "token_file", None):
+        try:
+            token = (Path(args.token_file).read_text().splitlines() or [""])[0].strip()
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"error: cannot read --token-file {args.token_file}: {getattr(e, 'strerror', None) or e}",
+                  file=sys.stderr)
+            return 2
+        if len(token) < 16:
+            print(f"error: the token in {args.token_file} is shorter than 16 characters; use a random one "
+                  "(e.g. head -c 32 /dev/urandom | base64)", file=sys.stderr)
+            return 2
     try:
         app = App(model_dir, name=args.name,
                   options=Options(max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-                                  max_queue=args.max_queue, timeout_s=args.timeout_s))
+                                  max_queue=args.max_queue, timeout_s=args.timeout_s, token=token))
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

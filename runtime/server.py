@@ -7,6 +7,7 @@ one Batcher, and answered with JSON; every failure is a status with {"error": ..
 """
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from .metrics import Metrics
 V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32", "int16": "INT16",
                 "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
 _JSON = "application/json"
-_STATUS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
            413: "Content Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/(ready|infer))?$")
@@ -44,9 +45,12 @@ class Options:
     """Serving knobs (runtime/serve.py parses them from the command line)."""
 
     def __init__(self, max_batch: int | None = None, batch_window_ms: float = 2.0, max_queue: int = 64,
-                 timeout_s: float = 30.0, warm: bool = True):
+                 timeout_s: float = 30.0, warm: bool = True, token: str | None = None):
         self.max_batch, self.batch_window_ms, self.max_queue = max_batch, batch_window_ms, max_queue
         self.timeout_s, self.warm = timeout_s, warm
+        # A bearer token every request must carry, except the health probes (systemd,
+        # Kubernetes and load balancers probe without credentials).
+        self.token = token
 
 
 class App:
@@ -132,6 +136,8 @@ class App:
             self.metrics.in_flight += 1
         try:
             endpoint, handler = self._route(method, path)
+            if self.options.token and endpoint not in ("ping", "health"):
+                self._authorize(environ)
             status, body, content_type, headers, batches = handler(environ)
         except HTTPError as e:
             status, body, content_type, headers = e.status, _json({"error": str(e)}), _JSON, e.headers
@@ -152,6 +158,14 @@ class App:
         if endpoint not in ("metrics", "ping", "health"):
             self.log_request(request_id, method, path, status, seconds, batches)
         return [body]
+
+    def _authorize(self, environ) -> None:
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                  self.options.token.encode()):
+            raise HTTPError(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                            [("WWW-Authenticate", 'Bearer realm="edgebundle"')])
 
     def log_request(self, request_id, method, path, status, seconds, batches=None) -> None:
         fields = {"id": request_id, "method": method, "path": path, "status": status,

@@ -1424,3 +1424,30 @@ def test_sigterm_is_not_held_by_a_stalled_client(tiny_bert_build):
         assert s.stop(timeout=40) == 0
         assert time.monotonic() - start < 10
     assert s.of("stopped")[0]["drained"] is True
+
+
+def test_bearer_token_required_except_health_probes(tiny_bert_build, tmp_path):
+    """--token-file: every request needs `Authorization: Bearer <token>` (401 and a
+    WWW-Authenticate otherwise), except /ping and /v2/health/*, which probes call bare."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-of-32-characters-xx\n")
+    s = Server(tiny_bert_build, "--token-file", token)
+    try:
+        body = {"inputs": "hello"}
+        for path in ("/ping", "/v2/health/live", "/v2/health/ready"):
+            assert call(s.port, "GET", path).status == 200, path
+        for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
+            r = call(s.port, "POST", "/invocations", body, headers=headers)
+            assert_error(r, 401, "bearer token")
+            assert r.headers.get("www-authenticate", "").startswith("Bearer")
+        assert call(s.port, "GET", "/metrics").status == 401
+        ok = call(s.port, "POST", "/invocations", body,
+                  headers={"Authorization": "Bearer s3cret-token-of-32-characters-xx"})
+        assert ok.status == 200
+    finally:
+        s.kill()
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    proc = subprocess.run([sys.executable, "-m", "runtime.serve", str(tiny_bert_build), "--token-file", str(short)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "shorter than 16" in proc.stderr

@@ -31,3 +31,37 @@ def write_zip(root: Path, zip_path: Path) -> None:
             with open(path, "rb") as src, zf.open(info, "w") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
+
+
+def write_tar_gz(root: Path, tar_path: Path, top: str) -> None:
+    """A deterministic .tar.gz of root's files under the directory `top`: sorted names,
+    fixed times, owners and permissions (0755 for executables and directories, else 0644),
+    and a gzip header without a name or time."""
+    import gzip
+    import tarfile
+
+    root, tar_path = Path(root), Path(tar_path)
+
+    def info(name: str, path: Path | None) -> tarfile.TarInfo:
+        ti = tarfile.TarInfo(name)
+        ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 315532800, 0, 0, "root", "root"
+        if path is None:
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+        else:
+            ti.size, ti.mode = path.stat().st_size, 0o755 if os.access(path, os.X_OK) else 0o644
+        return ti
+
+    files = tree_files(root)
+    dirs = sorted({p.relative_to(root).as_posix() for f in files for p in f.parents
+                   if p != root and root in p.parents} | {""})
+    with atomic_path(tar_path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entries = [(f"{top}/{d}".rstrip("/"), None) for d in dirs]
+        entries += [(f"{top}/{f.relative_to(root).as_posix()}", f) for f in files]
+        for name, path in sorted(entries):
+            if path is None:
+                tar.addfile(info(name, None))
+            else:
+                with open(path, "rb") as src:
+                    tar.addfile(info(name, path), src)

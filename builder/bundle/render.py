@@ -37,6 +37,13 @@ def _yaml_str(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
+def _sh(value) -> str:
+    """A POSIX shell word (single-quoted where needed)."""
+    import shlex
+
+    return shlex.quote(str(value))
+
+
 def _json(value) -> str:
     """JSON (Dockerfile exec-form arrays)."""
     return json.dumps(value)
@@ -59,5 +66,5 @@ def render(name: str, **values) -> str:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(comment=_comment, dq=_dq, yaml_str=_yaml_str, json=_json, image_ref=_image_ref)
+    env.filters.update(comment=_comment, dq=_dq, yaml_str=_yaml_str, json=_json, image_ref=_image_ref, sh=_sh)
     return env.get_template(name).render(**values)

@@ -43,4 +43,6 @@ FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
                "with Kubernetes and KServe YAML", "builder.bundle.formats.serve_image"),
     FormatSpec("auto", "lambda when the zip fits Lambda's limits, lambda-image otherwise",
                "builder.bundle.formats.auto"),
+    FormatSpec("edge", "offline install tarball for a device (install.sh, systemd unit, wheelhouse; any target)",
+               "builder.bundle.formats.edge"),
 )}

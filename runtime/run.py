@@ -1,0 +1,69 @@
+"""`python -m runtime.run MODEL_DIR [EVENT ...]` (edge installs: `edgebundle-run`): answer
+events from the command line, files or stdin, for scripts and cron jobs, in the formats of
+every handler (task mode {"inputs": ...}, tensor mode {"tensors": ...}).
+
+Each EVENT is a JSON document, `@FILE` (a file holding one), or `-` (stdin); none reads
+stdin. Stdin holding several lines of JSON is one event per line. One JSON answer per
+event on stdout; a bad event answers {"error": ...} there, is named on stderr, and makes
+the exit status 1. The model loads once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _events(given: list[str]) -> list[tuple[str, str]]:
+    """(where, JSON text) for each event given."""
+    out = []
+    for arg in given or ["-"]:
+        if arg == "-":
+            text = sys.stdin.read()
+            lines = [line for line in text.splitlines() if line.strip()]
+            try:  # one document spread over lines, or one per line
+                json.loads(text)
+                out.append(("stdin", text))
+            except ValueError:
+                out += [(f"stdin line {i}", line) for i, line in enumerate(lines, 1)] or [("stdin", text)]
+        elif arg.startswith("@"):
+            try:
+                out.append((arg[1:], Path(arg[1:]).read_text()))
+            except (OSError, UnicodeDecodeError) as e:
+                raise SystemExit(f"error: cannot read {arg[1:]}: {getattr(e, 'strerror', None) or e}") from None
+        else:
+            out.append(("argument", arg))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="edgebundle-run", description=__doc__.split("\n\n")[0])
+    p.add_argument("model_dir", type=Path, help="the model directory (model.json)")
+    p.add_argument("events", nargs="*", metavar="EVENT", help="JSON, @FILE or - (stdin; the default)")
+    args = p.parse_args(argv)
+    from . import load
+    from .errors import BadInput
+    from .events import answer
+    from .manifest import ManifestError
+
+    events = _events(args.events)
+    try:
+        model = load(args.model_dir)
+    except (ManifestError, OSError) as e:
+        print(f"error: cannot load the model in {args.model_dir}: {e}", file=sys.stderr)
+        return 2
+    status = 0
+    for where, text in events:
+        try:
+            result = answer(model, json.loads(text))
+        except ValueError as e:  # BadInput is a ValueError, and so are JSON errors
+            kind = "bad input" if isinstance(e, BadInput) else "not JSON"
+            print(f"error: {where}: {kind}: {e}", file=sys.stderr)
+            result, status = {"error": str(e)}, 1
+        print(json.dumps(result, separators=(",", ":")), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
