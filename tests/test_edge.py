@@ -337,3 +337,36 @@ def test_systemd_unit_verifies(x86_tarballs, tmp_path):
     text = unit.read_text()
     for line in ("NoNewPrivileges=yes", f"ReadOnlyPaths={prefix}", "User=edgebundle-tiny", "ProtectSystem=strict"):
         assert line in text
+
+
+@pytest.mark.emulated_arm64
+def test_cuda_arm64_edge_lists_cuda_prerequisites(tiny_resnet_dir, tmp_path):
+    """Jetson class: --target cuda --host arm64 builds, the tarball carries the aarch64
+    libtvm_runtime_cuda.so, and install.sh refuses a device without the CUDA 13 runtime and
+    NVIDIA driver, naming both, changing nothing."""
+    _need_chroot()
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc (CUDA 13) is not installed: the cuda target cannot be built")
+    from conftest import _build
+
+    out = tmp_path / "out"
+    _build(tiny_resnet_dir, out, formats=("edge",), targets=("cuda",), host="arm64", cuda_archs=("sm_87",),
+           python="3.11")
+    tarball = out / "cuda" / "edge.tar.gz"
+    info = _info(tarball)
+    assert info["arch"] == "aarch64" and info["device"] == "cuda"
+    assert {"libcudart.so.13", "libcuda.so.1"} <= set(info["system_libraries"])
+    with tarfile.open(tarball) as tar:
+        lib = tar.extractfile(f"{info['top']}/payload/app/libtvm_runtime_cuda.so").read(20)
+        readme = tar.extractfile(f"{info['top']}/README.md").read().decode()
+    assert lib[:4] == b"\x7fELF" and int.from_bytes(lib[18:20], "little") == 183  # EM_AARCH64
+    assert "JetPack 7" in readme
+    device = Device("arm64", tmp_path)
+    try:
+        before = device.listing()
+        refused = device.install(tarball, "--no-service")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "missing system libraries: libcudart.so.13 libcuda.so.1" in refused.stderr
+        assert device.listing() == before
+    finally:
+        device.close()
