@@ -3,13 +3,15 @@
 # debootstrap (the python3.13 Lambda sandbox `edgebundle invoke` makes once and caches),
 # g++-aarch64-linux-gnu (links arm64 builds),
 # qemu-user (arm64 sandboxes), podman + runc (image builds and runs; buildah and skopeo
-# beside them), qemu-user-static + binfmt-support (arm64 containers), and the Python
-# packages (torch 2.13.0 CPU, TVM 0.27).
+# beside them), qemu-user-static + binfmt-support (arm64 containers and the arm64 edge
+# install test's chroot), systemd (systemd-analyze checks the edge unit; nothing is
+# started), and the Python packages (torch 2.13.0 CPU, TVM 0.27).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_missing=()
-for pkg in debootstrap qemu-user g++-aarch64-linux-gnu podman runc buildah skopeo qemu-user-static binfmt-support; do
+for pkg in debootstrap qemu-user g++-aarch64-linux-gnu podman runc buildah skopeo qemu-user-static binfmt-support \
+    systemd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then
