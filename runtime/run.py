@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
             kind = "bad input" if isinstance(e, BadInput) else "not JSON"
             print(f"error: {where}: {kind}: {e}", file=sys.stderr)
             result, status = {"error": str(e)}, 1
+        except Exception:  # a failure inside the model: the other events still get answers
+            traceback.print_exc(file=sys.stderr)
+            result, status = {"error": "internal error while running the model; see stderr"}, 1
         print(json.dumps(result, separators=(",", ":")), flush=True)
     return status
 

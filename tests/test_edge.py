@@ -129,9 +129,12 @@ class Device:
         self.servers = []
 
     def listing(self) -> set[str]:
+        """Every path of the root filesystem, except scratch places and the system Python's
+        bytecode caches: the arm64 root filesystem is only unpacked (no py3compile ran), so
+        any Python run as root there writes them, while a real device ships them already."""
         skip = ("tmp/", "proc/", "dev/", "var/cache/", "root/.cache")
-        return {p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                if not p.relative_to(self.root).as_posix().startswith(skip)}
+        return {rel for rel in (p.relative_to(self.root).as_posix() for p in self.root.rglob("*"))
+                if not rel.startswith(skip) and not (rel.startswith("usr/lib/python3") and "__pycache__" in rel)}
 
     def unpack(self, tarball: Path) -> str:
         """The tarball extracted under /tmp inside; its install.sh path there."""
@@ -370,3 +373,42 @@ def test_cuda_arm64_edge_lists_cuda_prerequisites(tiny_resnet_dir, tmp_path):
         assert device.listing() == before
     finally:
         device.close()
+
+
+def test_service_user_names_fit_shadow_utils():
+    """useradd on Debian 12 / Ubuntu 24.04 refuses names over 32 characters."""
+    from builder.bundle.formats.edge import service_user
+
+    assert service_user("tiny-bert0") == "edgebundle-tiny-bert0"
+    long = service_user("distilbert-base-uncased-finetuned-sst-2-english")
+    assert len(long) <= 31 and long.startswith("eb-distilbert")
+    assert long != service_user("distilbert-base-uncased-finetuned-sst-2-englisx")
+
+
+def test_run_answers_every_event_even_after_a_failure(tiny_bert_build, monkeypatch, capsys):
+    """edgebundle-run: one JSON line per event; bad JSON, bad input and a failure inside the
+    model each answer {"error"} and exit 1, and the events after them are still answered."""
+    import runtime
+    from runtime import run
+
+    real_load = runtime.load
+
+    def load(model_dir):
+        model = real_load(model_dir)
+        real_execute = model.execute_each
+
+        def execute_each(items):
+            if any(item.rows == 2 for item in items):
+                raise RuntimeError("kernel failure")
+            return real_execute(items)
+
+        model.execute_each = execute_each
+        return model
+
+    monkeypatch.setattr(runtime, "load", load)
+    status = run.main([str(tiny_bert_build), '{"inputs": "a"}', "{not json", '{"inputs": 3}',
+                       '{"inputs": ["x", "y"]}', '{"inputs": "b"}'])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert status == 1 and len(lines) == 5
+    assert isinstance(lines[0], list) and isinstance(lines[4], list)
+    assert [("error" in x) if isinstance(x, dict) else False for x in lines[1:4]] == [True, True, True]

@@ -69,22 +69,35 @@ def _wheelhouse(dest: Path, manifest, target: TargetSpec, versions: tuple, progr
         for req in reqs + [pinned("pip")]:
             try:
                 [whl] = wheels.fetch_wheels([req], python_version=py, platforms=platforms, progress=progress)
-            except BundleError:
-                missing.append(f"{req} (Python {py}, {target.arch})")
+            except BundleError as e:  # pip's own words say whether it is the network or the wheel
+                missing.append(f"{req} (Python {py}, {target.arch}): {e.what.splitlines()[-1].strip()}")
                 continue
             shutil.copy2(whl, folder / whl.name)
     if missing:
-        raise BundleError("no wheels for the device: " + "; ".join(missing),
-                          hint="drop the Pythons they are missing for (--python), or pin versions that publish "
-                               f"manylinux wheels for {target.arch}")
+        raise BundleError("cannot fetch the device's wheels: " + "; ".join(missing),
+                          hint="check network access to PyPI; if that works, drop the Pythons they are missing for "
+                               f"(--python), or pin versions that publish manylinux wheels for {target.arch}")
     return reqs
 
 
 def _wheel_glibc(folder: Path) -> tuple[int, int]:
-    found = [(2, int(m.group(1))) for whl in folder.rglob("*.whl")
-             for m in re.finditer(r"manylinux_2_(\d+)", whl.name)]
-    found += [(2, 17) for whl in folder.rglob("*.whl") if "manylinux2014" in whl.name]
-    return max(found, default=(2, 17))
+    """The newest glibc any wheel's manylinux tag asks for (its oldest tag is what it needs)."""
+    needs = []
+    for whl in folder.rglob("*.whl"):
+        tags = [(2, int(m.group(1))) for m in re.finditer(r"manylinux_2_(\d+)", whl.name)]
+        tags += [(2, 17)] * ("manylinux2014" in whl.name)
+        if tags:
+            needs.append(min(tags))
+    return max(needs, default=(2, 17))
+
+
+def service_user(slug: str) -> str:
+    """The service's user name: shadow-utils before 4.14 (Debian 12, Ubuntu 24.04) refuse
+    names over 32 characters; long model names are cut and keep a hash of the whole."""
+    name = f"edgebundle-{slug}"
+    if len(name) <= 31:
+        return name
+    return f"eb-{slug[:20].rstrip('-._')}-{hashlib.sha256(slug.encode()).hexdigest()[:6]}"
 
 
 def payload_id(root: Path) -> str:
@@ -117,15 +130,16 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
                                    what=f"{out} (staged)")
             audit.update(elf.audit_tree(payload / "model", machine=target.elf_machine, max_glibc=DEVICE_GLIBC,
                                         what=f"{out} (staged)"))
-        glibc = max(elf._vtuple(elf.max_glibc_of(audit)) if elf.max_glibc_of(audit) != "none" else (2, 17),
-                    _wheel_glibc(payload / "wheelhouse"))
-        glibc = elf.vstr(glibc)
+        libs = elf.max_glibc_of(audit)
+        glibc = elf.vstr(max(tuple(int(x) for x in libs.split(".")) if libs != "none" else (2, 17),
+                             _wheel_glibc(payload / "wheelhouse")))
         system_libs = [lib["name"] for lib in manifest.runtime_libraries.get("system", [])]
         values = {"model_name": manifest.model.name, "slug": slug, "task": manifest.model.task,
                   "target": target.name, "arch": target.arch, "device": target.device, "glibc": glibc,
                   "pythons": list(versions), "requirements": reqs, "system_libs": system_libs,
                   "edgebundle_version": EDGEBUNDLE_VERSION, "cuda_note": CUDA_NOTE,
-                  "v2_name": _v2_name(manifest.model.name), "inputs": manifest.inputs}
+                  "v2_name": _v2_name(manifest.model.name), "inputs": manifest.inputs,
+                  "service_user": service_user(slug)}
         (payload / "bin").mkdir()
         for tool in ("edgebundle-serve", "edgebundle-run"):
             (payload / "bin" / tool).write_text(render(f"edge/{tool}.j2", **values))
