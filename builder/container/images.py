@@ -12,8 +12,36 @@ from builder.errors import BundleError
 from builder.progress import QUIET, Progress
 
 
+ARCHIVE_SUFFIX = ".oci.tar"
+
+
 def archive_path(ctx: Path) -> Path:
-    return ctx.parent / f"{ctx.name}.oci.tar"
+    return ctx.parent / f"{ctx.name}{ARCHIVE_SUFFIX}"
+
+
+def archive_index(archive: Path) -> dict:
+    """The OCI archive's single image, from its index.json: {"digest", "ref"} (ref: the name
+    it carries, or None). ValueError naming the cause when unreadable."""
+    import json
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as tar:
+            index = json.load(tar.extractfile("index.json"))
+        entry = index["manifests"][0]
+        return {"digest": entry["digest"],
+                "ref": (entry.get("annotations") or {}).get("org.opencontainers.image.ref.name")}
+    except (OSError, KeyError, IndexError, TypeError, ValueError, AttributeError, tarfile.TarError) as e:
+        raise ValueError(f"not a readable OCI archive ({type(e).__name__}: {e})") from None
+
+
+def loaded_ref(output: str) -> str | None:
+    """The reference `podman load` / `docker load` printed: podman "Loaded image: REF" or
+    "Loaded image(s): REF", docker "Loaded image: REF" / "Loaded image ID: ID"."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("Loaded image") and ":" in line:
+            return line.split(":", 1)[1].strip().split(",")[0] or None
+    return None
 
 
 def build_image(ctx: Path, engine: str | None = None, tag: str | None = None, archive: bool = True,

@@ -43,9 +43,20 @@ class Clients:
         return self._session
 
     def __call__(self, service: str):
-        if service not in self._made:
+        return self._client(service, service, retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS})
+
+    def invoke_client(self):
+        """Lambda's client for Invoke: one attempt (a retried invoke runs the model again) and
+        a read timeout above Lambda's longest run (900 s)."""
+        return self._client("lambda-invoke", "lambda", read_timeout=905, connect_timeout=10,
+                            retries={"mode": "standard", "total_max_attempts": 1})
+
+    def _client(self, key: str, service: str, **config):
+        """The client made once under `key`: the factory's (tests), else the session's with
+        `config` (botocore Config arguments)."""
+        if key not in self._made:
             if self._factory is not None:
-                self._made[service] = self._factory(service)
+                self._made[key] = self._factory(service)
             else:
                 from botocore.config import Config
 
@@ -53,24 +64,8 @@ class Clients:
                 if not session.region_name:
                     raise DeployError("no AWS region is configured",
                                       hint="pass --region, or set AWS_REGION / a region in your AWS profile")
-                self._made[service] = session.client(service, config=Config(
-                    retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
-                    user_agent_extra="edgebundle"))
-        return self._made[service]
-
-    def invoke_client(self):
-        """Lambda's client for Invoke: one attempt (a retried invoke runs the model again) and
-        a read timeout above Lambda's longest run (900 s)."""
-        if self._factory is not None:
-            return self("lambda")
-        if "lambda-invoke" not in self._made:
-            from botocore.config import Config
-
-            self("lambda")  # the same checks (region, profile) as every client
-            self._made["lambda-invoke"] = self.session().client("lambda", config=Config(
-                read_timeout=905, connect_timeout=10, retries={"mode": "standard", "total_max_attempts": 1},
-                user_agent_extra="edgebundle"))
-        return self._made["lambda-invoke"]
+                self._made[key] = session.client(service, config=Config(user_agent_extra="edgebundle", **config))
+        return self._made[key]
 
     @property
     def region_name(self) -> str:

@@ -4,21 +4,19 @@ context and the OCI archive `edgebundle image build` wrote beside it)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import tarfile
 from pathlib import Path
 
+from builder.bundle.formats.lambda_image import CONTEXT
 from builder.bundle.formats.lambda_zip import ARCHITECTURES, DEPLOYABLE_PYTHONS
+from builder.bundle.manifest import file_record
+from builder.container.images import ARCHIVE_SUFFIX, archive_index, archive_path
 from builder.errors import DeployError
 from runtime.manifest import FILENAME, Manifest
 from runtime.manifest import read as read_manifest
 
 ZIP = "lambda.zip"
-CONTEXT = "lambda-image"
-ARCHIVE_SUFFIX = ".oci.tar"
 TIMING = "timing.json"  # builder.build.TIMING (not imported: that pulls the compiler's registries)
-KINDS = ("zip", "image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,32 +44,11 @@ class Bundle:
         return self.info["runtime"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _latency(target_dir: Path) -> dict | None:
     try:
         return json.loads((target_dir / TIMING).read_text())
     except (OSError, ValueError):
         return None
-
-
-def archive_index(archive: Path) -> dict:
-    """The OCI archive's single image: {"digest", "ref"} from index.json."""
-    try:
-        with tarfile.open(archive) as tar:
-            index = json.load(tar.extractfile("index.json"))
-        entry = index["manifests"][0]
-        return {"digest": entry["digest"], "ref": (entry.get("annotations") or {}).get(
-            "org.opencontainers.image.ref.name")}
-    except (OSError, KeyError, IndexError, TypeError, ValueError, AttributeError, tarfile.TarError) as e:
-        raise DeployError(f"not a readable OCI archive ({type(e).__name__}: {e})", where=str(archive),
-                          hint="rewrite it with edgebundle image build") from None
 
 
 def _locate(path: Path, package: str | None) -> tuple[str, Path, Path]:
@@ -98,9 +75,9 @@ def _locate(path: Path, package: str | None) -> tuple[str, Path, Path]:
         if found:
             kind, where = next(iter(found.items()))
             return kind, path, where
-        if read_manifest(path).target.device != "cpu":
-            raise DeployError(f"target {read_manifest(path).target.name} cannot run on AWS Lambda: Lambda has no "
-                              "GPUs", where=str(path),
+        target = read_manifest(path).target
+        if target.device != "cpu":
+            raise DeployError(f"target {target.name} cannot run on AWS Lambda: Lambda has no GPUs", where=str(path),
                               hint="deploy an x86_64 or arm64 build; GPU models ship as serve-image containers")
         raise DeployError("no Lambda bundle in this target directory", where=str(path),
                           hint="build one: edgebundle build MODEL --format lambda (or lambda-image, or auto)")
@@ -128,7 +105,7 @@ def refuse_undeployable(info: dict, manifest: Manifest, where: str) -> None:
 
 def open_bundle(path: Path, package: str | None = None) -> Bundle:
     kind, target_dir, where = _locate(Path(path), package)
-    manifest = read_manifest(target_dir if kind == "image" or (target_dir / FILENAME).is_file() else where.parent)
+    manifest = read_manifest(target_dir)
     if kind == "zip":
         from builder.local.lambda_runtime import read_lambda_json
 
@@ -138,7 +115,8 @@ def open_bundle(path: Path, package: str | None = None) -> Bundle:
                               "runtime", where=str(where),
                               hint=f"deploy {target_dir} (or its lambda.zip) with --runtime-layer")
         refuse_undeployable(info, manifest, str(where))
-        return Bundle("zip", target_dir, where, info, manifest, _sha256(where), where.stat().st_size,
+        record = file_record(where)
+        return Bundle("zip", target_dir, where, info, manifest, record["sha256"], record["size"],
                       _latency(target_dir))
     from builder.bundle.context import read_info
 
@@ -148,11 +126,14 @@ def open_bundle(path: Path, package: str | None = None) -> Bundle:
         raise DeployError(f"{where} is a {image.get('format')} context, not a Lambda image", where=str(where),
                           hint="build --format lambda-image for Lambda; serve-image is for servers and clusters")
     refuse_undeployable(info, manifest, str(where))
-    archive = where.with_name(where.name + ARCHIVE_SUFFIX)
+    archive = archive_path(where)
     if not archive.is_file():
         raise DeployError("the image has not been built: no OCI archive beside its context", where=str(archive),
                           hint=f"edgebundle image build {where}")
-    index = archive_index(archive)
+    try:
+        index = archive_index(archive)
+    except ValueError as e:
+        raise DeployError(str(e), where=str(archive), hint="rewrite it with edgebundle image build") from None
     if index["ref"] and index["ref"] != image["tag"] and not image["tag"].endswith(":" + index["ref"]):
         raise DeployError(f"the OCI archive holds {index['ref']}, not the context's {image['tag']}: the context "
                           "changed since the image was built", where=str(archive),

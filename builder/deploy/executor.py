@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from builder.container.images import loaded_ref
 from builder.deploy import aws
 from builder.deploy.plan import FileBody, Plan, Ref
 from builder.errors import DeployError, ToolMissingError
@@ -74,18 +75,10 @@ class Pusher:
                                       hint="check the registry is reachable and you may push (ecr:InitiateLayerUpload,"
                                            " ecr:PutImage, ...); rerun with --debug")
                 if cmd[1] == "load":
-                    loaded = _loaded_ref(proc.stdout)
+                    loaded = loaded_ref(proc.stdout)
                     if not loaded:
                         raise DeployError(f"{tool} load did not say what it loaded: {proc.stdout.strip()[-300:]}",
                                           where=str(archive), hint="push with --push-tool skopeo")
-
-
-def _loaded_ref(output: str) -> str | None:
-    """podman: "Loaded image: REF" / "Loaded image(s): REF"; docker: "Loaded image: REF"."""
-    for line in reversed(output.strip().splitlines()):
-        if line.startswith("Loaded image") and ":" in line:
-            return line.split(":", 1)[1].strip().split(",")[0] or None
-    return None
 
 
 class Executor:
@@ -193,18 +186,20 @@ class Executor:
         return self._call("lambda", "update_function_url_config", what, **p)["FunctionUrl"]
 
     def add_permission(self, p, what):
-        try:
-            self._call("lambda", "add_permission", what, **p)
-        except DeployError as e:  # already granted by an earlier deploy: the same statement id
-            if "ResourceConflictException" not in e.what:
-                raise
+        # Already granted by an earlier deploy (the same statement id): nothing to add.
+        self._call_unless("ResourceConflictException", "add_permission", what, p)
 
 
     def remove_permission(self, p, what):
+        # Removed by hand already: nothing to withdraw.
+        self._call_unless("ResourceNotFoundException", "remove_permission", what, p)
+
+    def _call_unless(self, code: str, method: str, what: str, params: dict) -> None:
+        """A Lambda call whose failure with `code` means it is done already."""
         try:
-            self._call("lambda", "remove_permission", what, **p)
-        except DeployError as e:  # removed by hand already
-            if "ResourceNotFoundException" not in e.what:
+            self._call("lambda", method, what, **params)
+        except DeployError as e:
+            if code not in e.what:
                 raise
 
 

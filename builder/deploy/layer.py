@@ -11,7 +11,6 @@ runtime/ from the layer, and runtime/_tvm.py finds libtvm_*.so beside its packag
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import shutil
@@ -19,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from builder.bundle.archive import tree_size, write_zip
+from builder.bundle.manifest import file_record
 from builder.errors import DeployError
 from builder.fsutil import unzip
 from runtime.manifest import FILENAME
@@ -37,10 +37,6 @@ class Split:
     model_sha256: str
     layer_unzipped: int
     model_unzipped: int
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def layer_name(python: str, architecture: str) -> str:
@@ -68,5 +64,5 @@ def split_zip(zip_path: Path, manifest) -> Split:
         write_zip(layer.parent, out_layer)
         write_zip(model, out_model)
         sizes = tree_size(layer.parent), tree_size(model)
-    return Split(out_layer, out_model, _sha256(out_layer), _sha256(out_model), *sizes)
+    return Split(out_layer, out_model, file_record(out_layer)["sha256"], file_record(out_model)["sha256"], *sizes)
 

@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 
 from builder.bundle.context import image_name
+# Lambda's limits live with the Lambda format (tests patch DIRECT_UPLOAD_LIMIT here).
+from builder.bundle.formats.lambda_zip import DIRECT_UPLOAD_LIMIT, MIB, UNZIPPED_LIMIT
 from builder.deploy import aws
 from builder.deploy.bundle import Bundle
 from builder.deploy.sizing import Sizing, check_memory, check_timeout, size_function
@@ -24,9 +26,6 @@ from builder.errors import DeployError
 from builder.options import DeployOptions
 from builder.versions import EDGEBUNDLE_VERSION
 
-MIB = 1024 * 1024
-DIRECT_UPLOAD_LIMIT = 50 * MIB  # Lambda: zips above it go through S3
-UNZIPPED_LIMIT = 250 * MIB  # code + layers, unzipped
 FINGERPRINT_TAG = "edgebundle-fp:"
 # A public (NONE) URL needs both grants since October 2025: the URL action, and
 # InvokeFunction through the URL.
@@ -85,7 +84,6 @@ class Plan:
     actions: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
     alias_version: str | None = None  # where the alias points now
-    function_exists: bool = False
 
     @property
     def changes(self) -> bool:
@@ -135,36 +133,24 @@ def _role_arn(clients, role: str | None, account: str | None) -> str | None:
     return found
 
 
-def _get(fn, what: str, **params):
-    """A read: the response, or None when the resource does not exist."""
+def _get(fn, what: str, missing: tuple = (), **params):
+    """A read: the response, or None when the resource does not exist (or the error code
+    is one of `missing`)."""
     try:
         return fn(**params)
     except Exception as e:  # noqa: BLE001 - translated below
-        if aws.is_not_found(e):
+        if aws.is_not_found(e) or aws.error_code(e) in missing:
             return None
         raise aws.translate(e, what) from e
 
 
-def _head(s3, bucket: str, key: str) -> dict | None:
-    """The object's metadata, or None when it is not there (or, without s3:ListBucket, when
-    S3 answers a missing key with 403: then it is uploaded, which PutObject may allow)."""
-    try:
-        return s3.head_object(Bucket=bucket, Key=key)
-    except Exception as e:  # noqa: BLE001 - translated below
-        if aws.is_not_found(e) or aws.error_code(e) in ("403", "Forbidden"):
-            return None
-        raise aws.translate(e, f"checking s3://{bucket}/{key}") from e
-
-
-def _versions(client, function: str) -> list[dict]:
+def _listed(fn, key: str, what: str, **params) -> list[dict]:
+    """Every item under `key` of a Marker/NextMarker listing; [] when the resource is missing."""
     out, marker = [], None
     while True:
-        page = _get(client.list_versions_by_function, f"listing versions of {function}", FunctionName=function,
-                    **({"Marker": marker} if marker else {}))
-        if page is None:
-            return out
-        out += page.get("Versions", [])
-        marker = page.get("NextMarker")
+        page = _get(fn, what, **params, **({"Marker": marker} if marker else {}))
+        out += (page or {}).get(key, [])
+        marker = (page or {}).get("NextMarker")
         if not marker:
             return out
 
@@ -232,7 +218,7 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
                           f"{'a zip' if package == 'Zip' else 'an image'}: Lambda cannot change a function's "
                           "package type", where=str(bundle.path),
                           hint="deploy to another --function-name, or delete the function first")
-    plan = Plan(fn, options.alias, clients.region_name, bundle, sizing, "", function_exists=current is not None)
+    plan = Plan(fn, options.alias, clients.region_name, bundle, sizing, "")
     actions: list[Action] = []
 
     # -- the code ------------------------------------------------------------------------
@@ -275,7 +261,10 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
                                   hint="pass --s3-bucket BUCKET (in the function's region); the zip is uploaded "
                                        "there once, under a key named by its sha256")
             key = f"{options.s3_prefix}{image_name(bundle.name)}/{code_sha}.zip"
-            head = _head(clients("s3"), options.s3_bucket, key)
+            # Without s3:ListBucket, S3 answers a missing key with 403: then it is uploaded,
+            # which PutObject may allow.
+            head = _get(clients("s3").head_object, f"checking s3://{options.s3_bucket}/{key}",
+                        missing=("403", "Forbidden"), Bucket=options.s3_bucket, Key=key)
             if head is not None and head.get("ContentLength") == size:
                 plan.notes.append(f"s3://{options.s3_bucket}/{key} already holds this zip: not uploaded again")
             else:
@@ -341,7 +330,9 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
     plan.alias_version = (alias or {}).get("FunctionVersion")
     # Only Active versions: one whose SnapStart snapshot failed (or still Pending after an
     # interrupted deploy) carries the fingerprint too, and must not be pointed at.
-    matching = [v["Version"] for v in (_versions(lam, fn) if current else [])
+    versions = _listed(lam.list_versions_by_function, "Versions", f"listing versions of {fn}",
+                       FunctionName=fn) if current else []
+    matching = [v["Version"] for v in versions
                 if v.get("Version") != "$LATEST" and tag in (v.get("Description") or "")
                 and v.get("State", "Active") == "Active"]
     version: str | Ref
@@ -420,17 +411,10 @@ def _config_changes(want: dict, now: dict) -> list[str]:
 
 def _layer_version(clients, name: str, sha256: str) -> str | None:
     """The ARN of a version of layer `name` whose description names this content."""
-    lam = clients("lambda")
-    marker = None
-    while True:
-        page = _get(lam.list_layer_versions, f"listing versions of layer {name}", LayerName=name,
-                    **({"Marker": marker} if marker else {}))
-        for v in (page or {}).get("LayerVersions", []):
-            if f"sha256:{sha256}" in (v.get("Description") or ""):
-                return v["LayerVersionArn"]
-        marker = (page or {}).get("NextMarker")
-        if not marker:
-            return None
+    versions = _listed(clients("lambda").list_layer_versions, "LayerVersions", f"listing versions of layer {name}",
+                       LayerName=name)
+    return next((v["LayerVersionArn"] for v in versions if f"sha256:{sha256}" in (v.get("Description") or "")),
+                None)
 
 
 def _url_actions(lam, fn: str, options: DeployOptions, exists: bool, plan: Plan) -> list[Action]:

@@ -587,24 +587,23 @@ def _converse(start, api: _RuntimeAPI, events: list[bytes], out: TextIO, err: Te
 
 def _archive_ref(archive: Path) -> str | None:
     """The image name an OCI archive carries (its index's ref.name annotation), if any."""
-    import tarfile
+    from builder.container.images import archive_index
 
     try:
-        with tarfile.open(archive) as tar:
-            index = json.load(tar.extractfile("index.json"))
-        return index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
-    except (OSError, KeyError, IndexError, TypeError, ValueError, tarfile.TarError, AttributeError):
+        return archive_index(archive)["ref"]
+    except ValueError:
         return None
 
 
 def _load_archive(eng, archive: Path, progress: Progress) -> str:
     """`podman/docker load` an OCI archive; the reference it was loaded as."""
+    from builder.container.images import loaded_ref
+
     with progress.step(f"{eng.name} load {archive.name}"):
         out = eng.run([eng.path, "load", "-i", str(archive)], f"loading {archive}").stdout
-    # podman: "Loaded image: REF" or "Loaded image(s): REF"; docker: "Loaded image: REF" / "Loaded image ID: ID".
-    for line in reversed(out.strip().splitlines()):
-        if line.startswith("Loaded image"):
-            return line.split(":", 1)[1].strip().split(",")[0]
+    ref = loaded_ref(out)
+    if ref:
+        return ref
     raise InvokeError(f"{eng.name} loaded {archive} but did not say as what:\n    {out.strip()}", where=str(archive))
 
 

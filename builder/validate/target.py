@@ -20,7 +20,8 @@ GPU_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progress: Progress, library: str,
                     timings: dict | None = None) -> dict:
     """Compare with PyTorch; where the model runs in-process, also time it into `timings`
-    (build.json only: model.json and the bundles stay byte-identical across builds)."""
+    (timing.json and build.json only: model.json and the bundles stay byte-identical
+    across builds)."""
     import runtime
 
     where = str(tdir / library)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from builder.bundle import elf, wheels
 from builder.bundle.archive import tree_files, write_tar_gz
-from builder.bundle.context import image_name
+from builder.bundle.context import context_digest, image_name
 from builder.bundle.manifest import file_record
 from builder.bundle.render import render
 from builder.bundle.stage import WHEEL_GLIBC, copy_runtime, pinned, runtime_requirements, stage_model, tvm_runtime_libs
@@ -101,11 +101,8 @@ def service_user(slug: str) -> str:
 
 
 def payload_id(root: Path) -> str:
-    """The version id: sha256 over every file's name and bytes (12 hex)."""
-    h = hashlib.sha256()
-    for f in tree_files(root):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:12]
+    """The version id: the digest of every file's name, mode and bytes (12 hex)."""
+    return context_digest(root, parts=tuple(sorted(p.name for p in root.iterdir())))[:12]
 
 
 def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress) -> dict:
@@ -157,8 +154,7 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
                 "requirements": reqs, "system_libraries": system_libs, "version_id": version_id,
                 "edgebundle": EDGEBUNDLE_VERSION, "top": top}
         (root / "edge.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        sums = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(root).as_posix()}"
-                for f in tree_files(root)]
+        sums = [f"{file_record(f)['sha256']}  {f.relative_to(root).as_posix()}" for f in tree_files(root)]
         (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
         with progress.step(f"write {out.name}"):
             write_tar_gz(root, out, top)
