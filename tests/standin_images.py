@@ -12,12 +12,16 @@ containers run through binfmt-registered qemu).
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import subprocess
 import tarfile
 from pathlib import Path
 
 PYTHON = "3.13"
+# Bump when _import or the image layout changes in a way its inputs below do not show.
+_RECIPE = 1
 _ENTRYPOINT = """#!/bin/sh
 # Stand-in for AWS's /lambda-entrypoint.sh (the real one starts the Runtime Interface
 # Emulator when AWS_LAMBDA_RUNTIME_API is unset; edgebundle invoke always sets it).
@@ -30,10 +34,23 @@ exec /var/runtime/bootstrap "$@"
 
 
 def _bootstrap() -> str:
-    from builder.local.lambda_runtime import _BOOTSTRAP
+    import shlex
 
-    # As Lambda: the task root first, then the standard library, the runtime client last.
-    return "#!/bin/sh\nexec python3 -I -S -c '" + _BOOTSTRAP.replace("'", "'\\''") + "' /var/task /var/runtime \"$1\"\n"
+    from builder.local.lambda_runtime import bootstrap_argv
+
+    # As Lambda: the task root first, then the layers merged under /opt, the standard
+    # library, the runtime client last. The handler is the entrypoint's first argument.
+    args = bootstrap_argv("/var/task", "/var/runtime", "HANDLER", "/opt")
+    return "#!/bin/sh\nexec python3 -I -S " + " ".join(
+        '"$1"' if a == "HANDLER" else shlex.quote(a) for a in args) + "\n"
+
+
+def _tag(name: str, parts: list) -> str:
+    """`name` tagged with a digest of everything the image is made from: a change to any of
+    it (the bootstrap, the root filesystem's recipe, the runtime client) makes a new image
+    instead of reusing a stale one from podman's store."""
+    digest = hashlib.sha256(json.dumps([_RECIPE, *parts]).encode()).hexdigest()[:12]
+    return f"{name}-{digest}"
 
 
 def _exists(tag: str) -> bool:
@@ -67,26 +84,28 @@ def _import(rootfs: Path, arch: str, tag: str, changes: list[str], extra: dict[s
 def serve_base(arch: str) -> str:
     from builder.local import sandbox
 
-    tag = f"localhost/edgebundle-standin/python:{PYTHON}-slim-{arch}"
+    changes = ["ENV PATH=/usr/local/bin:/usr/bin:/bin", "CMD [\"python3\"]"]
+    tag = _tag(f"localhost/edgebundle-standin/python:{PYTHON}-slim-{arch}",
+               [sandbox.rootfs_key(PYTHON, arch), changes])
     if not _exists(tag):
         rootfs = sandbox.ensure_rootfs(PYTHON, arch)
-        _import(rootfs, arch, tag, ["ENV PATH=/usr/local/bin:/usr/bin:/bin", "CMD [\"python3\"]"], {})
+        _import(rootfs, arch, tag, changes, {})
     return tag
 
 
 def lambda_base(arch: str) -> str:
     from builder.local import sandbox
-    from builder.local.lambda_runtime import awslambdaric_dir
+    from builder.local.lambda_runtime import AWSLAMBDARIC_REQUIREMENTS, awslambdaric_dir
 
-    tag = f"localhost/edgebundle-standin/lambda-python:{PYTHON}-{arch}"
+    changes = ["ENV LAMBDA_TASK_ROOT=/var/task", "ENV LAMBDA_RUNTIME_DIR=/var/runtime", "ENV LANG=en_US.UTF-8",
+               "ENV PATH=/usr/local/bin:/usr/bin:/bin", "WORKDIR /var/task",
+               'ENTRYPOINT ["/lambda-entrypoint.sh"]']
+    files = {"lambda-entrypoint.sh": _ENTRYPOINT, "var/runtime/bootstrap": _bootstrap()}
+    tag = _tag(f"localhost/edgebundle-standin/lambda-python:{PYTHON}-{arch}",
+               [sandbox.rootfs_key(PYTHON, arch), list(AWSLAMBDARIC_REQUIREMENTS), changes, files])
     if not _exists(tag):
         rootfs = sandbox.ensure_rootfs(PYTHON, arch)
         ric = awslambdaric_dir(PYTHON, arch)
-        _import(rootfs, arch, tag, [
-            "ENV LAMBDA_TASK_ROOT=/var/task", "ENV LAMBDA_RUNTIME_DIR=/var/runtime", "ENV LANG=en_US.UTF-8",
-            "ENV PATH=/usr/local/bin:/usr/bin:/bin", "WORKDIR /var/task",
-            'ENTRYPOINT ["/lambda-entrypoint.sh"]'],
-            {"lambda-entrypoint.sh": (_ENTRYPOINT.encode(), 0o755),
-             "var/runtime/bootstrap": (_bootstrap().encode(), 0o755)},
-            extra_dirs={"var/runtime": ric})
+        _import(rootfs, arch, tag, changes, {name: (text.encode(), 0o755) for name, text in files.items()},
+                extra_dirs={"var/runtime": ric})
     return tag

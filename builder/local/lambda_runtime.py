@@ -71,6 +71,14 @@ main(sys.argv)
 """
 
 
+def bootstrap_argv(task_root: str, ric_dir: str, handler: str, opt: str) -> list[str]:
+    """The arguments after the interpreter's flags that start awslambdaric as Lambda does:
+    one place for every launcher (the local zip run and the stand-in image's bootstrap), so
+    the code and the arguments it unpacks cannot drift apart. `opt` is where layers are
+    merged ("" for none)."""
+    return ["-c", _BOOTSTRAP, task_root, ric_dir, handler, opt]
+
+
 # ---------------------------------------------------------------- bundle metadata
 
 
@@ -476,8 +484,8 @@ def _run_warm(
             "HOME": "/tmp",
         }
         env.update(sandbox.emulator_env(arch))
-        cmd = [*argv, "-c", _BOOTSTRAP, task_root, str(Path(ric).resolve()), handler,
-               str(opt.resolve()) if layers else ""]
+        cmd = [*argv, *bootstrap_argv(task_root, str(Path(ric).resolve()), handler,
+                                      str(opt.resolve()) if layers else "")]
 
         def start() -> subprocess.Popen:
             nonlocal proc

@@ -23,6 +23,11 @@ from builder.progress import QUIET, Progress
 
 # Debian ships exactly one python3 per release; these are the versions we can emulate.
 SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+# What a root filesystem is made from. Its cache folder is named by a digest of this (and
+# of the suite and arch), so changing how it is made builds a new one instead of reusing
+# a stale one. Bump _RECIPE when a step below changes in a way the arguments do not show.
+_RECIPE = 1
+_DEBOOTSTRAP_ARGS = ("--variant=minbase", "--include=python3,libstdc++6")
 
 # A build directory older than this is left over from a killed build, not a running one.
 _STALE_BUILD_S = 6 * 3600
@@ -59,9 +64,21 @@ def _sandbox_root() -> Path:
     return root
 
 
+def rootfs_key(python_version: str, arch: str = "x86_64") -> str:
+    """Digest of everything the root filesystem for this Python and arch is made from."""
+    import hashlib
+    import json
+
+    arch = normalize_arch(arch)
+    recipe = {"recipe": _RECIPE, "suite": suite_for(python_version), "arch": arch,
+              "deb_arch": platform_named(arch).deb_arch, "debootstrap": list(_DEBOOTSTRAP_ARGS)}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def rootfs_path(python_version: str, arch: str = "x86_64") -> Path:
     """Where the root filesystem for this Python and arch lives (whether or not built)."""
-    return _sandbox_root() / f"{suite_for(python_version)}-{normalize_arch(arch)}"
+    arch = normalize_arch(arch)
+    return _sandbox_root() / f"{suite_for(python_version)}-{arch}-{rootfs_key(python_version, arch)}"
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -155,7 +172,7 @@ def ensure_rootfs(python_version: str, arch: str = "x86_64", progress: Progress 
     )
     try:
         with progress.step(f"create Debian {suite} {arch} sandbox for Python {python_version} (once)"):
-            cmd = [debootstrap, "--variant=minbase", "--include=python3,libstdc++6", f"--arch={platform_named(arch).deb_arch}"]
+            cmd = [debootstrap, *_DEBOOTSTRAP_ARGS, f"--arch={platform_named(arch).deb_arch}"]
             if foreign:
                 # A foreign second stage would need the target's binaries to run; instead
                 # the packages are only unpacked (no maintainer scripts), which is all a
