@@ -8,6 +8,7 @@ where numpy is installed, and any buffer (numpy arrays included) is accepted as 
 from __future__ import annotations
 
 import array
+import math
 import struct
 import sys
 
@@ -66,11 +67,44 @@ def pack(values: list, dtype: str) -> bytearray | array.array:
     return bytearray(struct.pack(f"{len(values)}{fmt}", *values))
 
 
-def _nested(value, name: str) -> tuple[list[int], list]:
-    """Shape and row-major leaves of nested lists; BadInput if ragged."""
+# memoryview (and so every tensor here) has at most 64 dimensions; a deeper request is
+# refused as bad input before it reaches memoryview.cast, whose ValueError would be a 500.
+MAX_NDIM = 64
+# Exponent bytes of the non-finite values (inf, nan: every exponent bit set), little-endian:
+# (index of the byte, its mask) for the top and the next byte of each element.
+_EXPONENT = {"f": (4, 3, 0x7F, 2, 0x80), "d": (8, 7, 0x7F, 6, 0xF0)}
+_HAS_BITS = {mask: bytes(int(b & mask == mask) for b in range(256)) for mask in (0x7F, 0x80, 0xF0)}
+
+
+def all_finite(view: memoryview) -> bool:
+    """Whether a float32/float64 tensor holds no inf or nan (other dtypes: True).
+
+    In C speed without numpy: an element is non-finite when all its exponent bits are set;
+    the exponent's two bytes of every element are picked by slicing, mapped to 0/1 by a
+    lookup table, and AND-ed as big integers."""
+    spec = _EXPONENT.get(view.format.lstrip("@=<"))
+    if spec is None or not view.nbytes:
+        return True
+    size, hi, hi_mask, lo, lo_mask = spec
+    raw = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+    if sys.byteorder != "little":
+        hi, lo = size - 1 - hi, size - 1 - lo
+    top = raw[hi::size].tobytes().translate(_HAS_BITS[hi_mask])
+    low = raw[lo::size].tobytes().translate(_HAS_BITS[lo_mask])
+    return not (int.from_bytes(top, "little") & int.from_bytes(low, "little"))
+
+
+def _nested(value, name: str, max_ndim: int, max_elements: int | None) -> tuple[list[int], list]:
+    """Shape and row-major leaves of nested lists; BadInput if ragged, nested deeper than
+    `max_ndim` or holding more than `max_elements` leaves (checked level by level, before
+    the next one is built)."""
     shape, level = [], [value]
     while level and isinstance(level[0], (list, tuple)):
+        if len(shape) >= max_ndim:
+            raise BadInput(f'"{name}" is nested deeper than its shape allows ({max_ndim} dimensions)')
         n = len(level[0])
+        if max_elements is not None and len(level) * n > max_elements:
+            raise BadInput(f'"{name}" has more than {max_elements} values; the model takes at most that many')
         nxt = []
         for item in level:
             if not isinstance(item, (list, tuple)) or len(item) != n:
@@ -83,11 +117,15 @@ def _nested(value, name: str) -> tuple[list[int], list]:
     return shape, level
 
 
-def as_tensor(value, name: str, dtype: str) -> memoryview:
+def as_tensor(value, name: str, dtype: str, max_ndim: int = MAX_NDIM, max_elements: int | None = None) -> memoryview:
     """Nested lists or any buffer -> a C-contiguous memoryview of `dtype`, shape kept.
 
     Follows numpy's casting rules where they are safe: ints and bools into float inputs,
-    bools into int inputs; floats into int inputs are refused rather than truncated."""
+    bools into int inputs; floats into int inputs are refused rather than truncated. Float
+    inputs must be finite in `dtype` (1e300 is inf in float32): the compiled code assumes
+    finite math, and an inf or nan gives a meaningless answer. At most `max_ndim`
+    dimensions and `max_elements` values, checked before the values are copied."""
+    max_ndim = min(max_ndim, MAX_NDIM)
     want = dtype_kind(dtype)
     try:
         view = memoryview(value)
@@ -98,10 +136,15 @@ def as_tensor(value, name: str, dtype: str) -> memoryview:
         if got is None:
             raise BadInput(f'"{name}" must hold numbers (got buffer format {view.format!r})')
         shape = list(view.shape)
+        if len(shape) > max_ndim:
+            raise BadInput(f'"{name}" has {len(shape)} dimensions; the model takes {max_ndim}')
+        if max_elements is not None and math.prod(shape) > max_elements:
+            raise BadInput(f'"{name}" has more than {max_elements} values; the model takes at most that many')
         if 0 in shape:
             raise BadInput(f'"{name}" is empty (shape {shape})')
         if got == (want, struct.calcsize(FORMATS[dtype]), True) and view.c_contiguous:
-            return view if view.format == FORMATS[dtype] else shaped(view, dtype, shape)
+            out = view if view.format == FORMATS[dtype] else shaped(view, dtype, shape)
+            return _finite(out, name, dtype)
         if want in "iu" and got[0] == "f":
             raise BadInput(f'"{name}" must hold integers ({dtype}), got floats')
         # tobytes() is row-major for any strides; struct handles float16 and byte order,
@@ -110,7 +153,9 @@ def as_tensor(value, name: str, dtype: str) -> memoryview:
         leaves = list(struct.unpack(f"{view.format[0] if view.format[0] in '@=<>!' else ''}"
                                     f"{count}{view.format[-1]}", view.tobytes()))
     else:
-        shape, leaves = _nested(value, name)
+        shape, leaves = _nested(value, name, max_ndim, max_elements)
+        if max_elements is not None and len(leaves) > max_elements:
+            raise BadInput(f'"{name}" has more than {max_elements} values; the model takes at most that many')
         if want in "iu" and any(type(x) is float for x in leaves):
             raise BadInput(f'"{name}" must hold integers ({dtype}), got floats')
     if 0 in shape:
@@ -121,7 +166,13 @@ def as_tensor(value, name: str, dtype: str) -> memoryview:
         raise BadInput(f'"{name}" has values outside {dtype}') from None
     except (TypeError, struct.error):
         raise BadInput(f'"{name}" must hold numbers') from None
-    return shaped(packed, dtype, shape)
+    return _finite(shaped(packed, dtype, shape), name, dtype)
+
+
+def _finite(view: memoryview, name: str, dtype: str) -> memoryview:
+    if not all_finite(view):
+        raise BadInput(f'"{name}" holds inf, nan or values beyond {dtype}\'s range; only finite numbers are accepted')
+    return view
 
 
 def flat(view: memoryview) -> memoryview:

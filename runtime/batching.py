@@ -16,10 +16,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from typing import NamedTuple
 
 
 class QueueFull(Exception):
-    """The queue holds its maximum of requests; the server answers 503 + Retry-After."""
+    """The queue holds its maximum of rows; the server answers 503 + Retry-After."""
 
 
 class Closed(Exception):
@@ -27,21 +28,34 @@ class Closed(Exception):
 
 
 class _Job:
-    __slots__ = ("outputs", "remaining", "error", "done", "cancelled", "batches", "queued")
+    __slots__ = ("outputs", "remaining", "error", "done", "cancelled", "batches", "pending")
 
     def __init__(self, n: int):
         self.outputs = [None] * n
         self.remaining = n
-        self.queued = n  # items not yet taken by the worker
+        self.pending = collections.deque()  # its _Entry's not yet taken by the worker, in order
         self.error = None
         self.done = threading.Event()
         self.cancelled = False
         self.batches = []  # the row count of each batch this job's items ran in
 
 
+class _Entry(NamedTuple):
+    job: _Job
+    index: int  # of the item in its request
+    item: object
+    key: object  # items of equal keys may share a model call
+    rows: int
+
+
 class Batcher:
     """`execute(items) -> outputs per item` runs one batch; `key(item)` says which items may
-    share one (equal keys); `decoding()` counts requests still being decoded by the server."""
+    share one (equal keys); `decoding()` counts requests still being decoded by the server.
+
+    The queue holds at most `max_queue` rows (not requests: one request may carry many).
+    Batches are taken fairly: one item from each waiting request in turn, oldest request
+    first, so a request of many items shares every batch with the others instead of
+    holding them back until all its items ran."""
 
     def __init__(self, execute, key, max_batch: int, window_s: float, max_queue: int,
                  decoding=lambda: 0, on_batch=None):
@@ -49,8 +63,9 @@ class Batcher:
         self.max_batch, self.window_s, self.max_queue = max_batch, window_s, max_queue
         self._decoding = decoding
         self._on_batch = on_batch or (lambda rows, seconds: None)
-        self._pending = collections.deque()  # (job, index, item, key, rows, enqueued at)
-        self._jobs = 0  # requests with items still queued
+        # Requests with items still queued, oldest first ({job: enqueued at}; dicts keep order).
+        self._waiting: dict[_Job, float] = {}
+        self._rows = 0  # rows queued
         self._running = 0  # requests whose items the worker holds
         self._cv = threading.Condition()
         self._closing = False
@@ -61,27 +76,33 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Requests waiting in the queue."""
-        return self._jobs
+        return len(self._waiting)
+
+    @property
+    def rows(self) -> int:
+        """Rows waiting in the queue."""
+        return self._rows
 
     @property
     def busy(self) -> bool:
         with self._cv:
-            return bool(self._pending) or self._running > 0
+            return bool(self._waiting) or self._running > 0
 
     def submit(self, items: list, timeout_s: float, on_queued=None) -> tuple[list, list]:
         """Queue one request's items and wait for their outputs. Returns (outputs per item,
         the row count of each batch they ran in). Raises QueueFull, Closed, TimeoutError, or
         what the model raised. `on_queued()` runs under the queue's lock once the items are in."""
         job = _Job(len(items))
-        now = time.monotonic()
+        entries = [_Entry(job, n, item, self._key(item), item.rows) for n, item in enumerate(items)]
+        rows = sum(e.rows for e in entries)
         with self._cv:
             if self._closing:
                 raise Closed()
-            if self._jobs >= self.max_queue:
+            if self._rows + rows > self.max_queue:
                 raise QueueFull()
-            self._jobs += 1
-            for n, item in enumerate(items):
-                self._pending.append((job, n, item, self._key(item), item.rows, now))
+            self._rows += rows
+            job.pending.extend(entries)
+            self._waiting[job] = time.monotonic()
             if on_queued is not None:
                 on_queued()
             self._cv.notify_all()
@@ -89,10 +110,9 @@ class Batcher:
             with self._cv:
                 if not job.done.is_set():
                     job.cancelled = True  # its queued items are dropped; a running batch finishes
-                    if job.queued:
-                        self._jobs -= 1
-                        job.queued = 0
-                        self._pending = collections.deque(p for p in self._pending if p[0] is not job)
+                    if self._waiting.pop(job, None) is not None:
+                        self._rows -= sum(e.rows for e in job.pending)
+                        job.pending.clear()
                     raise TimeoutError()
         if job.error is not None:
             raise job.error
@@ -108,49 +128,61 @@ class Batcher:
         self._worker.join(timeout)
 
     # -- worker ------------------------------------------------------------------------
-    def _take(self) -> list:
-        """The next batch, oldest request first: items of the oldest item's key, in queue
-        order, while they fit in max_batch rows. The oldest item is always taken: one of more
-        rows than max_batch (a list of inputs under --max-batch 1) runs alone. Called with the
-        lock held."""
-        first = self._pending[0]
-        batch, rows, keep = [], 0, collections.deque()
-        for entry in self._pending:
-            if entry is first or (entry[3] == first[3] and rows + entry[4] <= self.max_batch):
-                batch.append(entry)
-                rows += entry[4]
-            else:
-                keep.append(entry)
-        self._pending = keep
-        for job, *_ in batch:
-            job.queued -= 1
-            if job.queued == 0:
-                self._jobs -= 1
+    def _take(self) -> list[_Entry]:
+        """The next batch: the oldest request's next item, then round after round one item
+        from each waiting request (oldest first) whose next item has the same key, while
+        they fit in max_batch rows. The first item is always taken: one of more rows than
+        max_batch (a list of inputs under --max-batch 1) runs alone. Looks only at each
+        request's next item: at most max_batch rounds over the waiting requests. Called
+        with the lock held."""
+        jobs = list(self._waiting)
+        key = jobs[0].pending[0].key
+        batch, rows = [], 0
+        while True:
+            took = False
+            for job in jobs:
+                if not job.pending:
+                    continue
+                entry = job.pending[0]
+                if batch and (entry.key != key or rows + entry.rows > self.max_batch):
+                    continue
+                batch.append(job.pending.popleft())
+                rows += entry.rows
+                took = True
+                if rows >= self.max_batch:
+                    break
+            if not took or rows >= self.max_batch:
+                break
+        self._rows -= rows
+        for job in jobs:
+            if not job.pending:
+                del self._waiting[job]
         return batch
 
     def _ready_rows(self, key) -> int:
-        return sum(e[4] for e in self._pending if e[3] == key)
+        return sum(e.rows for job in self._waiting for e in job.pending if e.key == key)
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._closing:
+                while not self._waiting and not self._closing:
                     self._cv.wait()
-                if not self._pending:
+                if not self._waiting:
                     return
-                deadline = self._pending[0][5] + self.window_s
+                oldest = next(iter(self._waiting))
+                deadline = self._waiting[oldest] + self.window_s
                 # Wait for more only under load: requests still being decoded, or the last
                 # call held several requests (their clients are about to send again).
-                while (not self._closing and (self._decoding() > 0 or self._last_requests > 1) and self._pending
-                       and self._ready_rows(self._pending[0][3]) < self.max_batch):
+                while (not self._closing and (self._decoding() > 0 or self._last_requests > 1) and self._waiting
+                       and self._ready_rows(next(iter(self._waiting)).pending[0].key) < self.max_batch):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cv.wait(left)
-                if not self._pending:  # what it waited with timed out meanwhile
+                if not self._waiting:  # what it waited with timed out meanwhile
                     continue
                 batch = self._take()
-                jobs = {id(e[0]): e[0] for e in batch}
+                jobs = {id(e.job): e.job for e in batch}
                 self._running += len(jobs)
             self._run(batch)
             with self._cv:
@@ -161,22 +193,23 @@ class Batcher:
         with self._cv:
             self._cv.notify_all()
 
-    def _run(self, batch: list) -> None:
-        rows = sum(e[4] for e in batch)
+    def _run(self, batch: list[_Entry]) -> None:
+        rows = sum(e.rows for e in batch)
         start = time.perf_counter()
         try:
-            outputs = self._execute([e[2] for e in batch])
+            outputs = self._execute([e.item for e in batch])
             error = None
         except Exception as e:  # reaches every request of the batch; the server keeps running
             outputs, error = [None] * len(batch), e
         self._on_batch(rows, time.perf_counter() - start)
-        self._last_requests = len({id(e[0]) for e in batch})
+        self._last_requests = len({id(e.job) for e in batch})
         with self._cv:
-            for (job, n, *_), out in zip(batch, outputs):
-                job.outputs[n] = out
+            for entry, out in zip(batch, outputs):
+                job = entry.job
+                job.outputs[entry.index] = out
                 job.batches.append(rows)
                 if error is not None and job.error is None:
                     job.error = error
                 job.remaining -= 1
-                if job.remaining == 0 or (error is not None and job.queued == 0):
+                if job.remaining == 0 or (error is not None and not job.pending):
                     job.done.set()

@@ -18,6 +18,26 @@ from .errors import BadInput
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
+def _no_constant(name: str):
+    raise BadInput(f"the JSON holds {name}, which is not JSON (RFC 8259); only finite numbers are accepted")
+
+
+def loads(body):
+    """A request body (str or bytes) -> its JSON value; BadInput for anything that is not
+    strict JSON (NaN and Infinity included) or that nests too deeply to parse."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadInput("the body's JSON is nested too deeply") from None
+
+
+def dumps(value) -> str:
+    """Strict JSON: a non-finite float is a bug (outputs are checked before), never a bare NaN."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
 def is_http_event(event) -> bool:
     return isinstance(event, dict) and (
         "requestContext" in event or "httpMethod" in event or "rawPath" in event
@@ -33,7 +53,7 @@ def decode(model, request):
         raise BadInput('send either "inputs" (task mode) or "tensors" (tensor mode), not both')
     if "tensors" in request:
         def tensors(outputs):
-            return {"tensors": {name: value.tolist() for name, value in outputs[0].items()}}
+            return {"tensors": {name: value.tolist() for name, value in model.check_finite(outputs[0]).items()}}
 
         return [model.prepare(request["tensors"])], tensors
     if "inputs" in request:
@@ -57,7 +77,7 @@ def _http_method(event: dict) -> str:
 
 
 def _http_response(status: int, payload) -> dict:
-    return {"statusCode": status, "headers": dict(_JSON_HEADERS), "body": json.dumps(payload)}
+    return {"statusCode": status, "headers": dict(_JSON_HEADERS), "body": dumps(payload)}
 
 
 def handle_http(model, event: dict) -> dict:
@@ -75,11 +95,7 @@ def handle_http(model, event: dict) -> dict:
                 body = base64.b64decode(body, validate=True)
             except (binascii.Error, ValueError):
                 raise BadInput("the body is marked base64 but does not decode") from None
-        try:
-            request = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadInput(f"the body is not valid JSON: {e}") from None
-        return _http_response(200, answer(model, request))
+        return _http_response(200, answer(model, loads(body)))
     except BadInput as e:
         return _http_response(400, {"error": str(e)})
     except Exception:  # never a stack trace to the client; the log keeps it

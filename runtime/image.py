@@ -8,6 +8,11 @@ import io
 
 from .arrays import shaped
 from .errors import BadInput, string_list
+from .limits import MAX_ASPECT
+
+# What the README documents; Pillow opens dozens of formats (EPS through Ghostscript, TIFF,
+# ICO, PSD, ...), each more parser exposed to untrusted bytes.
+FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 class ImageEncoder:
@@ -28,14 +33,20 @@ class ImageEncoder:
             raise BadInput(f'"inputs"[{index}] is not valid base64') from None
         Image.MAX_IMAGE_PIXELS = self.pre.max_pixels
         try:
-            img = Image.open(io.BytesIO(raw))
-            if img.size[0] * img.size[1] > self.pre.max_pixels:
-                raise BadInput(f'"inputs"[{index}] is {img.size[0]}x{img.size[1]} pixels; '
-                               f'at most {self.pre.max_pixels} are accepted')
+            img = Image.open(io.BytesIO(raw), formats=FORMATS)
+            # From the header, before anything is decoded.
+            w, h = img.size
+            if w * h > self.pre.max_pixels:
+                raise BadInput(f'"inputs"[{index}] is {w}x{h} pixels; at most {self.pre.max_pixels} are accepted')
+            if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+                raise BadInput(f'"inputs"[{index}] is {w}x{h} pixels; the longer side may be at most '
+                               f'{MAX_ASPECT} times the shorter')
             img.load()
         except BadInput:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        except UnidentifiedImageError:
+            raise BadInput(f'"inputs"[{index}] is not a decodable image (JPEG, PNG or WebP are accepted)') from None
+        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError) as e:
             raise BadInput(f'"inputs"[{index}] is not a decodable image ({type(e).__name__}: {e})') from None
         return img.convert("RGB")
 

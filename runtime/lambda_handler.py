@@ -30,7 +30,7 @@ def _input_bytes(event) -> int:
         return len(event.get("body") or "")
     try:
         return len(json.dumps(event, separators=(",", ":")))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # the log line must never fail the invocation
         return 0
 
 

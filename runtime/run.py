@@ -10,13 +10,14 @@ the exit status 1. The model loads once.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
 
+from .events import loads
 
-def _events(given: list[str]) -> list[tuple[str, str]]:
+
+def _events(given: list[str]) -> list[tuple[str, str | bytes]]:
     """(where, JSON text) for each event given."""
     out = []
     for arg in given or ["-"]:
@@ -24,14 +25,15 @@ def _events(given: list[str]) -> list[tuple[str, str]]:
             text = sys.stdin.read()
             lines = [line for line in text.splitlines() if line.strip()]
             try:  # one document spread over lines, or one per line
-                json.loads(text)
+                loads(text)
                 out.append(("stdin", text))
             except ValueError:
                 out += [(f"stdin line {i}", line) for i, line in enumerate(lines, 1)] or [("stdin", text)]
         elif arg.startswith("@"):
             try:
-                out.append((arg[1:], Path(arg[1:]).read_text()))
-            except (OSError, UnicodeDecodeError) as e:
+                # Bytes: a file that is not UTF-8 is a bad event (answered), not a crash.
+                out.append((arg[1:], Path(arg[1:]).read_bytes()))
+            except OSError as e:
                 raise SystemExit(f"error: cannot read {arg[1:]}: {getattr(e, 'strerror', None) or e}") from None
         else:
             out.append(("argument", arg))
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from . import load
     from .errors import BadInput
-    from .events import answer
+    from .events import answer, dumps
     from .manifest import ManifestError
 
     events = _events(args.events)
@@ -57,15 +59,14 @@ def main(argv=None) -> int:
     status = 0
     for where, text in events:
         try:
-            result = answer(model, json.loads(text))
-        except ValueError as e:  # BadInput is a ValueError, and so are JSON errors
-            kind = "bad input" if isinstance(e, BadInput) else "not JSON"
-            print(f"error: {where}: {kind}: {e}", file=sys.stderr)
+            result = answer(model, loads(text))
+        except BadInput as e:  # JSON errors included
+            print(f"error: {where}: bad input: {e}", file=sys.stderr)
             result, status = {"error": str(e)}, 1
         except Exception:  # a failure inside the model: the other events still get answers
             traceback.print_exc(file=sys.stderr)
             result, status = {"error": "internal error while running the model; see stderr"}, 1
-        print(json.dumps(result, separators=(",", ":")), flush=True)
+        print(dumps(result), flush=True)
     return status
 
 

@@ -21,12 +21,16 @@ import threading
 import time
 from pathlib import Path
 
+from .limits import MAX_INPUTS
+
 DEFAULT_PORT = 8080  # SageMaker's
 # Measured with examples/bench/serve_load.py (all-MiniLM-L6-v2, 16 clients, short sentences,
 # 2 cores): windows of 2, 5 and 10 ms gave 1.67x, 1.63x and 1.31x the requests/s of unbatched
 # serving in one run; a lone client never waits (runtime/batching.py).
 DEFAULT_BATCH_WINDOW_MS = 2.0
-DEFAULT_MAX_QUEUE = 64
+# Rows (one per text or image; a tensor request's batch) waiting for the model: four full
+# batches of a typical max batch of 32, and at least one request of MAX_INPUTS.
+DEFAULT_MAX_QUEUE = 128
 WAITRESS_MISSING = ("the model server needs waitress, which serving images and edge installs carry; "
                     "on a development machine: pip install waitress")
 
@@ -55,7 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"how long an idle model waits for requests still being decoded to join a batch "
                         f"(default {DEFAULT_BATCH_WINDOW_MS:g})")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"requests waiting for the model before new ones get 503 (default {DEFAULT_MAX_QUEUE})")
+                   help=f"rows (inputs) waiting for the model before new requests get 503 (default {DEFAULT_MAX_QUEUE})")
+    p.add_argument("--max-inputs", type=int, default=MAX_INPUTS,
+                   help=f"most texts or images in one task-mode request; more get 400 (default {MAX_INPUTS})")
     p.add_argument("--timeout-s", type=float, default=30.0,
                    help="most time a request may wait for its answer; then 504 (default 30)")
     p.add_argument("--max-body-mb", type=float, default=6.0,
@@ -72,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def serve(model_dir: Path, args, ready_message=None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit status."""
     for name, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
+                        ("--max-inputs", args.max_inputs),
                         ("--timeout-s", args.timeout_s), ("--max-body-mb", args.max_body_mb),
                         ("--idle-timeout-s", args.idle_timeout_s)):
         if value is not None and value <= 0:
@@ -114,10 +121,16 @@ def serve(model_dir: Path, args, ready_message=None) -> int:
     try:
         app = App(model_dir, name=args.name,
                   options=Options(max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-                                  max_queue=args.max_queue, timeout_s=args.timeout_s, token=token))
+                                  max_queue=args.max_queue, max_inputs=args.max_inputs, timeout_s=args.timeout_s,
+                                  token=token))
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.max_queue < max(args.max_inputs, app.max_batch):
+        # A request the queue can never hold would get 503 "retry shortly" forever.
+        print(f"error: --max-queue {args.max_queue} (rows) must hold the largest request: at least --max-inputs "
+              f"({args.max_inputs}) and the max batch ({app.max_batch})", file=sys.stderr)
+        return 2
     # Each request waiting in the queue or running in a batch holds one waitress thread, so
     # there are enough of them that the queue (not waitress's own) is what fills up.
     threads = args.max_queue + app.max_batch + 4

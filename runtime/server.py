@@ -21,7 +21,8 @@ import uuid
 from .arrays import as_tensor, flat, shaped
 from .batching import Batcher, Closed, QueueFull
 from .errors import BadInput
-from .events import decode
+from .events import decode, dumps, loads
+from .limits import MAX_INPUTS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 
@@ -44,9 +45,11 @@ class HTTPError(Exception):
 class Options:
     """Serving knobs (runtime/serve.py parses them from the command line)."""
 
-    def __init__(self, max_batch: int | None = None, batch_window_ms: float = 2.0, max_queue: int = 64,
-                 timeout_s: float = 30.0, warm: bool = True, token: str | None = None):
+    def __init__(self, max_batch: int | None = None, batch_window_ms: float = 2.0, max_queue: int = 128,
+                 timeout_s: float = 30.0, warm: bool = True, token: str | None = None,
+                 max_inputs: int = MAX_INPUTS):
         self.max_batch, self.batch_window_ms, self.max_queue = max_batch, batch_window_ms, max_queue
+        self.max_inputs = max_inputs
         self.timeout_s, self.warm = timeout_s, warm
         # A bearer token every request must carry, except the health probes (systemd,
         # Kubernetes and load balancers probe without credentials).
@@ -96,6 +99,7 @@ class App:
         start = time.perf_counter()
         try:
             model = Model(self.model_dir)
+            model.max_inputs = self.options.max_inputs
             if self.options.warm:
                 model.warm()
         except BaseException as e:  # noqa: BLE001 - reported by the serving loop, which exits
@@ -135,9 +139,11 @@ class App:
         with self._lock:
             self.metrics.in_flight += 1
         try:
-            endpoint, handler = self._route(method, path)
-            if self.options.token and endpoint not in ("ping", "health"):
+            # Authorized before routing: a 404 or 405 would otherwise tell anyone the
+            # model's name and routes. Only the health probes are open.
+            if self.options.token and self._open_endpoint(path) is None:
                 self._authorize(environ)
+            endpoint, handler = self._route(method, path)
             status, body, content_type, headers, batches = handler(environ)
         except HTTPError as e:
             status, body, content_type, headers = e.status, _json({"error": str(e)}), _JSON, e.headers
@@ -173,6 +179,11 @@ class App:
         if batches:
             fields["batch"] = max(batches)
         self.event("request", **fields)
+
+    def _open_endpoint(self, path: str) -> str | None:
+        """The endpoint of `path` if it is a health probe, which needs no token."""
+        found = self._routes.get(path.rstrip("/") or "/")
+        return found[0] if found is not None and found[0] in ("ping", "health") else None
 
     def _route(self, method: str, path: str):
         found = self._routes.get(path.rstrip("/") or "/")
@@ -253,10 +264,11 @@ class App:
         try:
             items, finish = decode_items()
             outputs, batches = self.batcher.submit(items, self.options.timeout_s, on_queued=on_queued)
+            return finish(outputs), batches
         except BadInput as e:
             raise HTTPError(400, str(e)) from None
         except QueueFull:
-            raise HTTPError(503, f"the queue is full ({self.options.max_queue} requests waiting); retry shortly",
+            raise HTTPError(503, f"the queue is full ({self.options.max_queue} rows waiting); retry shortly",
                             headers=[("Retry-After", "1")]) from None
         except Closed:
             raise HTTPError(503, "the server is shutting down", headers=[("Retry-After", "1")]) from None
@@ -268,7 +280,6 @@ class App:
                 with self._lock:
                     self._decoding -= 1
                 self.batcher.notify()
-        return finish(outputs), batches
 
     def _invocations(self, environ):
         request = _read_json(environ)
@@ -304,10 +315,14 @@ class App:
             if (not isinstance(shape, list) or not shape
                     or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
                 raise BadInput(f'input {name!r}: "shape" must be a list of positive integers')
+            if len(shape) != len(spec.shape):
+                raise BadInput(f'input {name!r} has shape {shape[:8]}{"..." if len(shape) > 8 else ""} '
+                               f'({len(shape)} dimensions); the model takes {len(spec.shape)}: {list(spec.shape)}')
             data = entry["data"]
             if not isinstance(data, list):
                 raise BadInput(f'input {name!r}: "data" must be a list')
-            view = as_tensor(data, name, spec.dtype)
+            view = as_tensor(data, name, spec.dtype, max_ndim=len(spec.shape),
+                             max_elements=self.model.max_elements(spec))
             if math.prod(view.shape) != math.prod(shape):
                 raise BadInput(f'input {name!r} has {math.prod(view.shape)} values; shape {shape} needs '
                                f'{math.prod(shape)}')
@@ -325,7 +340,7 @@ class App:
         items = [self.model.prepare(tensors)]
 
         def finish(outputs):
-            out = outputs[0]
+            out = self.model.check_finite(outputs[0])
             answer = {"model_name": self.name,
                       "outputs": [{"name": n, "datatype": V2_DATATYPES[dtypes[n]], "shape": list(out[n].shape),
                                    "data": flat(out[n]).tolist()} for n in wanted]}
@@ -357,12 +372,10 @@ def _read_json(environ):
         raise HTTPError(400, "the request body is empty; send a JSON object")
     body = environ["wsgi.input"].read(length)
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HTTPError(400, f"the body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise HTTPError(400, "the body's JSON is nested too deeply") from None
+        return loads(body)
+    except BadInput as e:
+        raise HTTPError(400, str(e)) from None
 
 
 def _json(value) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return dumps(value).encode()

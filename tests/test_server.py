@@ -64,6 +64,23 @@ def gated(self, *args, **kwargs):
 runtime.model.Model.__init__ = gated
 sys.exit(main(sys.argv[1:]))
 """
+# `python -m runtime.serve` whose model calls wait while the file $EDGEBUNDLE_TEST_HOLD
+# exists: a model busy for as long as a test needs, so the queue fills deterministically.
+HELD_SERVE = """
+import os, sys, time
+import runtime.model
+from runtime.serve import main
+
+execute = runtime.model.Model.execute
+
+def held(self, items):
+    while os.path.exists(os.environ["EDGEBUNDLE_TEST_HOLD"]):
+        time.sleep(0.01)
+    return execute(self, items)
+
+runtime.model.Model.execute = held
+sys.exit(main(sys.argv[1:]))
+"""
 CONNECTION_LOST = ("ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "RemoteDisconnected",
                    "ConnectionAbortedError")
 
@@ -84,10 +101,13 @@ class Server:
     """`python -m runtime.serve DIR --port 0 ARGS` with its stdout (one JSON event a line)
     and stderr drained by threads, so the pipes never fill."""
 
-    def __init__(self, model_dir, *args, wait_ready: bool = True, timeout: float = 120, gate: Path | None = None):
+    def __init__(self, model_dir, *args, wait_ready: bool = True, timeout: float = 120, gate: Path | None = None,
+                 hold: Path | None = None):
         command, env = [sys.executable, "-m", "runtime.serve"], dict(os.environ)
         if gate is not None:
             command, env["EDGEBUNDLE_TEST_GATE"] = [sys.executable, "-c", GATED_SERVE], str(gate)
+        if hold is not None:
+            command, env["EDGEBUNDLE_TEST_HOLD"] = [sys.executable, "-c", HELD_SERVE], str(hold)
         self.proc = subprocess.Popen([*command, str(model_dir), "--port", "0", *map(str, args)], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         self.lines, self.events, self.stderr = [], [], []
@@ -542,8 +562,9 @@ def test_cli_refuses_bad_options_and_missing_model(tmp_path):
 # -- the server over HTTP, on the tiny builds --------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tiny_bert_build):
-    """Default options (batching up to the model's 32 rows)."""
-    s = Server(tiny_bert_build)
+    """Default options (batching up to the model's 32 rows), but up to 80 inputs a request
+    (default 32) so a request can span several model calls."""
+    s = Server(tiny_bert_build, "--max-inputs", "80")
     yield s
     s.kill()
 
@@ -559,7 +580,8 @@ def serial(tiny_bert_build):
 @pytest.fixture(scope="module")
 def tight(tiny_bert_build):
     """Small limits: a one-request queue, 2 s per request, 4 MB bodies, 1 s idle connections."""
-    s = Server(tiny_bert_build, "--max-batch", "1", "--max-queue", "1", "--timeout-s", "2", "--max-body-mb", "4",
+    s = Server(tiny_bert_build, "--max-batch", "1", "--max-queue", "1", "--max-inputs", "1", "--timeout-s", "2",
+               "--max-body-mb", "4",
                "--idle-timeout-s", "1")
     yield s
     s.kill()
@@ -1004,10 +1026,17 @@ def test_stalled_clients_block_nobody_and_are_closed(tight):
             s.close()
 
 
-def _big_request(n=20000):
-    """Several seconds of work in one request (1.7 MB): 625 calls of 32 rows of 32 tokens
-    (about 15 ms each on the tiny model here)."""
-    return {"inputs": ["a " * 40] * n}
+@pytest.fixture(scope="module")
+def crowded(tiny_bert_build, tmp_path_factory):
+    """A queue of 4 rows, requests of up to 4 inputs, one row per call, 1 s per request, and
+    a model that holds each call while the file `crowded.hold` exists."""
+    hold = tmp_path_factory.mktemp("hold") / "held"
+    s = Server(tiny_bert_build, "--max-batch", "1", "--max-queue", "4", "--max-inputs", "4", "--timeout-s", "1",
+               hold=hold)
+    s.hold = hold
+    yield s
+    hold.unlink(missing_ok=True)
+    s.kill()
 
 
 def _wait_metric(server, name, value, timeout=30):
@@ -1020,37 +1049,50 @@ def _wait_metric(server, name, value, timeout=30):
 
 
 @pytest.mark.slow
-def test_full_queue_is_503_and_slow_answers_504(tight):
-    """--max-queue 1: while one request waits for the model the next is refused with 503 +
-    Retry-After; --timeout-s 2: a request the model cannot finish in time gets 504; the
-    server then answers normally."""
-    big = {}
+def test_full_queue_is_503_and_slow_answers_504(crowded):
+    """--max-queue counts rows: with the model held in a call, a request of 3 rows fills 3
+    of the 4-row queue; one of 2 more rows is refused with 503 + Retry-After, one of 1 fits,
+    then a v2 request is refused too. --timeout-s: the waiting requests get 504; once the
+    model is free again, the server answers normally."""
+    crowded.hold.touch()
+    answers = {}
 
-    def send_big():
+    def send(key, body):
         start = time.monotonic()
-        big["response"] = tight.post("/invocations", _big_request(), timeout=60)
-        big["seconds"] = time.monotonic() - start
+        answers[key] = (crowded.post("/invocations", body, timeout=60), time.monotonic() - start)
 
-    t = threading.Thread(target=send_big)
-    t.start()
+    threads = {key: threading.Thread(target=send, args=(key, {"inputs": inputs}))
+               for key, inputs in (("held", "held in the model"), ("big", SENTENCES[:3]), ("one", "one row"))}
     try:
-        _wait_metric(tight, "edgebundle_queue_depth", 1)
-        r = tight.post("/invocations", {"inputs": "no room"}, timeout=10)
-        assert_error(r, 503, "queue is full")
+        threads["held"].start()
+        _wait_metric(crowded, "edgebundle_requests_in_flight", 2)  # it, and this scrape
+        _wait_metric(crowded, "edgebundle_queue_depth", 0)  # taken by the worker, held there
+        threads["big"].start()
+        _wait_metric(crowded, "edgebundle_queue_depth", 1)  # 3 rows queued
+        r = crowded.post("/invocations", {"inputs": SENTENCES[4:6]}, timeout=10)
+        assert_error(r, 503, "queue is full (4 rows waiting)")
         assert r.headers["retry-after"] == "1"
-        r = tight.post(f"/v2/models/{tight.name}/infer", _v2(), timeout=10)
-        assert_error(r, 503, "queue is full")
+        threads["one"].start()
+        _wait_metric(crowded, "edgebundle_queue_depth", 2)  # 4 rows
+        assert_error(crowded.post(f"/v2/models/{crowded.name}/infer", _v2(), timeout=10), 503, "queue is full")
+        for t in threads.values():
+            t.join(30)
     finally:
-        t.join(60)
-    assert_error(big["response"], 504, "no answer within 2 s")
-    assert 1.9 < big["seconds"] < 10, big["seconds"]
-    _wait_metric(tight, "edgebundle_queue_depth", 0)
-    m = tight.metrics()
+        crowded.hold.unlink(missing_ok=True)
+        for t in threads.values():
+            if t.is_alive():
+                t.join(30)
+    for key in ("held", "big", "one"):
+        response, seconds = answers[key]
+        assert_error(response, 504, "no answer within 1 s")
+        assert 0.9 < seconds < 10, seconds
+    _wait_metric(crowded, "edgebundle_queue_depth", 0)
+    m = crowded.metrics()
     assert metric(m, "edgebundle_requests_total", endpoint="invocations", status="503") >= 1
     assert metric(m, "edgebundle_requests_total", endpoint="v2_infer", status="503") >= 1
-    assert metric(m, "edgebundle_requests_total", endpoint="invocations", status="504") >= 1
+    assert metric(m, "edgebundle_requests_total", endpoint="invocations", status="504") >= 3
     for sentence in SENTENCES[:3]:
-        assert _invocations(tight, sentence).shape == (128,)
+        assert _invocations(crowded, sentence).shape == (128,)
 
 
 # -- readiness ---------------------------------------------------------------------------------------

@@ -1,0 +1,286 @@
+"""Hostile input, one finding of the hardening review per test: each failed before its fix.
+
+The model-free ones (the batcher's queue, arrays) run on a fake model; the rest on the tiny
+builds, in-process and through the server's WSGI application (no sockets needed)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import pytest
+
+import runtime
+from runtime.arrays import MAX_NDIM, all_finite, as_tensor, pack, shaped
+from runtime.batching import Batcher, QueueFull
+from runtime.errors import BadInput
+from runtime.events import handle
+from runtime.limits import MAX_ASPECT, MAX_INPUTS
+
+
+# -- arrays -----------------------------------------------------------------------------------
+def test_nesting_deeper_than_memoryview_allows_is_bad_input():
+    deep = 1
+    for _ in range(MAX_NDIM + 1):
+        deep = [deep]
+    with pytest.raises(BadInput, match="nested deeper"):
+        as_tensor(deep, "x", "float32")
+    with pytest.raises(BadInput, match="nested deeper than its shape allows \\(2 "):
+        as_tensor([[[1]]], "x", "int64", max_ndim=2)
+
+
+def test_element_count_is_bounded_before_copying():
+    with pytest.raises(BadInput, match="more than 6 values"):
+        as_tensor([[1, 2, 3, 4], [5, 6, 7, 8]], "x", "int64", max_elements=6)
+    assert as_tensor([[1, 2, 3], [4, 5, 6]], "x", "int64", max_elements=6).tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e300, -1e39])
+def test_non_finite_or_overflowing_floats_are_refused(value):
+    with pytest.raises(BadInput, match="inf, nan"):
+        as_tensor([[0.5, value]], "x", "float32")
+
+
+def test_all_finite_reads_every_element():
+    import numpy as np
+
+    for dtype in ("float32", "float64"):
+        values = np.linspace(-3e38, 3e38, 1001).astype(dtype)
+        assert all_finite(memoryview(values))
+        for bad in (np.inf, -np.inf, np.nan):
+            for where in (0, 500, 1000):
+                v = values.copy()
+                v[where] = bad
+                assert not all_finite(memoryview(v)), (dtype, bad, where)
+        strided = memoryview(np.stack([values, values]).T)  # not C-contiguous
+        assert all_finite(strided)
+    assert all_finite(shaped(pack([1, 2], "int64"), "int64", [2]))
+
+
+# -- the batcher: rows, not requests; fair take ----------------------------------------------------
+class _Item:
+    def __init__(self, value, rows=1):
+        self.value, self.rows = value, rows
+
+
+class _GatedModel:
+    def __init__(self):
+        self.batches, self.gate, self.entered = [], threading.Event(), threading.Event()
+
+    def execute(self, items):
+        self.entered.set()
+        assert self.gate.wait(30)
+        self.batches.append([i.value for i in items])
+        return [i.value for i in items]
+
+
+def _async(b, items):
+    out, queued = {}, threading.Event()
+
+    def run():
+        try:
+            out["value"] = b.submit(items, 20, on_queued=queued.set)
+        except BaseException as e:  # noqa: BLE001 - inspected by the test
+            out["error"] = e
+        queued.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert queued.wait(10)
+    return t, out
+
+
+def test_queue_limit_counts_rows():
+    model = _GatedModel()
+    b = Batcher(model.execute, lambda item: None, 4, 0.0, 5)
+    held = _async(b, [_Item("hold")])
+    assert model.entered.wait(10)
+    big = _async(b, [_Item(f"big{n}") for n in range(4)])  # 4 rows: one request
+    assert b.depth == 1 and b.rows == 4
+    with pytest.raises(QueueFull):
+        b.submit([_Item("x"), _Item("y")], 5)  # 4 + 2 rows > 5
+    small = _async(b, [_Item("small")])  # 4 + 1 fits
+    model.gate.set()
+    for t, out in (held, big, small):
+        t.join(10)
+        assert "value" in out
+    assert b.rows == 0
+
+
+def test_a_large_request_does_not_hold_back_later_ones():
+    """Items are taken one per request in turn: a request queued behind one of many items
+    runs in the first batch, not after all of them."""
+    model = _GatedModel()
+    b = Batcher(model.execute, lambda item: None, 2, 0.0, 100)
+    held = _async(b, [_Item("hold")])
+    assert model.entered.wait(10)
+    big = _async(b, [_Item(f"big{n}") for n in range(8)])
+    small = _async(b, [_Item("small")])
+    model.gate.set()
+    for t, out in (held, big, small):
+        t.join(10)
+    assert model.batches[1] == ["big0", "small"]
+    assert [v for batch in model.batches[2:] for v in batch] == [f"big{n}" for n in range(1, 8)]
+    assert big[1]["value"][0] == [f"big{n}" for n in range(8)]
+
+
+# -- the models --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bert(tiny_bert_build):
+    return runtime.load(tiny_bert_build)
+
+
+@pytest.fixture(scope="module")
+def resnet(tiny_resnet_build):
+    return runtime.load(tiny_resnet_build)
+
+
+def _png(width, height) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buf, "PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _image(fmt, size=(40, 40)) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.slow
+def test_a_thin_strip_image_is_refused_before_resizing(resnet):
+    """A 118-byte 1x20000 PNG used to be resized to 256x5,120,000 pixels (~5 GB)."""
+    strip = _png(1, 20000)
+    assert len(base64.b64decode(strip)) < 200
+    with pytest.raises(BadInput, match=f"at most {MAX_ASPECT} times"):
+        handle(resnet, {"inputs": strip})
+    with pytest.raises(BadInput, match=f"at most {MAX_ASPECT} times"):
+        handle(resnet, {"inputs": _png(MAX_ASPECT * 10 + 1, 10)})
+    assert len(handle(resnet, {"inputs": _png(MAX_ASPECT * 10, 10)})) >= 1  # the bound itself is accepted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "ICO", "PPM"])
+def test_only_jpeg_png_and_webp_are_decoded(resnet, fmt):
+    with pytest.raises(BadInput, match="JPEG, PNG or WebP"):
+        handle(resnet, {"inputs": _image(fmt)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_documented_image_formats_are_decoded(resnet, fmt):
+    assert handle(resnet, {"inputs": _image(fmt)})[0]["label"]
+
+
+@pytest.mark.slow
+def test_inputs_per_request_are_bounded_before_tokenizing(bert, monkeypatch):
+    tokenized = []
+    encode = bert.encoder.__class__.__call__
+    monkeypatch.setattr(bert.encoder.__class__, "__call__", lambda self, texts: tokenized.append(len(texts))
+                        or encode(self, texts))
+    with pytest.raises(BadInput, match=f"at most {MAX_INPUTS}"):
+        handle(bert, {"inputs": ["a"] * (MAX_INPUTS + 1)})
+    assert tokenized == []
+    assert len(handle(bert, {"inputs": ["a"] * MAX_INPUTS})) == MAX_INPUTS
+
+
+@pytest.mark.slow
+def test_nan_and_infinity_in_a_body_are_400(bert):
+    for body in ('{"tensors": {"input_ids": [[NaN]]}}', '{"inputs": "hi", "parameters": {"x": Infinity}}',
+                 '{"inputs": "hi", "x": -Infinity}'):
+        resp = handle(bert, {"httpMethod": "POST", "path": "/", "requestContext": {}, "body": body})
+        assert resp["statusCode"] == 400 and "finite" in json.loads(resp["body"])["error"], resp
+
+
+@pytest.mark.slow
+def test_float32_overflow_and_non_finite_outputs_are_400_never_nan(resnet):
+    shape = [1, 3, *resnet.inputs[0].shape[2:]]
+    n = shape[1] * shape[2] * shape[3]
+
+    def pixels(value):
+        flat = [value] * n
+        return [[[flat[(c * shape[2] + y) * shape[3]:(c * shape[2] + y + 1) * shape[3]] for y in range(shape[2])]
+                 for c in range(3)]]
+
+    event = {"httpMethod": "POST", "path": "/", "requestContext": {}}
+    resp = handle(resnet, {**event, "body": json.dumps({"tensors": {"pixel_values": pixels(1e300)}})})
+    assert resp["statusCode"] == 400 and "inf, nan" in resp["body"]
+    # Finite float32 values at the top of the range overflow inside the compiled code.
+    resp = handle(resnet, {**event, "body": json.dumps({"tensors": {"pixel_values": pixels(3e38)}})})
+    assert resp["statusCode"] in (200, 400), resp
+    assert "NaN" not in resp["body"] and "Infinity" not in resp["body"]
+    json.loads(resp["body"], parse_constant=lambda c: pytest.fail(f"{c} in the answer"))
+    if resp["statusCode"] == 400:
+        assert "not finite" in resp["body"]
+    with pytest.raises(BadInput):
+        handle(resnet, {"tensors": {"pixel_values": pixels(float("nan"))}})
+
+
+@pytest.mark.slow
+def test_lambda_handler_survives_deep_nesting(tiny_bert_build):
+    from runtime.lambda_handler import make_handler
+
+    handler = make_handler(str(tiny_bert_build))
+    deep = "x"
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(BadInput):
+        handler({"inputs": deep}, None)
+    body = "[" * 100_000 + "]" * 100_000
+    resp = handler({"httpMethod": "POST", "path": "/", "requestContext": {}, "body": body}, None)
+    assert resp["statusCode"] == 400 and "nested too deeply" in resp["body"]
+    assert handler({"inputs": "still fine"}, None)
+
+
+# -- the server application, called as WSGI --------------------------------------------------------
+def _call(app, method, path, body=b"", headers=None):
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body)}
+    for k, v in (headers or {}).items():
+        environ["HTTP_" + k.upper().replace("-", "_")] = v
+    seen = {}
+    out = b"".join(app(environ, lambda status, hdrs: seen.update(status=int(status.split()[0]), headers=hdrs)))
+    return seen["status"], out
+
+
+@pytest.fixture(scope="module")
+def app(tiny_bert_build):
+    from runtime.server import App, Options
+
+    a = App(tiny_bert_build, name="secret-model-name", options=Options(token="t" * 32, warm=False),
+            log=io.StringIO())
+    a.load()
+    assert a.load_error is None
+    yield a
+    a.batcher.close()
+
+
+@pytest.mark.slow
+def test_unauthenticated_requests_learn_nothing_of_the_routes(app):
+    for method, path in (("GET", "/nope"), ("DELETE", "/invocations"), ("GET", "/v2/models/other"),
+                         ("POST", "/v2/models/other/infer"), ("GET", "/v2/models/secret-model-name"),
+                         ("GET", "/")):
+        status, body = _call(app, method, path)
+        assert status == 401, (method, path, status, body)
+        assert b"secret-model-name" not in body
+    assert _call(app, "GET", "/ping")[0] == 200
+    assert _call(app, "GET", "/v2/health/ready")[0] == 200
+    assert _call(app, "GET", "/nope", headers={"Authorization": "Bearer " + "t" * 32})[0] == 404
+
+
+@pytest.mark.slow
+def test_v2_shape_of_too_many_dimensions_is_400(app):
+    auth = {"Authorization": "Bearer " + "t" * 32}
+    for shape in ([1] * 65, [1, 1, 1], [1]):
+        body = json.dumps({"inputs": [{"name": "input_ids", "shape": shape, "datatype": "INT64", "data": [1]}]})
+        status, out = _call(app, "POST", "/v2/models/secret-model-name/infer", body.encode(), auth)
+        assert status == 400 and b"dimensions" in out, (shape, out)
+    body = json.dumps({"inputs": [{"name": "input_ids", "shape": [1, 10 ** 7], "datatype": "INT64",
+                                   "data": [1] * 200_000}]})
+    status, out = _call(app, "POST", "/v2/models/secret-model-name/infer", body.encode(), auth)
+    assert status == 400 and b"values" in out
