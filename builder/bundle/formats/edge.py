@@ -5,7 +5,11 @@ Pi, a Graviton or x86 mini PC, a Jetson) that has Python and maybe no network or
       install.sh, uninstall.sh     POSIX sh (templates/edge/); checks, venv, systemd unit
       README.md                    for the device
       edge.json                    what the tarball holds and needs
-      SHA256SUMS                   every other file (install.sh checks it before anything)
+      SHA256SUMS                   every other file: install.sh refuses the tarball unless it
+                                   holds exactly these files with these sha256, before it
+                                   runs anything from it; the build prints (and build.json
+                                   keeps, `sha256sums`) the sha256 of SHA256SUMS itself, the
+                                   trust root a device compares against
       payload/model/               model.json and its files
       payload/app/                 runtime/ + libtvm_ffi.so, libtvm_runtime.so (runtime/_tvm.py
                                    finds them beside its package)
@@ -156,13 +160,18 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
         (root / "edge.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         sums = [f"{file_record(f)['sha256']}  {f.relative_to(root).as_posix()}" for f in tree_files(root)]
         (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+        # SHA256SUMS travels in the tarball, so it vouches for nothing by itself: its own
+        # sha256, printed here and kept in build.json, is what install.sh prints on the
+        # device for the user to compare.
+        sums_sha256 = file_record(root / "SHA256SUMS")["sha256"]
         with progress.step(f"write {out.name}"):
             write_tar_gz(root, out, top)
     record = file_record(out)
     progress.info(f"    {out.name}: {record['size'] / 2 ** 20:.1f} MiB, {target.arch}, Python "
                   f"{' '.join(versions)}, glibc >= {glibc}, version {version_id} (tar xzf {out.name} && sudo sh "
-                  f"{top}/install.sh)")
-    return {"path": out.name, **record, "version_id": version_id, "pythons": list(versions), "glibc_required": glibc}
+                  f"{top}/install.sh); sha256 of its SHA256SUMS: {sums_sha256}")
+    return {"path": out.name, **record, "version_id": version_id, "pythons": list(versions), "glibc_required": glibc,
+            "sha256sums": sums_sha256}
 
 
 def _v2_name(model_name: str) -> str:
