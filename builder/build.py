@@ -3,18 +3,18 @@ bundles. Orchestration only: each step lives in the package named after it."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
+import shutil
 from pathlib import Path
 
 from builder.bundle.formats import FORMATS
 from builder.bundle.manifest import make_manifest, write_manifest
 from builder.compiler.targets import TargetSpec, check_cuda_archs, cpu_per_target, resolve_target
 from builder.errors import UnsupportedModelError
-from builder.fsutil import write_json
+from builder.fsutil import atomic_write, replace_dir, staging_dir, write_json
 from builder.model.families import FAMILIES, ModelSpec, detect_family
 from builder.model.families.base import read_json
-from builder.model.source import resolve_model
+from builder.model.source import default_name, model_record, resolve_model
 from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.versions import build_versions
@@ -49,10 +49,14 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
     cpus = cpu_per_target(options.cpu, resolved)
 
     model_dir = resolve_model(model)
+    # Where the model came from, as every manifest records it: nothing of this machine (its
+    # path, user, cache directories) and no build time, so the same model built anywhere
+    # gives the same bundles. Hashed before it is loaded: the digest is of what compiles.
+    source = model_record(model_dir)
     config = read_json(model_dir / "config.json", "config.json")
     fam = FAMILIES[options.family] if options.family else detect_family(config, model_dir)
     task = options.task or fam.default_task(config)
-    name = options.name or (model if not Path(model).exists() else model_dir.name)
+    name = options.name or default_name(model, model_dir)
     progress.info(f"edgebundle: {name} -> family {fam.name}, task {task}, targets {', '.join(options.targets)}"
                   + (f", formats {', '.join(options.formats)}" if options.formats else ""))
 
@@ -73,25 +77,58 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
     with progress.step("PyTorch reference outputs"):
         refs = reference_outputs(spec)
 
-    record = {"model": {"name": name, "source": str(model_dir), "family": fam.name, "task": task},
-              "targets": {}, "formats": list(options.formats), "versions": build_versions(),
-              "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    record = {"model": {"name": name, **source, "family": fam.name, "task": task},
+              "targets": {}, "formats": list(options.formats), "versions": build_versions()}
     for t, target in resolved.items():
         record["targets"][t] = build_target(spec, modules, refs, target, out / t, cpus.get(t), name,
-                                            str(model_dir), options, progress)
+                                            source, options, progress)
     write_json(out / "build.json", record)
     progress.info(f"edgebundle: wrote {out}/build.json")
     return record
 
 
+class _Staged(Progress):
+    """Progress whose messages name OUT/<target> where they say its staging directory: what
+    they describe (a bundle to deploy, a context to build) is there once the build ends."""
+
+    def __init__(self, inner: Progress, stage: Path, final: Path):
+        super().__init__(quiet=inner.quiet, stream=inner.stream)
+        self.inner, self.stage, self.final = inner, str(stage), str(final)
+
+    def info(self, msg: str) -> None:
+        self.inner.info(msg.replace(self.stage, self.final))
+
+    def warn(self, msg: str) -> None:
+        self.inner.warn(msg.replace(self.stage, self.final))
+
+
 def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir: Path, cpu: str | None,
-                 name: str, source: str, options: BuildOptions, progress: Progress) -> dict:
-    """Compile, write and validate one target directory, then its formats."""
+                 name: str, source: dict, options: BuildOptions, progress: Progress) -> dict:
+    """Compile, write and validate one target directory, then its formats.
+
+    All of it is written into a staging directory beside OUT/<target> and swapped in at the
+    end: a build killed at any point (or failing validation) leaves the previous
+    OUT/<target> as it was, its model.json over its own files and its bundles of the same
+    model. Files of the previous build that this one does not write (a format not asked
+    for this time) go with it: they would be bundles of another model."""
+    stage = staging_dir(tdir)
+    try:
+        trec = _build_target(spec, modules, refs, target, stage, cpu, name, source, options,
+                             _Staged(progress, stage, tdir))
+        replace_dir(stage, tdir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    progress.info(f"    {target.name}: {tdir / LIBRARY} ({trec['library']['size'] / 1e6:.1f} MB)")
+    return trec
+
+
+def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir: Path, cpu: str | None,
+                  name: str, source: dict, options: BuildOptions, progress: Progress) -> dict:
     from builder.compiler.library import compile_library
     from builder.compiler.weights import Writer as WeightsWriter
     from builder.validate.target import validate_target
 
-    tdir.mkdir(parents=True, exist_ok=True)
     tvm_target = target.tvm_target_json(cpu, options.cuda_archs)
     cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
@@ -102,9 +139,10 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
             from builder.compiler.schedules.cpu import params_from_env
             from builder.compiler.tuning_db import load_tuning_db
 
-            cpu_params = load_tuning_db(options.tuning_db, tvm_target) if options.tuning_db else params_from_env()
+            cpu_params, db = load_tuning_db(options.tuning_db, tvm_target) if options.tuning_db \
+                else (params_from_env(), None)
             schedule = {"enabled": options.schedule, "cpu_params": dataclasses.asdict(cpu_params),
-                        "tuning_db": str(options.tuning_db) if options.tuning_db else None}
+                        "tuning_db": db}
         codes, files, writer = {}, [], WeightsWriter()
         for seq, bucket in modules.items():
             lib = LIBRARY if seq in (None, max_seq) else f"model-seq{seq}.so"
@@ -115,14 +153,7 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
             writer.add(lib, lifted)  # keeps only tensors not seen in an earlier length
             del lifted
             files.append((lib, seq))
-        for stale in tdir.glob("model-seq*.so"):
-            if stale.name not in writer.orders:
-                stale.unlink()
-        weights = None
-        if writer.arrays:
-            weights = writer.write(tdir / WEIGHTS)
-        else:
-            (tdir / WEIGHTS).unlink(missing_ok=True)
+        weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
         libraries = [Library(lib, seq, tuple(writer.orders.get(lib, ()))) for lib, seq in files]
         device_code = None
         if codes:  # the format and archs are the same for every length; kernels and sizes differ
@@ -130,7 +161,7 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
             device_code = {**{k: first[k] for k in ("format", "sass", "ptx")},
                            "libraries": {lib: {k: c[k] for k in ("kernels", "bytes")} for lib, c in codes.items()}}
     for fname, content in spec.files.items():
-        (tdir / fname).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
+        atomic_write(tdir / fname, content if isinstance(content, bytes) else Path(content).read_bytes())
     manifest = make_manifest(spec, name, source, target, tvm_target, tdir, weights, libraries,
                              schedule=schedule, device_code=device_code)
     if device_code is not None:
@@ -149,10 +180,7 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
     if timings:
         trec["latency"] = timings
         write_json(tdir / TIMING, timings)
-    else:
-        (tdir / TIMING).unlink(missing_ok=True)
     for f in options.formats:
         with progress.step(f"format {f} for {target.name}"):
             trec["formats"][f] = FORMATS[f].build(tdir, target, options, progress)
-    progress.info(f"    {target.name}: {tdir / LIBRARY} ({trec['library']['size'] / 1e6:.1f} MB)")
     return trec

@@ -7,7 +7,7 @@ torch, the tvm or tvm_ffi Python packages, or `builder`.
 from __future__ import annotations
 
 from .errors import BadInput, DeviceUnavailable
-from .manifest import ManifestError
+from .manifest import IntegrityError, ManifestError
 from .model import Model
 
 
@@ -17,4 +17,4 @@ def load(model_dir, device: str | None = None) -> Model:
     return Model(model_dir, device=device)
 
 
-__all__ = ["BadInput", "DeviceUnavailable", "ManifestError", "Model", "load"]
+__all__ = ["BadInput", "DeviceUnavailable", "IntegrityError", "ManifestError", "Model", "load"]

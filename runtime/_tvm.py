@@ -19,6 +19,7 @@ from pathlib import Path
 from . import _ffi
 from .arrays import FORMATS, shaped
 from .errors import DeviceUnavailable
+from .manifest import IntegrityError
 
 DEVICE_TYPES = {"cpu": 1, "cuda": 2}
 _POOLED_ALLOCATOR = 2
@@ -47,6 +48,30 @@ def available_cpus() -> int:
     return max(1, n)
 
 
+def _installed_package_dirs(package: str) -> list[Path]:
+    """Where pip installed `package` (development: the apache-tvm / apache-tvm-ffi wheels),
+    found as the import system finds it but without importing it (importing tvm_ffi is what
+    runtime/_ffi.py avoids) and on absolute sys.path entries only, never the working
+    directory: '' (python -c, the REPL) or a relative entry means the cwd, and a
+    libtvm_runtime.so planted there would be dlopen'ed, running its code in this process.
+    PathFinder rather than importlib.util.find_spec: it takes the filtered path, and skips
+    sys.meta_path hooks (a blocking hook raises instead of answering None)."""
+    from importlib.machinery import PathFinder
+
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the working directory was removed: nothing can equal it
+        cwd = None
+    entries = [e for e in sys.path if isinstance(e, str) and os.path.isabs(e) and os.path.realpath(e) != cwd]
+    try:
+        spec = PathFinder.find_spec(package, entries)
+    except (ImportError, OSError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(location) for location in spec.submodule_search_locations]
+
+
 def _candidates(model_dir: Path, name: str, package: str) -> list[Path]:
     """Where `name` may be: beside an explicit libtvm_runtime.so, the model, the bundle root,
     then (development) the pip package that ships it, located without importing it."""
@@ -56,8 +81,7 @@ def _candidates(model_dir: Path, name: str, package: str) -> list[Path]:
     found += [model_dir / name, Path(__file__).resolve().parent.parent / name]
     if package in sys.modules:  # the builder process already holds the compiler's copy
         found.insert(0, Path(sys.modules[package].__file__).parent / "lib" / name)
-    # Scanned, not imported: importing tvm_ffi is what runtime/_ffi.py avoids.
-    found += [Path(entry or ".") / package / "lib" / name for entry in sys.path]
+    found += [location / "lib" / name for location in _installed_package_dirs(package)]
     return found
 
 
@@ -114,6 +138,50 @@ def cuda_compute_capability(device_id: int = 0) -> str:
     return str(_ffi.get_global("runtime.GetDeviceAttr")(DEVICE_TYPES["cuda"], device_id, _DEVICE_ATTR_COMPUTE_VERSION))
 
 
+def _damaged(path: Path, what: str):
+    return IntegrityError(f"{path} {what}: the weights file is damaged or belongs to another build; rebuild the "
+                          "model (edgebundle build) or copy the bundle again")
+
+
+def _int(value) -> bool:
+    return type(value) is int  # not bool, not float: JSON true or 1.0 is not a size
+
+
+def check_table(path: Path, entries: list, data_bytes: int) -> None:
+    """model.weights' tensor table against the format (weights.py in builder/compiler writes
+    it): each tensor a known dtype, dims >= 0, nbytes exactly its shape's, at a multiple of
+    WEIGHTS_ALIGN from the data start, inside the file, no two overlapping.
+
+    The VM does not check weight arguments (they became parameters after its checks were
+    generated) and the views below are raw addresses: an entry this lets through would be
+    read (or, mapped copy-on-write, written) outside the file by compiled code."""
+    spans = []
+    for n, e in enumerate(entries):
+        desc = f"tensor {n} of its table"
+        if not (isinstance(e, dict) and isinstance(e.get("dtype"), str) and isinstance(e.get("shape"), list)):
+            raise _damaged(path, f"has a malformed {desc}")
+        dtype, shape, offset, nbytes = e["dtype"], e["shape"], e.get("offset"), e.get("nbytes")
+        desc += f" ({dtype}{shape}, offset {offset}, {nbytes} bytes)"
+        if dtype not in FORMATS:
+            raise _damaged(path, f"has {desc} of a dtype this runtime does not read")
+        if not all(_int(d) and d >= 0 for d in shape):
+            raise _damaged(path, f"has {desc} with a dimension that is not an integer >= 0")
+        if not (_int(offset) and offset >= 0 and _int(nbytes) and nbytes >= 0):
+            raise _damaged(path, f"has {desc} with an offset or size that is not an integer >= 0")
+        if offset % WEIGHTS_ALIGN:
+            raise _damaged(path, f"has {desc} not at a multiple of {WEIGHTS_ALIGN} bytes")
+        if nbytes != math.prod(shape) * struct.calcsize(FORMATS[dtype]):
+            raise _damaged(path, f"has {desc} whose size is not its shape's")
+        if offset + nbytes > data_bytes:
+            raise _damaged(path, f"has {desc} past the end of the file ({data_bytes} bytes of data)")
+        if nbytes:
+            spans.append((offset, nbytes, n))
+    spans.sort()
+    for (a, a_bytes, i), (b, _, j) in zip(spans, spans[1:]):
+        if a + a_bytes > b:
+            raise _damaged(path, f"has tensors {i} and {j} of its table overlapping")
+
+
 class Weights:
     """model.weights mapped copy-on-write and wrapped in place on a CPU: no copy, pages
     shared with the page cache (and between processes). For a GPU, copied to device memory
@@ -121,30 +189,31 @@ class Weights:
 
     def __init__(self, path: Path, device: str = "cpu", device_id: int = 0, expect_count: int | None = None):
         load_tvm_runtime(path.parent, device)
-        damaged = f"{path} is damaged or belongs to another build"
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(WEIGHTS_HEADER)
             if len(head) < WEIGHTS_HEADER or head[:8] != WEIGHTS_MAGIC:
-                raise ValueError(f"{path} is not an edgebundle weights file")
+                raise _damaged(path, "is not an edgebundle weights file (no EBWEIGHT header)")
             (length,) = struct.unpack("<Q", head[8:])
+            if length > size - WEIGHTS_HEADER:  # before reading: a bogus length would allocate it
+                raise _damaged(path, f"has a table of {length} bytes in a file of {size}")
             try:
                 header = json.loads(f.read(length))
-            except ValueError:
-                raise ValueError(f"{damaged}: unreadable header") from None
+            except (ValueError, RecursionError):
+                raise _damaged(path, "has an unreadable table") from None
             start = -(-(WEIGHTS_HEADER + length) // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
+            entries = header.get("tensors") if isinstance(header, dict) else None
+            if not isinstance(entries, list):
+                raise _damaged(path, "has no tensor table")
+            if expect_count is not None and len(entries) != expect_count:
+                raise _damaged(path, f"has {len(entries)} tensors, the manifest says {expect_count}")
+            check_table(path, entries, size - start)
             # Not MAP_POPULATE: populating BERT-base's 434 MB took 140 ms, while faulting the
             # pages in lazily (the kernel maps 16 at a time) added ~15 ms to the first request.
             mapping = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        entries = header.get("tensors", [])
-        if expect_count is not None and len(entries) != expect_count:
-            raise ValueError(f"{damaged}: {len(entries)} tensors, the manifest says {expect_count}")
-        # The VM does not check weight arguments (they became parameters after its checks
-        # were generated): a bad entry must be refused here, not read out of bounds.
-        for n, e in enumerate(entries):
-            size = math.prod(e["shape"]) * struct.calcsize(FORMATS.get(e["dtype"], "x"))
-            if (e["offset"] % WEIGHTS_ALIGN or e["nbytes"] != size
-                    or start + e["offset"] + e["nbytes"] > len(mapping) or e["dtype"] not in FORMATS):
-                raise ValueError(f"{damaged}: tensor {n} ({e['dtype']}{e['shape']}) does not fit the file")
+        if len(mapping) != size:  # changed under us between fstat and mmap
+            mapping.close()
+            raise _damaged(path, "changed while it was loaded")
         base = _ffi.address(mapping) + start
         self.tensors = []
         if device == "cpu":

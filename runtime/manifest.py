@@ -14,11 +14,32 @@ FILENAME = "model.json"
 # Bumped whenever a reader of the old layout would misread the new one. A manifest of
 # another schema is refused with the version that wrote it: rebuilding is always possible,
 # guessing is not.
-SCHEMA = 2
+# 3: model.source names the model without the build machine's path ("hub:ORG/NAME@COMMIT" or
+# "local:DIRNAME"), model.digest; schedule.tuning_db is {"file", "sha256"}. Schema 2, the
+# same but for those, is still read.
+SCHEMA = 3
+READABLE = (2, 3)
 
 
 class ManifestError(ValueError):
     """model.json is missing, unreadable, or of another schema than this runtime reads."""
+
+
+class IntegrityError(ManifestError):
+    """A file model.json lists is missing, of another size, or has another sha256 than the
+    build recorded (truncated copy, damaged disk, tampering), or model.weights' own table
+    does not fit its file. The message names the file and says to rebuild or re-copy."""
+
+
+def plain_name(name, what: str, where: str) -> str:
+    """`name` if it is a plain file name, else ManifestError. Every name the manifest gives
+    is joined to the model directory by readers on both sides (the runtime opens it, the
+    formats copy it into bundles): a separator or a dot-dot would reach outside it."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or "\0" in name):
+        raise ManifestError(f"{where}: {what} {name!r} is not a plain file name (no '/', '\\', NUL, '.' or "
+                            "'..'); the file is damaged or hand-edited: rebuild the model or copy it again")
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,10 +239,15 @@ class Versions:
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     name: str
+    # Where the model came from, nothing of the build machine in it: "hub:ORG/NAME@COMMIT"
+    # (from the Hugging Face cache) or "local:DIRNAME" (schema 2: the build's absolute path).
     source: str
     family: str
     task: str
     architecture: str
+    # {"sha256", "files"}: sha256 of `sha256sum FILES` (config.json and the weights) in the
+    # model's directory; None in schema 2.
+    digest: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +295,7 @@ class Manifest:
     def to_json(self) -> dict:
         d = {
             "schema": self.schema,
-            "model": dataclasses.asdict(self.model),
+            "model": _drop_none(dataclasses.asdict(self.model)),  # schema 2 has no digest
             "target": dataclasses.asdict(self.target),
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
@@ -300,17 +326,17 @@ class Manifest:
         if not isinstance(d, dict):
             raise ManifestError(f"{where}: not a JSON object")
         schema = d.get("schema")
-        if schema != SCHEMA:
+        if schema not in READABLE:
             wrote = (d.get("versions") or {}).get("edgebundle", "an unknown version")
             newer = isinstance(schema, int) and schema > SCHEMA
             raise ManifestError(
                 f"{where} has manifest schema {schema}, written by edgebundle {wrote}; this runtime reads "
-                f"schema {SCHEMA} only. " + (
+                f"schema {SCHEMA} (and {', '.join(map(str, READABLE[:-1]))}) only. " + (
                     "Upgrade edgebundle (the runtime of the bundle) to the version that built it."
                     if newer else "Rebuild the model with this edgebundle (edgebundle build), or run it with "
                                   f"the runtime of edgebundle {wrote}."))
         try:
-            return cls(
+            m = cls(
                 model=ModelInfo(**d["model"]),
                 target=TargetInfo(**d["target"]),
                 inputs=tuple(Tensor.from_json(t) for t in d["inputs"]),
@@ -336,6 +362,32 @@ class Manifest:
             raise ManifestError(f"{where}: missing {e.args[0]!r}; the file is damaged or hand-edited") from None
         except (TypeError, ValueError) as e:
             raise ManifestError(f"{where}: malformed ({e}); the file is damaged or hand-edited") from None
+        m.check_names(where)
+        return m
+
+    def opened_files(self) -> list[str]:
+        """The files beside model.json a runtime opens: libraries, weights, tokenizer."""
+        names = [lib.file for lib in self.libraries] + ([self.weights.file] if self.weights else [])
+        tokenizer = getattr(self.preprocessing, "tokenizer", None)
+        return names + ([tokenizer] if tokenizer is not None else [])
+
+    def check_names(self, where: str = FILENAME) -> None:
+        """Every name a plain file name; every file a runtime opens listed in `files` with
+        the sha256 and size it is verified against before use."""
+        if not isinstance(self.files, dict):
+            raise ManifestError(f"{where}: malformed (\"files\" is not an object); the file is damaged or hand-edited")
+        for name, record in self.files.items():
+            plain_name(name, "file", where)
+            if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                    and len(record["sha256"]) == 64 and all(c in "0123456789abcdef" for c in record["sha256"])
+                    and type(record.get("size")) is int and record["size"] >= 0):
+                raise ManifestError(f"{where}: malformed (files[{name!r}] needs a sha256 (64 lowercase hex digits) "
+                                    "and a size (bytes)); the file is damaged or hand-edited: rebuild the model")
+        for name in self.opened_files():
+            plain_name(name, "file", where)
+            if name not in self.files:
+                raise ManifestError(f"{where}: {name} is not listed in \"files\" with its sha256 and size, so it "
+                                    "cannot be verified; the file is damaged or hand-edited: rebuild the model")
 
 
 def read(model_dir: str | Path) -> Manifest:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from . import manifest
 from ._tvm import CompiledModule, Weights, cuda_compute_capability, load_tvm_runtime
-from .arrays import as_tensor, flat, pack, shaped
+from .arrays import all_finite, as_tensor, flat, pack, shaped
 from .errors import BadInput, DeviceUnavailable
+from .limits import MAX_INPUTS
 from .manifest import Tensor
 
 
@@ -77,13 +78,19 @@ def check_cuda(model_dir: Path, m: manifest.Manifest) -> None:
 
 class Model:
     def __init__(self, model_dir: str | Path, device: str | None = None):
+        from .integrity import Integrity
+
         self.dir = Path(model_dir)
         self.manifest = m = manifest.read(self.dir)
+        # Before anything below reads a file: sizes and code (dlopen runs it) verified now,
+        # the weights' sha256 in the background until the first answer (runtime/integrity.py).
+        self.integrity = Integrity(self.dir, m)
         self.inputs: tuple[Tensor, ...] = m.inputs
         self.outputs: tuple[Tensor, ...] = m.outputs
         self.task: str = m.model.task
         self.labels: tuple[str, ...] | None = m.labels
         self.max_batch: int = m.max_batch
+        self.max_inputs: int = MAX_INPUTS
         device = device or m.target.device
         if device == "cuda":
             check_cuda(self.dir, m)
@@ -128,7 +135,8 @@ class Model:
         views, symbols = [], {}
         for spec in self.inputs:
             name = spec.name
-            view = as_tensor(tensors[name], name, spec.dtype)
+            view = as_tensor(tensors[name], name, spec.dtype, max_ndim=len(spec.shape),
+                             max_elements=self.max_elements(spec))
             shape, got = list(spec.shape), list(view.shape)
             if len(got) != len(shape):
                 raise BadInput(f'"{name}" has shape {got}, expected {shape}')
@@ -150,6 +158,22 @@ class Model:
                     raise BadInput(f'"{name}" values must be in [{rng[0]}, {rng[1]})')
             views.append(view)
         return views
+
+    def max_elements(self, spec: Tensor) -> int:
+        """The most values input `spec` can hold: its shape at max batch and longest length."""
+        longest = self.seq_lengths[-1] if self.seq_lengths else 1
+        return math.prod(self.max_batch if d == "batch" else longest if d == "seq" else d if isinstance(d, int)
+                         else 1 for d in spec.shape)
+
+    def check_finite(self, outputs: dict) -> dict:
+        """Outputs (one item's) without inf or nan, else BadInput: JSON has no such numbers,
+        and the compiled code (fast math) gives them only for inputs outside the range it
+        was made for, e.g. pixel values of 1e38."""
+        for name, view in outputs.items():
+            if not all_finite(view):
+                raise BadInput(f'the model\'s output "{name}" is not finite for this input (inf or nan); '
+                               "send values in the range the model was trained on")
+        return outputs
 
     def prepare(self, tensors) -> Item:
         """Tensor mode: validated request tensors as one batchable item."""
@@ -175,6 +199,10 @@ class Model:
     def execute(self, items: list[Item]) -> list[dict[str, memoryview]]:
         """Run items as one batch: each padded to the shortest compiled length that fits them
         all, rows stacked, and the output rows handed back per item."""
+        self.integrity.wait()  # no answer from files not yet verified; immediate once they are
+        return self._execute(items)
+
+    def _execute(self, items: list[Item]) -> list[dict[str, memoryview]]:
         rows = sum(item.rows for item in items)
         if rows > self.max_batch:
             raise ValueError(f"a batch of {rows} rows exceeds the model's {self.max_batch}")
@@ -216,9 +244,11 @@ class Model:
     def warm(self) -> None:
         """One batch-1 call per compiled length, so the first request finds the code paged in
         and the VM's memory pools allocated (the model server before ready; the Lambda
-        handler before a SnapStart snapshot)."""
+        handler before a SnapStart snapshot). Overlaps the weights' verification, and ends
+        only once it passed: a server is never ready, nor a snapshot taken, before."""
         for seq in self.seq_lengths or [None]:
-            self.execute([self.sample_item(seq)])
+            self._execute([self.sample_item(seq)])
+        self.integrity.wait()
 
     def execute_each(self, items: list[Item]) -> list[dict[str, memoryview]]:
         """Items run one at a time, as a Lambda invocation does (one request per sandbox)."""
@@ -236,6 +266,8 @@ class Model:
         if self.encoder is None:
             raise BadInput("this model takes tensors only: send {\"tensors\": {...}}")
         single = isinstance(inputs, str)
+        if isinstance(inputs, list) and len(inputs) > self.max_inputs:
+            raise BadInput(f'"inputs" has {len(inputs)} entries; at most {self.max_inputs} are accepted per request')
         values = self.encoder.check(inputs)
         items = []
         for start in range(0, len(values), self.max_batch):
@@ -260,7 +292,7 @@ class Model:
 
     def answers(self, single: bool, outputs: list[dict], parameters: dict):
         """Task-mode answers from the outputs of encode()'s items, in order."""
-        result = [a for out in outputs for a in self._postprocess(out, parameters)]
+        result = [a for out in outputs for a in self._postprocess(self.check_finite(out), parameters)]
         return result[0] if single else result
 
     def _postprocess(self, out: dict, parameters: dict) -> list:

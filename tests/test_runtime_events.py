@@ -187,7 +187,9 @@ def test_damaged_weights_file_is_refused(tiny_bert_build, tmp_path):
     (tmp_path / "model.weights").write_bytes(raw[: len(raw) // 2])  # truncated
     with pytest.raises(ValueError, match="damaged or belongs to another build"):
         runtime.load(tmp_path)
-    (tmp_path / "model.weights").write_bytes(b"not weights" + raw)
+    # Of the recorded size (the size check passes): the file's own header refuses it at
+    # load, before the sha256 (checked in the background) is waited for.
+    (tmp_path / "model.weights").write_bytes(b"NOTWEIGH" + raw[8:])
     with pytest.raises(ValueError, match="not an edgebundle weights file"):
         runtime.load(tmp_path)
 
