@@ -103,7 +103,11 @@ def _parser() -> argparse.ArgumentParser:
                                                             "README's Deploy section)")
     d.add_argument("--timeout", type=int, metavar="S", help="timeout in seconds (default: sized from the model)")
     d.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE",
-                   help="an environment variable for the function (repeatable)")
+                   help="an environment variable for the function (repeatable; visible to other users in ps: "
+                        "use --env-file for secrets)")
+    d.add_argument("--env-file", action="append", type=Path, default=[], metavar="FILE",
+                   help="environment variables for the function from FILE: KEY=VALUE lines, blank lines and # "
+                        "comments ignored, no quoting (repeatable; --env given too wins)")
     d.add_argument("--s3-bucket", help="upload the zip to this bucket and deploy from there (always needed above "
                                        "Lambda's 50 MB direct upload); the key is named by the zip's sha256")
     d.add_argument("--s3-prefix", default="edgebundle/", help="key prefix in --s3-bucket (default edgebundle/)")
@@ -155,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--runs", type=int, default=30, help="interleaved warm rounds (default 30)")
     bn.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine for cold start")
     bn.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="text models built here: sequence length")
+    bn.add_argument("--model-dir", type=Path, help="with an OUT directory: the model directory it was built from "
+                                                   "(needed unless it came from the Hugging Face cache: builds do "
+                                                   "not record local paths)")
     bn.add_argument("--json", type=Path, help="write the results as JSON")
     bn.add_argument("--plot", type=Path, help="draw a bar chart (PNG)")
     bn.add_argument("--quiet", action="store_true")
@@ -218,7 +225,9 @@ def cmd_deploy(args) -> int:
 
     options = DeployOptions(
         function_name=args.function_name, role=args.role, alias=args.alias, package=args.package,
-        memory_mb=args.memory, timeout_s=args.timeout, environment=tuple(args.env), s3_bucket=args.s3_bucket,
+        memory_mb=args.memory, timeout_s=args.timeout,
+        environment=tuple(pair for path in args.env_file for pair in read_env_file(path)) + tuple(args.env),
+        s3_bucket=args.s3_bucket,
         s3_prefix=args.s3_prefix, repository=args.repository, function_url=args.function_url,
         snapstart=args.snapstart, runtime_layer=args.runtime_layer, push_tool=args.push_tool,
         profile=args.profile, region=args.region, dry_run=args.dry_run)
@@ -286,7 +295,8 @@ def cmd_bench(args) -> int:
     from builder.tools.bench import bench
 
     bench(args.model, target=args.target, threads=args.threads, runs=args.runs, cold_runs=args.cold_runs,
-          json_path=args.json, plot_path=args.plot, seq_len=args.seq_len, progress=Progress(quiet=args.quiet))
+          json_path=args.json, plot_path=args.plot, seq_len=args.seq_len, progress=Progress(quiet=args.quiet),
+          model_dir=args.model_dir)
     return 0
 
 
@@ -325,6 +335,39 @@ def _env_pair(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def read_env_file(path: Path) -> list[tuple[str, str]]:
+    """KEY=VALUE pairs from an --env-file, in order. The value is the rest of the line as it
+    is (docker's --env-file rule); blank lines and lines starting with # are skipped.
+    DeployError naming the line for anything else: a value in quotes is refused rather than
+    deployed with its quotes."""
+    import re
+
+    from builder.errors import DeployError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise DeployError(f"cannot read the --env-file: {e.strerror}", where=str(path)) from None
+    except UnicodeDecodeError:
+        raise DeployError("the --env-file is not UTF-8 text", where=str(path)) from None
+    pairs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        where = f"{path}, line {n}"
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            # The line is not echoed: it may hold a secret.
+            raise DeployError("expected KEY=VALUE (KEY: letters, digits and _, not starting with a digit)",
+                              where=where, hint="fix the line, or start it with # to make it a comment")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            raise DeployError(f"the value of {key} is in quotes, which would become part of it", where=where,
+                              hint=f"write {key}=value without quotes: the value is the rest of the line")
+        pairs.append((key, value))
+    return pairs
 
 
 def _str_list(text: str) -> list[str]:

@@ -38,10 +38,12 @@ def test_bench_cleans_up_after_an_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_tiny_resnet(tiny_resnet_build, tmp_path):
+def test_bench_tiny_resnet(tiny_resnet_build, tiny_resnet_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tiny_resnet_build.parent
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", "bench", str(out), "--runs", "3", "--cold-runs", "1",
+    # Builds do not record local paths: the PyTorch model is named with --model-dir.
+    proc = subprocess.run([sys.executable, "-m", "builder.cli", "bench", str(out), "--model-dir", str(tiny_resnet_dir),
+                           "--runs", "3", "--cold-runs", "1",
                            "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -58,9 +60,10 @@ def test_bench_tiny_resnet(tiny_resnet_build, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_tiny_bert_times_short_requests(tiny_bert_build, tmp_path):
+def test_bench_tiny_bert_times_short_requests(tiny_bert_build, tiny_bert_dir, tmp_path):
     pytest.importorskip("onnxruntime")
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", "bench", str(tiny_bert_build.parent), "--runs", "3",
+    proc = subprocess.run([sys.executable, "-m", "builder.cli", "bench", str(tiny_bert_build.parent),
+                           "--model-dir", str(tiny_bert_dir), "--runs", "3",
                            "--cold-runs", "1", "--json", str(tmp_path / "b.json"), "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=_bench_env(tmp_path / "tmp"))
     assert proc.returncode == 0, proc.stderr[-3000:]

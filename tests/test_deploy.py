@@ -474,6 +474,129 @@ def test_pusher_writes_private_authfile(tmp_path, monkeypatch):
     assert not Path(authfile).exists()
 
 
+_FAKE_ENGINE = """#!/bin/sh
+# A stand-in for docker / podman: records each call (argv, DOCKER_CONFIG, the config or auth
+# file it was given and its mode) under $FAKE_LOG/<n>-<command>, and answers `load`.
+n=$(ls "$FAKE_LOG" | wc -l)
+d="$FAKE_LOG/$n-$1"
+mkdir "$d"
+printf '%s\\n' "$@" > "$d/argv"
+printf '%s' "${DOCKER_CONFIG-UNSET}" > "$d/docker_config"
+if [ -n "$DOCKER_CONFIG" ] && [ -f "$DOCKER_CONFIG/config.json" ]; then
+    cp "$DOCKER_CONFIG/config.json" "$d/config.json"; stat -c %a "$DOCKER_CONFIG/config.json" > "$d/mode"
+    stat -c %a "$DOCKER_CONFIG" > "$d/dir_mode"
+    [ -L "$DOCKER_CONFIG/contexts" ] && readlink "$DOCKER_CONFIG/contexts" > "$d/contexts"
+fi
+while [ $# -gt 0 ]; do
+    if [ "$1" = --authfile ]; then cp "$2" "$d/config.json"; stat -c %a "$2" > "$d/mode"; fi
+    shift
+done
+case "$(cat "$d/argv" | head -n1)" in load) echo "Loaded image: localhost/edgebundle/bert:x86_64-0123456789ab" ;; esac
+exit 0
+"""
+
+
+def _fake_engine(tmp_path, monkeypatch, name: str) -> Path:
+    log, bindir = tmp_path / "log", tmp_path / "bin"
+    log.mkdir(), bindir.mkdir()
+    tool = bindir / name
+    tool.write_text(_FAKE_ENGINE)
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    return log
+
+
+def _calls(log: Path) -> list[Path]:
+    return sorted(log.iterdir(), key=lambda d: int(d.name.split("-", 1)[0]))
+
+
+def test_docker_push_leaves_no_token_in_the_users_docker_config(tmp_path, monkeypatch):
+    """docker pushes with the ECR token in a temporary DOCKER_CONFIG (0700 directory, 0600
+    config.json), gone after the push; no `docker login`, so nothing is written to the user's
+    ~/.docker/config.json (or a credential helper), and the token is on no command line.
+    The user's current context still applies."""
+    log = _fake_engine(tmp_path, monkeypatch, "docker")
+    home = tmp_path / "home"
+    (home / ".docker" / "contexts" / "meta").mkdir(parents=True)
+    user_config = home / ".docker" / "config.json"
+    user_config.write_text(json.dumps({"currentContext": "remote-box", "auths": {}}))
+    before = user_config.read_bytes()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    token = base64.b64encode(b"AWS:very-secret-password").decode()
+    ref = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/edgebundle/bert:x86_64-0123456789ab"
+    Pusher("docker").push(tmp_path / "x.oci.tar", ref, {"authorizationToken": token}, None, Progress(quiet=True))
+    calls = _calls(log)
+    assert [c.name.split("-", 1)[1] for c in calls] == ["load", "tag", "push"]  # no login
+    for call in calls:
+        argv = (call / "argv").read_text()
+        assert token not in argv and "very-secret" not in argv and "--password" not in argv
+    push = calls[-1]
+    config = json.loads((push / "config.json").read_text())
+    assert config == {"auths": {ref.split("/")[0]: {"auth": token}}, "currentContext": "remote-box"}
+    assert (push / "mode").read_text().strip() == "600" and (push / "dir_mode").read_text().strip() == "700"
+    assert (push / "contexts").read_text().strip() == str(home / ".docker" / "contexts")
+    temp_config = Path((push / "docker_config").read_text())
+    assert temp_config != home / ".docker" and not temp_config.exists()
+    assert user_config.read_bytes() == before
+    assert sorted(p.name for p in (home / ".docker").iterdir()) == ["config.json", "contexts"]
+
+
+def test_podman_push_uses_a_private_authfile(tmp_path, monkeypatch):
+    """podman pushes with --authfile: a 0600 file in a temporary directory, gone after."""
+    log = _fake_engine(tmp_path, monkeypatch, "podman")
+    token = base64.b64encode(b"AWS:very-secret-password").decode()
+    ref = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/edgebundle/bert:x86_64-0123456789ab"
+    Pusher("podman").push(tmp_path / "x.oci.tar", ref, {"authorizationToken": token}, None, Progress(quiet=True))
+    calls = _calls(log)
+    assert [c.name.split("-", 1)[1] for c in calls] == ["load", "tag", "push"]
+    assert all(token not in (c / "argv").read_text() for c in calls)
+    argv = (calls[-1] / "argv").read_text().splitlines()
+    assert json.loads((calls[-1] / "config.json").read_text()) == {"auths": {ref.split("/")[0]: {"auth": token}}}
+    assert (calls[-1] / "mode").read_text().strip() == "600"
+    assert not Path(argv[argv.index("--authfile") + 1]).exists()
+
+
+def test_cli_env_file(tiny_bert_build, role, lam, tmp_path, capsys):
+    """`deploy --env-file FILE` sets the file's variables (comments and blank lines skipped,
+    the value the rest of the line, = included); --env on the command line wins."""
+    from builder.cli import main
+
+    env_file = tmp_path / "secrets.env"
+    env_file.write_text("# the API's credentials\n\nAPI_KEY=s3cr3t=with=equals \nSHARED=from-file\n"
+                        "  SPACED = kept as written\r\n")
+    rc = main(["deploy", str(tiny_bert_build), "--function-name", "fn-env", "--role", role, "--region", REGION,
+               "--env-file", str(env_file), "--env", "SHARED=from-cli", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    env = lam.get_function_configuration(FunctionName="fn-env", Qualifier="live")["Environment"]["Variables"]
+    assert env["API_KEY"] == "s3cr3t=with=equals " and env["SHARED"] == "from-cli"
+    assert env["SPACED"] == " kept as written" and "TVM_NUM_THREADS" in env
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("GOOD=1\nno equals sign here\n", 2, "expected KEY=VALUE"),
+    ("=value\n", 1, "expected KEY=VALUE"),
+    ("9LIVES=1\n", 1, "expected KEY=VALUE"),
+    ('# ok\nTOKEN="s3cr3t"\n', 2, "the value of TOKEN is in quotes"),
+])
+def test_cli_env_file_errors_name_the_line_not_the_value(tmp_path, capsys, text, line, message):
+    """A malformed --env-file is refused before any AWS call, naming the file and line and
+    never echoing the line (it may hold a secret)."""
+    from builder.cli import main
+
+    env_file = tmp_path / "bad.env"
+    env_file.write_text(text)
+    rc = main(["deploy", str(tmp_path), "--function-name", "x", "--env-file", str(env_file), "--dry-run",
+               "--region", REGION])
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and f"where: {env_file}, line {line}" in err and "Traceback" not in err
+    assert "s3cr3t" not in err and "no equals sign" not in err
+    rc = main(["deploy", str(tmp_path), "--function-name", "x", "--env-file", str(tmp_path / "missing.env"),
+               "--dry-run", "--region", REGION])
+    assert rc == 1 and "cannot read the --env-file" in capsys.readouterr().err
+
+
 # -- 7: runtime layer ----------------------------------------------------------------------------
 
 def test_runtime_layer_published_once_and_shared(tiny_bert_build, role, lam, tmp_path):

@@ -3,6 +3,7 @@ another target)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -52,7 +53,9 @@ def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     build(str(tiny_bert_dir), tmp_path / "out", BuildOptions(seq_len=32, tuning_db=db_path),
           progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
-    assert m["schedule"]["cpu_params"] == db["params"] and m["schedule"]["tuning_db"] == str(db_path)
+    # the database by name and content: its path is the build machine's, and bundles carry model.json
+    assert m["schedule"]["cpu_params"] == db["params"] and m["schedule"]["tuning_db"] == {
+        "file": "db.json", "sha256": hashlib.sha256(db_path.read_bytes()).hexdigest()}
     assert m["validation"]["max_abs_diff"]["sentence_embedding"] < 1e-4
     with pytest.raises(EdgebundleError, match="tuning database was made for"):
         build(str(tiny_bert_dir), tmp_path / "out2",

@@ -41,16 +41,18 @@ def runtime_libraries(target) -> dict:
     return {"tvm": libs, "system": system}
 
 
-def make_manifest(spec, name: str, source: str, target, tvm_target: dict, target_dir: Path,
+def make_manifest(spec, name: str, source: dict, target, tvm_target: dict, target_dir: Path,
                   weights: dict | None, libraries: list[Library], *, schedule: dict | None = None,
                   device_code: dict | None = None) -> Manifest:
-    """The manifest of a compiled target directory; every listed file is hashed as it is now."""
+    """The manifest of a compiled target directory; every listed file is hashed as it is now.
+    `source`: builder.model.source.model_record's {"source", "digest"} (never a path: the
+    manifest ships in every bundle)."""
     shipped = [*(lib.file for lib in libraries), *([weights["file"]] if weights else []), *sorted(spec.files)]
     main = max(libraries, key=lambda lib: lib.seq or 0)
     code = elf.read_elf(target_dir / main.file)
     return Manifest(
-        model=ModelInfo(name=name, source=source, family=spec.family, task=spec.task,
-                        architecture=spec.architecture),
+        model=ModelInfo(name=name, source=source["source"], family=spec.family, task=spec.task,
+                        architecture=spec.architecture, digest=source["digest"]),
         target=TargetInfo(name=target.name, tvm=tvm_target, arch=target.arch, device=target.device,
                           elf_machine=code.machine_name),
         inputs=tuple(spec.inputs),

@@ -4,7 +4,6 @@ background. The alias moves last, so a deploy that fails midway leaves it (and t
 traffic) on the version it was on."""
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import subprocess
@@ -23,9 +22,12 @@ WAIT_MAX_ATTEMPTS = 450  # 15 minutes
 
 class Pusher:
     """Pushes an OCI archive to ECR with skopeo (the archive as it is), podman or docker
-    (loaded, then pushed), logging in with a token from ecr:GetAuthorizationToken: skopeo and
-    podman through a private auth file, docker through `docker login --password-stdin` as
-    AWS documents (its own config keeps the user's contexts); never on a command line."""
+    (loaded, then pushed), authenticated with a token from ecr:GetAuthorizationToken that
+    lives only in a private temporary directory, removed after the push: skopeo and podman
+    read it as an auth file (--dest-authfile, --authfile), docker as the config.json of a
+    temporary DOCKER_CONFIG. Never on a command line, and never in the user's own files:
+    `docker login` would leave the token in ~/.docker/config.json (or a credential helper)
+    for as long as it is valid."""
 
     TOOLS = ("skopeo", "podman", "docker")
 
@@ -48,27 +50,49 @@ class Pusher:
         if tool == "podman":
             return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref],
                     [path, "push", "--authfile", str(authfile), ref]]
-        return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref],
-                [path, "login", "--username", "AWS", "--password-stdin", ref.split("/", 1)[0]], [path, "push", ref]]
+        # docker: the credentials come from DOCKER_CONFIG (docker_config), no login.
+        return [[path, "load", "-q", "-i", str(archive)], ["TAG", ref], [path, "push", ref]]
+
+    @staticmethod
+    def docker_config(folder: Path, registry: str, token: str) -> dict:
+        """A DOCKER_CONFIG in `folder` holding only the ECR token for `registry`; returns the
+        environment for docker. The user's current context (another engine, a remote host)
+        still applies: its name is copied and the context store linked from their config
+        directory. With an `auths` entry and no credsStore, docker keeps credentials in the
+        file and does not reach for a credential helper."""
+        import json
+
+        user = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+        config = {"auths": {registry: {"auth": token}}}
+        try:
+            current = json.loads((user / "config.json").read_text()).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            current = None
+        if isinstance(current, str) and current:
+            config["currentContext"] = current
+        if (user / "contexts").is_dir():
+            (folder / "contexts").symlink_to(user / "contexts", target_is_directory=True)
+        _write_private(folder / "config.json", json.dumps(config))
+        return {**os.environ, "DOCKER_CONFIG": str(folder)}
 
     def push(self, archive: Path, ref: str, auth: dict, platform: str | None, progress) -> None:
         import json
 
         tool, path = self._find()
         registry = ref.split("/", 1)[0]
+        # mkdtemp: mode 0700, so nobody else can read the token while it is there.
         with tempfile.TemporaryDirectory(prefix="edgebundle-ecr-") as tmp:
-            authfile = Path(tmp) / "auth.json"
-            fd = os.open(authfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"auths": {registry: {"auth": auth["authorizationToken"]}}}, f)
-            password = base64.b64decode(auth["authorizationToken"]).decode().split(":", 1)[1]
+            authfile, env = Path(tmp) / "auth.json", None
+            if tool == "docker":
+                env = self.docker_config(Path(tmp), registry, auth["authorizationToken"])
+            else:
+                _write_private(authfile, json.dumps({"auths": {registry: {"auth": auth["authorizationToken"]}}}))
             loaded = None
             for cmd in self.argv(tool, path, archive, ref, authfile):
                 if cmd[0] == "TAG":  # podman/docker: tag what `load` printed as the ECR reference
                     cmd = [path, "tag", loaded, cmd[1]]
                 with progress.step(f"{tool} {cmd[1]}"):
-                    proc = subprocess.run(cmd, capture_output=True, text=True,
-                                          input=password if cmd[1] == "login" else None)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
                 if proc.returncode != 0:
                     raise DeployError(f"{tool} {cmd[1]} failed (exit {proc.returncode}): "
                                       f"{(proc.stderr or proc.stdout).strip()[-800:]}", where=ref,
@@ -79,6 +103,13 @@ class Pusher:
                     if not loaded:
                         raise DeployError(f"{tool} load did not say what it loaded: {proc.stdout.strip()[-300:]}",
                                           where=str(archive), hint="push with --push-tool skopeo")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A new file only its owner can read (O_EXCL: never one somebody placed there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 class Executor:

@@ -666,15 +666,22 @@ def _run_image(eng, ref: str, where: str, events: list[bytes], out: TextIO, err:
     api = _RuntimeAPI(f"arn:aws:lambda:{region}:{_ACCOUNT}:function:{name}", timeout_s)
     container = f"edgebundle-invoke-{secrets.token_hex(6)}"
     proc: subprocess.Popen | None = None
+    env_dir = tempfile.mkdtemp(prefix="edgebundle-env-")  # mode 0700
     try:
         api.start()
         env = _lambda_env(api, name, region, 2048)
         if arch == "arm64":
             env.update(sandbox.emulator_env(arch))  # QEMU_CPU: fault on what Graviton2 lacks
+        # The function's environment goes in a private file, not in -e arguments: every
+        # user of the machine can read a command line (ps, /proc/PID/cmdline).
+        env_file = Path(env_dir) / "env"
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
         # Host network: the Runtime API listens on this machine's loopback, as the
         # emulator does beside a function on Lambda.
         cmd = [eng.path, "run", "--rm", "--name", container, "--network", "host", "--pull", "never",
-               *[a for k, v in sorted(env.items()) for a in ("-e", f"{k}={v}")], ref]
+               "--env-file", str(env_file), ref]
         where = f"{ref} ({arch}, {eng.name})"
 
         def start() -> subprocess.Popen:
@@ -690,4 +697,5 @@ def _run_image(eng, ref: str, where: str, events: list[bytes], out: TextIO, err:
             _stop(proc)
         subprocess.run([eng.path, "rm", "-f", *(["-t", "0"] if eng.name == "podman" else []), container],
                        capture_output=True, stdin=subprocess.DEVNULL)
+        shutil.rmtree(env_dir, ignore_errors=True)
         api.close()

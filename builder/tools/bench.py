@@ -107,9 +107,37 @@ def _export_onnx(spec, inputs: dict, path: Path) -> None:
                           opset_version=17, dynamo=False)
 
 
+def built_from(manifest, model_dir: Path | None, tdir: Path) -> Path:
+    """The PyTorch model directory `manifest` was built from: `model_dir` when given, else
+    its hub snapshot in this machine's Hugging Face cache (or, schema 2, the path it
+    recorded). Refused when its config and weights are not the ones the build compiled."""
+    from builder.model.source import locate, model_digest, resolve_model
+
+    recorded = manifest.model.source
+    if model_dir is not None:
+        model_dir = resolve_model(str(model_dir))
+    elif locate(recorded) is not None:
+        model_dir = locate(recorded)
+    elif manifest.model.digest is None and Path(recorded).is_absolute() and Path(recorded).is_dir():
+        model_dir = Path(recorded)  # schema 2 recorded the build machine's path
+    else:
+        raise EdgebundleError(f"bench compares with the PyTorch model, and the build records it only as "
+                              f"{recorded!r}", where=str(tdir / "model.json"),
+                              hint="pass the model directory it was built from with --model-dir DIR")
+    digest = manifest.model.digest
+    if digest is not None and model_digest(model_dir)["sha256"] != digest["sha256"]:
+        raise EdgebundleError(f"{model_dir} is not the model this build compiled: its "
+                              f"{', '.join(digest['files'])} differ from the build's (sha256 "
+                              f"{digest['sha256'][:16]})", where=str(model_dir),
+                              hint="pass the directory the build was made from, or rebuild from this one")
+    return model_dir
+
+
 def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = None, runs: int = 30,
           cold_runs: int = 3, json_path: Path | None = None, plot_path: Path | None = None,
-          seq_len: int = DEFAULT_SEQ_LEN, progress: Progress | None = None) -> dict:
+          seq_len: int = DEFAULT_SEQ_LEN, progress: Progress | None = None, model_dir: Path | None = None) -> dict:
+    """`model_dir`: with a build's OUT, the model directory it was built from (manifests do
+    not record the build machine's paths: only a hub source is found without it)."""
     progress = progress or Progress()
     try:
         import onnxruntime as ort
@@ -121,15 +149,17 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     with tempfile.TemporaryDirectory(prefix="edgebundle-bench-") as tmp:
         return _bench(Path(tmp), ort, model_or_out, target=target, threads=threads, runs=runs,
                       cold_runs=cold_runs, json_path=json_path, plot_path=plot_path, seq_len=seq_len,
-                      progress=progress)
+                      progress=progress, model_dir=model_dir)
 
 
 def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | None, runs: int, cold_runs: int,
-           json_path: Path | None, plot_path: Path | None, seq_len: int, progress: Progress) -> dict:
+           json_path: Path | None, plot_path: Path | None, seq_len: int, progress: Progress,
+           model_dir: Path | None = None) -> dict:
     from builder.build import build
     from builder.model.families import FAMILIES
     from builder.model.families.base import one_request, read_json
     from builder.compiler.targets import TARGETS
+    from builder.model.source import resolve_model
 
     threads = threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
     # Both thread pools are sized when their libraries load: before anything imports them.
@@ -138,14 +168,18 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
     if (src / "build.json").is_file():
         out = src
     else:
+        if model_dir is not None:
+            raise EdgebundleError("--model-dir goes with a build's OUT directory; bench builds this model itself",
+                                  where=str(model_or_out), hint="drop --model-dir")
         out = work / "out"
         build(model_or_out, out, BuildOptions(targets=(target,), seq_len=seq_len), progress=progress)
+        model_dir = resolve_model(model_or_out)
     tdir = out / target
     manifest = read_manifest(tdir)
     if not TARGETS[target].host_can_run():
         raise EdgebundleError(f"bench runs on this host only; {target} code cannot run here",
                               hint="bench --target x86_64 on an x86_64 machine")
-    model_dir = Path(manifest.model.source)
+    model_dir = built_from(manifest, model_dir, tdir)
     config = read_json(model_dir / "config.json", "config.json")
     pre = manifest.preprocessing
     options = BuildOptions(seq_len=pre.max_length if pre.kind == "text" else seq_len)

@@ -27,6 +27,9 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
     lines = [
         f"model      {m.model.name} ({m.model.architecture}, family {m.model.family})",
         f"task       {m.model.task}",
+        f"source     {m.model.source}" + (
+            f"  ({', '.join(m.model.digest['files'])}: sha256 {m.model.digest['sha256'][:16]})"
+            if m.model.digest else ""),
         f"target     {m.target.name}  {json.dumps(m.target.tvm)}  device {m.target.device}",
         "inputs     " + "; ".join(_shape(t) for t in m.inputs),
         "outputs    " + "; ".join(_shape(t) for t in m.outputs),
@@ -46,6 +49,9 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
                      f"({fills})")
     elif pre.kind == "image":
         lines.append(f"image      {pre.width}x{pre.height} resize {pre.resize} crop {pre.center_crop}")
+    db = (m.schedule or {}).get("tuning_db")
+    if isinstance(db, dict):
+        lines.append(f"schedule   from tuning database {db.get('file')} (sha256 {str(db.get('sha256'))[:16]})")
     if m.seq_lengths:
         lines.append(f"lengths    compiled for {', '.join(map(str, m.seq_lengths))} tokens; requests are padded to "
                      "the shortest that fits")

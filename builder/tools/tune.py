@@ -53,7 +53,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
     from builder.model.families import detect_family
     from builder.model.families.base import one_request, read_json
     from builder.compiler.schedules.cpu import CpuParams
-    from builder.model.source import resolve_model
+    from builder.model.source import model_record, resolve_model
     from builder.options import BuildOptions
     from builder.compiler.targets import TARGETS
 
@@ -97,7 +97,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
             cand = dataclasses.replace(best, **change)
             if cand != best and (ms := measure(cand)) < best_ms:
                 best, best_ms = cand, ms
-    db = {"schema": 1, "target": tvm_target, "threads": int(os.environ["TVM_NUM_THREADS"]), "model": {"source": str(model_dir), "family": fam.name},
+    db = {"schema": 1, "target": tvm_target, "threads": int(os.environ["TVM_NUM_THREADS"]), "model": {**model_record(model_dir), "family": fam.name},
           "params": dataclasses.asdict(best), "default_ms": baseline, "best_ms": best_ms,
           "gain": baseline / best_ms, "candidates": tried,
           "date": time.strftime("%Y-%m-%d %H:%M")}
