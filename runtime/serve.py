@@ -28,9 +28,11 @@ DEFAULT_PORT = 8080  # SageMaker's
 # 2 cores): windows of 2, 5 and 10 ms gave 1.67x, 1.63x and 1.31x the requests/s of unbatched
 # serving in one run; a lone client never waits (runtime/batching.py).
 DEFAULT_BATCH_WINDOW_MS = 2.0
-# Rows (one per text or image; a tensor request's batch) waiting for the model: four full
-# batches of a typical max batch of 32, and at least one request of MAX_INPUTS.
-DEFAULT_MAX_QUEUE = 128
+# Rows (one per text or image; a tensor request's batch) waiting for the model: two full
+# batches of a typical max batch of 32, and at least one request of MAX_INPUTS. Each waiting
+# request holds a server thread, and the threads' native memory is most of the server's
+# RSS growth under load (tests/test_server.py's load test): rows bound requests too.
+DEFAULT_MAX_QUEUE = 64
 WAITRESS_MISSING = ("the model server needs waitress, which serving images and edge installs carry; "
                     "on a development machine: pip install waitress")
 

@@ -45,7 +45,7 @@ class HTTPError(Exception):
 class Options:
     """Serving knobs (runtime/serve.py parses them from the command line)."""
 
-    def __init__(self, max_batch: int | None = None, batch_window_ms: float = 2.0, max_queue: int = 128,
+    def __init__(self, max_batch: int | None = None, batch_window_ms: float = 2.0, max_queue: int = 64,
                  timeout_s: float = 30.0, warm: bool = True, token: str | None = None,
                  max_inputs: int = MAX_INPUTS):
         self.max_batch, self.batch_window_ms, self.max_queue = max_batch, batch_window_ms, max_queue

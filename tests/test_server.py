@@ -1335,6 +1335,7 @@ def _load(server, clients_n, per_client, on_answer=None):
 @pytest.mark.slow
 def test_load_16_clients_x_500_requests(tiny_bert_build, expected):
     """Bounded load on loopback: no error, right answers, resident memory flat after warm-up.
+    $EDGEBUNDLE_LOAD_PER_CLIENT sets the requests per client (examples/hardening.sh: 10,000).
 
     Warm-up is every compiled shape, then one full pass of the load. waitress wakes its idle
     threads in turn, so all of the server's 100 (--max-queue 64 + max batch 32 + 4) run
@@ -1344,7 +1345,7 @@ def test_load_16_clients_x_500_requests(tiny_bert_build, expected):
     and levels off. The measured second pass must stay within 5%."""
     s = Server(tiny_bert_build)
     try:
-        clients_n, per_client = 16, 500
+        clients_n, per_client = 16, int(os.environ.get("EDGEBUNDLE_LOAD_PER_CLIENT", "500"))
         v2_answer = s.post(f"/v2/models/{s.name}/infer", _v2([[101, 7592, 2088, 102]])).json()["outputs"][0]["data"]
         rss = {"start": s.rss_kb()}
         _warm_every_shape(s)
