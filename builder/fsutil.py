@@ -142,3 +142,11 @@ def unzip(zip_path: Path, dest: Path, *, error: Callable[[str], Exception], rena
                 os.chmod(target, mode | 0o400)
             written.append(str(rel))
     return written
+
+
+def write_private(path: Path, text: str) -> None:
+    """A new file only its owner can read (O_EXCL: never one somebody placed there), for
+    secrets that must not go on a command line."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -139,8 +139,8 @@ def cuda_compute_capability(device_id: int = 0) -> str:
 
 
 def _damaged(path: Path, what: str):
-    return IntegrityError(f"{path} {what}: the weights file is damaged or belongs to another build; rebuild the "
-                          "model (edgebundle build) or copy the bundle again")
+    return IntegrityError(f"{path} {what}: the weights file is damaged or belongs to another build; "
+                          f"{IntegrityError.REMEDY}")
 
 
 def _int(value) -> bool:

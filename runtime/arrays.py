@@ -154,8 +154,6 @@ def as_tensor(value, name: str, dtype: str, max_ndim: int = MAX_NDIM, max_elemen
                                     f"{count}{view.format[-1]}", view.tobytes()))
     else:
         shape, leaves = _nested(value, name, max_ndim, max_elements)
-        if max_elements is not None and len(leaves) > max_elements:
-            raise BadInput(f'"{name}" has more than {max_elements} values; the model takes at most that many')
         if want in "iu" and any(type(x) is float for x in leaves):
             raise BadInput(f'"{name}" must hold integers ({dtype}), got floats')
     if 0 in shape:

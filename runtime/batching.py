@@ -23,12 +23,20 @@ class QueueFull(Exception):
     """The queue holds its maximum of rows; the server answers 503 + Retry-After."""
 
 
+class TooLarge(Exception):
+    """A request of more rows than the whole queue holds: it could never be queued, so it is
+    refused for good (413), not with a 503 that invites retrying."""
+
+    def __init__(self, rows: int, max_queue: int):
+        super().__init__(f"the request has {rows} rows; the server queues at most {max_queue} (--max-queue)")
+
+
 class Closed(Exception):
     """The batcher stopped taking requests (the server is shutting down)."""
 
 
 class _Job:
-    __slots__ = ("outputs", "remaining", "error", "done", "cancelled", "batches", "pending")
+    __slots__ = ("outputs", "remaining", "error", "done", "batches", "pending")
 
     def __init__(self, n: int):
         self.outputs = [None] * n
@@ -36,7 +44,6 @@ class _Job:
         self.pending = collections.deque()  # its _Entry's not yet taken by the worker, in order
         self.error = None
         self.done = threading.Event()
-        self.cancelled = False
         self.batches = []  # the row count of each batch this job's items ran in
 
 
@@ -90,14 +97,18 @@ class Batcher:
 
     def submit(self, items: list, timeout_s: float, on_queued=None) -> tuple[list, list]:
         """Queue one request's items and wait for their outputs. Returns (outputs per item,
-        the row count of each batch they ran in). Raises QueueFull, Closed, TimeoutError, or
+        the row count of each batch they ran in). Raises TooLarge, QueueFull, Closed, TimeoutError, or
         what the model raised. `on_queued()` runs under the queue's lock once the items are in."""
+        if not items:  # nothing to run; an empty job would stall the worker's take
+            return [], []
         job = _Job(len(items))
         entries = [_Entry(job, n, item, self._key(item), item.rows) for n, item in enumerate(items)]
         rows = sum(e.rows for e in entries)
         with self._cv:
             if self._closing:
                 raise Closed()
+            if rows > self.max_queue:
+                raise TooLarge(rows, self.max_queue)
             if self._rows + rows > self.max_queue:
                 raise QueueFull()
             self._rows += rows
@@ -109,7 +120,7 @@ class Batcher:
         if not job.done.wait(timeout_s):
             with self._cv:
                 if not job.done.is_set():
-                    job.cancelled = True  # its queued items are dropped; a running batch finishes
+                    # Its queued items are dropped; a running batch finishes.
                     if self._waiting.pop(job, None) is not None:
                         self._rows -= sum(e.rows for e in job.pending)
                         job.pending.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import sys
 import traceback
 
@@ -22,15 +23,25 @@ def _no_constant(name: str):
     raise BadInput(f"the JSON holds {name}, which is not JSON (RFC 8259); only finite numbers are accepted")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: a valid JSON number, but no float holds it
+        raise BadInput(f"the JSON holds the number {text[:40]}, beyond the range of a float")
+    return value
+
+
 def loads(body):
     """A request body (str or bytes) -> its JSON value; BadInput for anything that is not
-    strict JSON (NaN and Infinity included) or that nests too deeply to parse."""
+    strict JSON (NaN and Infinity included), numbers no float holds (1e400) or integers
+    longer than Python converts (4300 digits), or that nests too deeply to parse."""
     try:
-        return json.loads(body, parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"the body is not valid JSON: {e}") from None
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise BadInput("the body's JSON is nested too deeply") from None
+    except BadInput:
+        raise
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        raise BadInput(f"the body is not valid JSON: {str(e)[:200]}") from None
 
 
 def dumps(value) -> str:
@@ -72,8 +83,10 @@ def answer(model, request, execute=None) -> dict | list:
 
 
 def _http_method(event: dict) -> str:
-    ctx = event.get("requestContext") or {}
-    return (event.get("httpMethod") or (ctx.get("http") or {}).get("method") or "POST").upper()
+    ctx = event.get("requestContext")
+    http = ctx.get("http") if isinstance(ctx, dict) else None
+    method = event.get("httpMethod") or (http.get("method") if isinstance(http, dict) else None) or "POST"
+    return method.upper() if isinstance(method, str) else "?"
 
 
 def _http_response(status: int, payload) -> dict:
@@ -90,6 +103,8 @@ def handle_http(model, event: dict) -> dict:
     try:
         if body is None or body == "":
             raise BadInput("the request body is empty; POST a JSON object")
+        if not isinstance(body, str):
+            raise BadInput(f'the event\'s "body" is {type(body).__name__}; API Gateway and function URLs send a string')
         if event.get("isBase64Encoded"):
             try:
                 body = base64.b64decode(body, validate=True)

@@ -38,9 +38,6 @@ class ImageEncoder:
             w, h = img.size
             if w * h > self.pre.max_pixels:
                 raise BadInput(f'"inputs"[{index}] is {w}x{h} pixels; at most {self.pre.max_pixels} are accepted')
-            if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
-                raise BadInput(f'"inputs"[{index}] is {w}x{h} pixels; the longer side may be at most '
-                               f'{MAX_ASPECT} times the shorter')
             img.load()
         except BadInput:
             raise
@@ -50,13 +47,17 @@ class ImageEncoder:
             raise BadInput(f'"inputs"[{index}] is not a decodable image ({type(e).__name__}: {e})') from None
         return img.convert("RGB")
 
-    def transform(self, img):
+    def transform(self, img, index: int = 0):
         """Resize and centre-crop as the preprocessor config says (a PIL image)."""
         pre = self.pre
         resize = pre.resize
         if resize:
             w, h = img.size
             if "shortest_edge" in resize:
+                # Scaling the shortest edge scales the other alike: bounded before resizing.
+                if max(w, h) > MAX_ASPECT * min(w, h):
+                    raise BadInput(f'"inputs"[{index}] is {w}x{h} pixels; the longer side may be at most '
+                                   f'{MAX_ASPECT} times the shorter')
                 edge = resize["shortest_edge"]
                 if w <= h:
                     size = (edge, int(edge * h / w))
@@ -89,7 +90,7 @@ class ImageEncoder:
         return b"".join(planes)
 
     def __call__(self, images: list[str]) -> dict:
-        crops = [self.transform(self.decode(im, i)) for i, im in enumerate(images)]
+        crops = [self.transform(self.decode(im, i), i) for i, im in enumerate(images)]
         w, h = crops[0].size
         data = bytearray().join(self.planes(c) for c in crops)
         return {"pixel_values": shaped(data, "float32", (len(crops), 3, h, w))}

@@ -26,7 +26,7 @@ from pathlib import Path
 from .manifest import FILENAME, IntegrityError, Manifest
 
 _CHUNK = 1 << 20
-_WHAT_TO_DO = "rebuild the model (edgebundle build) or copy the bundle again"
+_WHAT_TO_DO = IntegrityError.REMEDY
 
 
 def sha256_of(path: Path) -> str:

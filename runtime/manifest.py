@@ -30,6 +30,8 @@ class IntegrityError(ManifestError):
     build recorded (truncated copy, damaged disk, tampering), or model.weights' own table
     does not fit its file. The message names the file and says to rebuild or re-copy."""
 
+    REMEDY = "rebuild the model (edgebundle build) or copy the bundle again"
+
 
 def plain_name(name, what: str, where: str) -> str:
     """`name` if it is a plain file name, else ManifestError. Every name the manifest gives

@@ -22,7 +22,8 @@ def _events(given: list[str]) -> list[tuple[str, str | bytes]]:
     out = []
     for arg in given or ["-"]:
         if arg == "-":
-            text = sys.stdin.read()
+            # Bytes, as for @FILE: input that is not UTF-8 is a bad event, not a crash.
+            text = sys.stdin.buffer.read()
             lines = [line for line in text.splitlines() if line.strip()]
             try:  # one document spread over lines, or one per line
                 loads(text)

@@ -29,7 +29,8 @@ DEFAULT_PORT = 8080  # SageMaker's
 # serving in one run; a lone client never waits (runtime/batching.py).
 DEFAULT_BATCH_WINDOW_MS = 2.0
 # Rows (one per text or image; a tensor request's batch) waiting for the model: two full
-# batches of a typical max batch of 32, and at least one request of MAX_INPUTS. Each waiting
+# batches of a typical max batch of 32, and at least one request of MAX_INPUTS (a request
+# of more rows than the queue holds is a 413, never a 503 to retry). Each waiting
 # request holds a server thread, and the threads' native memory is most of the server's
 # RSS growth under load (tests/test_server.py's load test): rows bound requests too.
 DEFAULT_MAX_QUEUE = 64
@@ -128,11 +129,6 @@ def serve(model_dir: Path, args, ready_message=None) -> int:
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.max_queue < max(args.max_inputs, app.max_batch):
-        # A request the queue can never hold would get 503 "retry shortly" forever.
-        print(f"error: --max-queue {args.max_queue} (rows) must hold the largest request: at least --max-inputs "
-              f"({args.max_inputs}) and the max batch ({app.max_batch})", file=sys.stderr)
-        return 2
     # Each request waiting in the queue or running in a batch holds one waitress thread, so
     # there are enough of them that the queue (not waitress's own) is what fills up.
     threads = args.max_queue + app.max_batch + 4

@@ -19,7 +19,7 @@ import traceback
 import uuid
 
 from .arrays import as_tensor, flat, shaped
-from .batching import Batcher, Closed, QueueFull
+from .batching import Batcher, Closed, QueueFull, TooLarge
 from .errors import BadInput
 from .events import decode, dumps, loads
 from .limits import MAX_INPUTS
@@ -33,6 +33,9 @@ _JSON = "application/json"
 _STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
            413: "Content Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
            504: "Gateway Timeout"}
+# What probes (systemd, Kubernetes, load balancers, SageMaker) call without credentials;
+# with a token every other path, the model's own ready path included, is authorized first.
+_OPEN_PATHS = ("/ping", "/v2/health/live", "/v2/health/ready")
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/(ready|infer))?$")
 
 
@@ -141,7 +144,7 @@ class App:
         try:
             # Authorized before routing: a 404 or 405 would otherwise tell anyone the
             # model's name and routes. Only the health probes are open.
-            if self.options.token and self._open_endpoint(path) is None:
+            if self.options.token and (path.rstrip("/") or "/") not in _OPEN_PATHS:
                 self._authorize(environ)
             endpoint, handler = self._route(method, path)
             status, body, content_type, headers, batches = handler(environ)
@@ -180,11 +183,6 @@ class App:
             fields["batch"] = max(batches)
         self.event("request", **fields)
 
-    def _open_endpoint(self, path: str) -> str | None:
-        """The endpoint of `path` if it is a health probe, which needs no token."""
-        found = self._routes.get(path.rstrip("/") or "/")
-        return found[0] if found is not None and found[0] in ("ping", "health") else None
-
     def _route(self, method: str, path: str):
         found = self._routes.get(path.rstrip("/") or "/")
         if found is None:
@@ -203,12 +201,15 @@ class App:
     def _not_ready(self) -> HTTPError:
         if self.draining:
             return HTTPError(503, "the server is shutting down", headers=[("Retry-After", "1")])
-        return HTTPError(503, f"the model {self.name} is loading", headers=[("Retry-After", "1")])
+        # The open probes answer this without a token: the name only where no token guards it.
+        what = "the model" if self.options.token else f"the model {self.name}"
+        return HTTPError(503, f"{what} is loading", headers=[("Retry-After", "1")])
 
     def _ping(self, environ):
         if not self.ready:
             raise self._not_ready()
-        return 200, _json({"status": "ready", "model": self.name}), _JSON, [], None
+        ping = {"status": "ready"} if self.options.token else {"status": "ready", "model": self.name}
+        return 200, _json(ping), _JSON, [], None
 
     def _live(self, environ):
         return 200, _json({"live": True}), _JSON, [], None
@@ -267,6 +268,8 @@ class App:
             return finish(outputs), batches
         except BadInput as e:
             raise HTTPError(400, str(e)) from None
+        except TooLarge as e:
+            raise HTTPError(413, str(e)) from None
         except QueueFull:
             raise HTTPError(503, f"the queue is full ({self.options.max_queue} rows waiting); retry shortly",
                             headers=[("Retry-After", "1")]) from None
@@ -315,18 +318,22 @@ class App:
             if (not isinstance(shape, list) or not shape
                     or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
                 raise BadInput(f'input {name!r}: "shape" must be a list of positive integers')
+            limit = self.model.max_elements(spec)
+            if any(d > limit for d in shape):  # before the product, which could be a huge number
+                raise BadInput(f'input {name!r}: a dimension of "shape" exceeds the {limit} values it may hold')
             if len(shape) != len(spec.shape):
                 raise BadInput(f'input {name!r} has shape {shape[:8]}{"..." if len(shape) > 8 else ""} '
                                f'({len(shape)} dimensions); the model takes {len(spec.shape)}: {list(spec.shape)}')
             data = entry["data"]
             if not isinstance(data, list):
                 raise BadInput(f'input {name!r}: "data" must be a list')
-            view = as_tensor(data, name, spec.dtype, max_ndim=len(spec.shape),
-                             max_elements=self.model.max_elements(spec))
+            view = as_tensor(data, name, spec.dtype, max_ndim=len(spec.shape), max_elements=limit)
             if math.prod(view.shape) != math.prod(shape):
                 raise BadInput(f'input {name!r} has {math.prod(view.shape)} values; shape {shape} needs '
                                f'{math.prod(shape)}')
             tensors[name] = shaped(view.cast("B"), spec.dtype, shape)
+        if "id" in request and not isinstance(request["id"], str):
+            raise BadInput('"id" must be a string (the Open Inference Protocol\'s request id)')
         wanted = [t.name for t in self.manifest.outputs]
         if request.get("outputs") is not None:
             asked = request["outputs"]

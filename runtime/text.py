@@ -25,6 +25,10 @@ class TextEncoder:
         for i, t in enumerate(texts):
             if len(t) > self.max_chars:
                 raise BadInput(f'"inputs"[{i}] has {len(t)} characters; this model accepts at most {self.max_chars}')
+            try:  # JSON's \ud800 escapes make lone surrogates, which the tokenizer raises on
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadInput(f'"inputs"[{i}] is not valid Unicode (a lone surrogate)') from None
         return texts
 
     def __call__(self, texts: list[str]) -> dict:

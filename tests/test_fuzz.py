@@ -10,7 +10,7 @@ memory beyond MEMORY_BOUND_MB over the entry's whole run; and a fixed request an
 same after the run as before it.
 
 Profiles (HYPOTHESIS_PROFILE): "ci" (the default: 150 examples per entry, a few minutes in
-all) and "long" (examples/fuzz.sh: 3000 per entry)."""
+all) and "long" (examples/hardening.sh: 3000 per entry)."""
 from __future__ import annotations
 
 import base64
@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import runtime
 from runtime.errors import BadInput
+from runtime.events import is_http_event
 
 pytestmark = pytest.mark.slow  # the tiny builds compile once per session
 
@@ -107,8 +108,12 @@ def images(draw) -> str:
     return draw(st.sampled_from([text, "data:image/png;base64," + text, text[:-1] + "!", text + "="]))
 
 
+# Any code point, lone surrogates included (st.text leaves them out; JSON's \ud800 makes them).
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=60)
+
+
 def texts(max_chars: int):
-    return st.one_of(st.text(max_size=200), st.text(min_size=max_chars - 2, max_size=max_chars + 2),
+    return st.one_of(st.text(max_size=200), ANY_TEXT, st.text(min_size=max_chars - 2, max_size=max_chars + 2),
                      st.sampled_from(["", " ", "\0", "\u202e", "[CLS] [SEP] [PAD]"]))
 
 
@@ -164,8 +169,14 @@ def task_events(model):
                      inputs, params, st.sampled_from([{}, {"tensors": {}}, {"x": float("nan")}]))
 
 
+# Direct events that look like HTTP ones, with fields of any type.
+HTTP_LOOKALIKES = st.fixed_dictionaries(
+    {}, optional={"httpMethod": JSON, "requestContext": JSON | st.fixed_dictionaries({"http": JSON}),
+                  "rawPath": JSON, "body": JSON, "isBase64Encoded": JSON}).filter(bool)
+
+
 def direct_events(model, deep=True):
-    return st.one_of(task_events(model), task_events(model), tensor_events(model, deep), JSON,
+    return st.one_of(task_events(model), task_events(model), tensor_events(model, deep), JSON, HTTP_LOOKALIKES,
                      st.builds(lambda d: {"inputs": _deep(d, "x")},
                                st.integers(100, 50_000) if deep else st.integers(100, 500)))
 
@@ -176,7 +187,19 @@ def bodies(model):
     return st.one_of(direct_events(model, deep=False).map(lambda e: json.dumps(e).encode()),
                      st.binary(max_size=200), st.text(max_size=200).map(str.encode),
                      st.integers(1, 200_000).map(lambda d: b"[" * d + b"]" * d),
-                     st.just(b'{"inputs": "x"'), st.just(b"\xff\xfe{}"))
+                     st.just(b'{"inputs": "x"'), st.just(b"\xff\xfe{}"), st.sampled_from(literals(model)))
+
+
+def literals(model) -> list[bytes]:
+    """Numbers JSON allows and Python cannot hold: beyond float range, integers of more
+    digits than int() converts, and dimensions whose product is a huge number."""
+    name = model.inputs[0].name.encode()
+    return [b'{"inputs": "x", "id": 1e400}', b'{"inputs": [], "id": -1e400}', b'[1e999]',
+            b'{"tensors": {"' + name + b'": [[' + b"7" * 5000 + b"]]}}",
+            b'{"inputs": [{"name": "' + name + b'", "shape": [1' + b"0" * 4000 + b', 1' + b"0" * 4000
+            + b'], "datatype": "INT64", "data": [1]}]}',
+            b'{"inputs": [{"name": "' + name + b'", "shape": [1], "datatype": "INT64", "data": [1]}], "id": 1e400}',
+            b'{"inputs": "\\ud800 lone"}', b'{"inputs": ["ok", "\\udfff"]}']
 
 
 def v2_requests(model):
@@ -262,7 +285,7 @@ def test_lambda_handler_answers_or_refuses_anything(built, model):
         except BadInput as e:
             assert str(e)
             return
-        if isinstance(event, dict) and ("requestContext" in event or "httpMethod" in event):
+        if is_http_event(event):
             assert answer["statusCode"] in (200, 400, 405), answer
             body = strict(answer["body"])
             if answer["statusCode"] != 200:
@@ -332,15 +355,18 @@ def test_edgebundle_run_answers_or_refuses_anything(built, model, capsys, tmp_pa
             event_file.write_bytes(events[0])
             rc = main([str(built), f"@{event_file}"])
         else:
-            stdin, sys.stdin = sys.stdin, io.StringIO(b"\n".join(events).decode("utf-8", "replace"))
+            stdin, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(b"\n".join(events)))
             try:
                 rc = main([str(built)])
             finally:
                 sys.stdin = stdin
-        lines = capsys.readouterr().out.splitlines()
+        out = capsys.readouterr()
+        lines = out.out.splitlines()
         assert rc in (0, 1) and lines, (rc, lines)
         for line in lines:
-            strict(line)
+            answer = strict(line)
+            assert not (isinstance(answer, dict) and "internal error" in str(answer.get("error"))), out.err
+        assert "Traceback" not in out.err, out.err
 
     with memory_bound():
         check()

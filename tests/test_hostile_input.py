@@ -280,7 +280,110 @@ def test_v2_shape_of_too_many_dimensions_is_400(app):
         body = json.dumps({"inputs": [{"name": "input_ids", "shape": shape, "datatype": "INT64", "data": [1]}]})
         status, out = _call(app, "POST", "/v2/models/secret-model-name/infer", body.encode(), auth)
         assert status == 400 and b"dimensions" in out, (shape, out)
-    body = json.dumps({"inputs": [{"name": "input_ids", "shape": [1, 10 ** 7], "datatype": "INT64",
+    body = json.dumps({"inputs": [{"name": "input_ids", "shape": [1, 1024], "datatype": "INT64",
                                    "data": [1] * 200_000}]})
     status, out = _call(app, "POST", "/v2/models/secret-model-name/infer", body.encode(), auth)
-    assert status == 400 and b"values" in out
+    assert status == 400 and b"more than 1024 values" in out, out
+    # Dimensions whose product has thousands of digits: refused before it is computed.
+    huge = "1" + "0" * 4000
+    body = ('{"inputs": [{"name": "input_ids", "shape": [%s, %s], "datatype": "INT64", "data": [1]}]}'
+            % (huge, huge))
+    status, out = _call(app, "POST", "/v2/models/secret-model-name/infer", body.encode(), auth)
+    assert status == 400 and b"exceeds" in out, out
+    # The request id is echoed: a string, as the protocol says.
+    for rid in ("1e400", "5", "[1]"):
+        body = ('{"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64", "data": [1]}], "id": %s}'
+                % rid)
+        status, out = _call(app, "POST", "/v2/models/secret-model-name/infer", body.encode(), auth)
+        assert status == 400, (rid, out)
+
+
+@pytest.mark.slow
+def test_open_probes_do_not_name_the_model_behind_a_token(app):
+    status, body = _call(app, "GET", "/ping")
+    assert status == 200 and b"secret-model-name" not in body
+    # The model's own ready path confirms a guessed name: it needs the token.
+    assert _call(app, "GET", "/v2/models/secret-model-name/ready")[0] == 401
+    assert _call(app, "GET", "/v2/models/secret-model-name/ready",
+                 headers={"Authorization": "Bearer " + "t" * 32})[0] == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body", [
+    b'{"inputs": "x", "parameters": {"a": 1e400}}',  # a JSON number no float holds
+    b'{"inputs": [' + b"7" * 5000 + b"]}",  # more digits than int() converts
+    b'{"inputs": "lone \\ud800 surrogate"}',  # valid JSON, not valid Unicode: tokenizers raise
+])
+def test_numbers_and_text_python_cannot_hold_are_400(app, bert, body):
+    status, out = _call(app, "POST", "/invocations", body, {"Authorization": "Bearer " + "t" * 32})
+    assert status == 400 and json.loads(out)["error"], out
+    resp = handle(bert, {"httpMethod": "POST", "path": "/", "requestContext": {}, "body": body.decode()})
+    assert resp["statusCode"] == 400, resp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("event", [
+    {"httpMethod": 5, "body": "{}"}, {"requestContext": "x", "body": "{}"},
+    {"requestContext": {"http": 7}, "body": "{}"}, {"httpMethod": "POST", "body": {"inputs": "x"}},
+    {"httpMethod": "POST", "body": 12, "isBase64Encoded": True},
+])
+def test_http_lookalike_events_with_odd_fields_are_answered(bert, event):
+    resp = handle(bert, event)
+    assert resp["statusCode"] in (400, 405) and json.loads(resp["body"])["error"], resp
+
+
+@pytest.mark.slow
+def test_non_finite_outputs_are_400_never_nan(bert, monkeypatch):
+    """Whatever the compiled code gives, an inf or nan never reaches JSON."""
+    execute = bert._execute
+
+    def poisoned(items):
+        outs = execute(items)
+        for out in outs:
+            for name, view in out.items():
+                raw = bytearray(view.cast("B"))
+                raw[0:4] = b"\x00\x00\xc0\x7f"  # float32 nan
+                out[name] = shaped(raw, "float32", list(view.shape))
+        return outs
+
+    monkeypatch.setattr(bert, "_execute", poisoned)
+    with pytest.raises(BadInput, match="not finite"):
+        handle(bert, {"inputs": "hello"})
+    tensors = {i.name: [[1, 1, 0]] for i in bert.inputs}
+    with pytest.raises(BadInput, match="not finite"):
+        handle(bert, {"tensors": tensors})
+    resp = handle(bert, {"httpMethod": "POST", "path": "/", "requestContext": {}, "body": '{"inputs": "x"}'})
+    assert resp["statusCode"] == 400 and "NaN" not in resp["body"]
+    monkeypatch.undo()
+    assert handle(bert, {"inputs": "hello"})
+
+
+def test_an_empty_submission_does_not_stall_the_batcher():
+    model = _GatedModel()
+    model.gate.set()
+    b = Batcher(model.execute, lambda item: None, 2, 0.0, 10)
+    assert b.submit([], 5) == ([], [])
+    assert b.submit([_Item("next")], 5)[0] == ["next"]
+
+
+@pytest.mark.slow
+def test_edgebundle_run_answers_bytes_that_are_not_utf8(tiny_bert_build):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "runtime.run", str(tiny_bert_build)], input=b'{"inputs": "\xff"}\n',
+                          capture_output=True, timeout=120, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["error"]
+
+
+def test_a_request_larger_than_the_queue_is_refused_for_good():
+    """Not a 503 "retry shortly" that could never succeed: TooLarge, answered 413."""
+    from runtime.batching import TooLarge
+
+    model = _GatedModel()
+    model.gate.set()
+    b = Batcher(model.execute, lambda item: None, 2, 0.0, 3)
+    with pytest.raises(TooLarge, match="4 rows; the server queues at most 3"):
+        b.submit([_Item("a", rows=4)], 5)
+    assert b.submit([_Item("b", rows=3)], 5)[0] == ["b"]

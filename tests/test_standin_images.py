@@ -41,16 +41,29 @@ def test_standin_bootstrap_starts_the_runtime_client_with_every_argument(tmp_pat
     assert path[-1] == str(ric)
 
 
-def test_standin_tags_change_with_what_the_image_is_made_from(monkeypatch):
-    """A cached stand-in is reused only while everything it is built from is unchanged."""
-    from builder.local import sandbox
+def test_standin_tags_change_with_what_the_image_is_made_from(monkeypatch, tmp_path):
+    """A cached stand-in is reused only while everything it is built from is unchanged: the
+    bootstrap, the root filesystem's recipe and the runtime client's requirements."""
+    from builder.local import lambda_runtime, sandbox
 
+    monkeypatch.setattr(standin_images, "_exists", lambda tag: True)  # nothing is built
     monkeypatch.setattr(sandbox, "rootfs_key", lambda python, arch="x86_64": "rootfs-a")
-    a = standin_images._tag("localhost/x:1", [sandbox.rootfs_key("3.13"), standin_images._bootstrap()])
-    assert a == standin_images._tag("localhost/x:1", [sandbox.rootfs_key("3.13"), standin_images._bootstrap()])
-    assert a != standin_images._tag("localhost/x:1", [sandbox.rootfs_key("3.13"), standin_images._bootstrap() + "#"])
+    first = standin_images.lambda_base("x86_64")
+    serve = standin_images.serve_base("x86_64")
+    assert standin_images.lambda_base("x86_64") == first
+    assert standin_images.lambda_base("arm64") != first
+
+    bootstrap = standin_images._bootstrap
+    monkeypatch.setattr(standin_images, "_bootstrap", lambda: bootstrap() + "# changed\n")
+    assert standin_images.lambda_base("x86_64") != first
+    monkeypatch.setattr(standin_images, "_bootstrap", bootstrap)
+    monkeypatch.setattr(lambda_runtime, "AWSLAMBDARIC_REQUIREMENTS", ("awslambdaric==0.0.1",))
+    assert standin_images.lambda_base("x86_64") != first
+    monkeypatch.undo()
+    monkeypatch.setattr(standin_images, "_exists", lambda tag: True)
     monkeypatch.setattr(sandbox, "rootfs_key", lambda python, arch="x86_64": "rootfs-b")
-    assert a != standin_images._tag("localhost/x:1", [sandbox.rootfs_key("3.13"), standin_images._bootstrap()])
+    assert standin_images.lambda_base("x86_64") != first
+    assert standin_images.serve_base("x86_64") != serve
 
 
 def test_rootfs_folder_is_keyed_by_its_recipe(monkeypatch, tmp_path):

@@ -2,13 +2,13 @@
 and reads it everywhere)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from builder.bundle import elf
 from builder.fsutil import atomic_write
 from builder.options import MAX_BATCH
 from builder.versions import build_versions, dist_version
+from runtime.integrity import sha256_of
 from runtime.manifest import FILENAME, DeviceCode, Library, Manifest, ModelInfo, TargetInfo, Versions, WeightsFile
 
 # What a GPU model needs beside model.so at run time (the image / edge formats ship or
@@ -22,11 +22,7 @@ CUDA_SYSTEM_LIBRARIES = [
 
 
 def file_record(path: Path) -> dict:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return {"sha256": h.hexdigest(), "size": path.stat().st_size}
+    return {"sha256": sha256_of(path), "size": path.stat().st_size}
 
 
 def runtime_libraries(target) -> dict:

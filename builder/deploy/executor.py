@@ -14,6 +14,7 @@ from builder.container.images import loaded_ref
 from builder.deploy import aws
 from builder.deploy.plan import FileBody, Plan, Ref
 from builder.errors import DeployError, ToolMissingError
+from builder.fsutil import write_private
 
 # Lambda applies creates and updates asynchronously; a big image can take minutes.
 WAIT_DELAY_S = 2
@@ -72,7 +73,7 @@ class Pusher:
             config["currentContext"] = current
         if (user / "contexts").is_dir():
             (folder / "contexts").symlink_to(user / "contexts", target_is_directory=True)
-        _write_private(folder / "config.json", json.dumps(config))
+        write_private(folder / "config.json", json.dumps(config))
         return {**os.environ, "DOCKER_CONFIG": str(folder)}
 
     def push(self, archive: Path, ref: str, auth: dict, platform: str | None, progress) -> None:
@@ -86,7 +87,7 @@ class Pusher:
             if tool == "docker":
                 env = self.docker_config(Path(tmp), registry, auth["authorizationToken"])
             else:
-                _write_private(authfile, json.dumps({"auths": {registry: {"auth": auth["authorizationToken"]}}}))
+                write_private(authfile, json.dumps({"auths": {registry: {"auth": auth["authorizationToken"]}}}))
             loaded = None
             for cmd in self.argv(tool, path, archive, ref, authfile):
                 if cmd[0] == "TAG":  # podman/docker: tag what `load` printed as the ECR reference
@@ -103,13 +104,6 @@ class Pusher:
                     if not loaded:
                         raise DeployError(f"{tool} load did not say what it loaded: {proc.stdout.strip()[-300:]}",
                                           where=str(archive), hint="push with --push-tool skopeo")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """A new file only its owner can read (O_EXCL: never one somebody placed there)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 class Executor:

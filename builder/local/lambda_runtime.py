@@ -30,7 +30,7 @@ from typing import TextIO
 
 from builder.cache import cache_dir
 from builder.errors import InvokeError
-from builder.fsutil import unzip
+from builder.fsutil import unzip, write_private
 from builder.progress import QUIET, Progress
 from builder.bundle import elf, wheels
 from builder.bundle.formats.lambda_zip import ARCHITECTURES as LAMBDA_ARCHITECTURES
@@ -675,9 +675,7 @@ def _run_image(eng, ref: str, where: str, events: list[bytes], out: TextIO, err:
         # The function's environment goes in a private file, not in -e arguments: every
         # user of the machine can read a command line (ps, /proc/PID/cmdline).
         env_file = Path(env_dir) / "env"
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+        write_private(env_file, "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
         # Host network: the Runtime API listens on this machine's loopback, as the
         # emulator does beside a function on Lambda.
         cmd = [eng.path, "run", "--rm", "--name", container, "--network", "host", "--pull", "never",

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from builder.errors import ModelSourceError
+from runtime.integrity import sha256_of
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -122,15 +123,11 @@ def model_digest(model_dir: Path) -> dict:
     files = digest_files(model_dir)
     lines = []
     for rel in files:
-        h = hashlib.sha256()
         try:
-            with open(model_dir / rel, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            lines.append(f"{sha256_of(model_dir / rel)}  {rel}\n")
         except OSError as e:
             raise ModelSourceError(f"cannot read {rel}: {e.strerror}", where=str(model_dir / rel),
                                    hint="the model directory is incomplete: download or save it again") from None
-        lines.append(f"{h.hexdigest()}  {rel}\n")
     return {"sha256": hashlib.sha256("".join(lines).encode()).hexdigest(), "files": files}
 
 
