@@ -95,7 +95,8 @@ def images(draw) -> str:
     if w * h > 60_000_000:  # past max_pixels either way; keep the PNG small to write
         w = min(w, 60_000_000 // h + 1)
     how = draw(st.sampled_from(["png", "pillow", "bytes", "truncated"]))
-    if how == "png" or (how == "pillow" and w * h > 4_000_000):
+    # Pillow's JPEG and WebP encoders stop at 65,500 and 16,383 pixels a side: our PNG writer then.
+    if how == "png" or (how == "pillow" and (w * h > 4_000_000 or max(w, h) > 16_000)):
         data = _png(w, h, draw(st.integers(0, 255)))
     elif how == "pillow":
         data = _pillow(draw(st.sampled_from(["JPEG", "WEBP", "PNG", "GIF", "BMP", "TIFF"])), w, h)

@@ -563,8 +563,8 @@ def test_cli_refuses_bad_options_and_missing_model(tmp_path):
 @pytest.fixture(scope="module")
 def server(tiny_bert_build):
     """Default options (batching up to the model's 32 rows), but up to 80 inputs a request
-    (default 32) so a request can span several model calls."""
-    s = Server(tiny_bert_build, "--max-inputs", "80")
+    (default 32) so a request can span several model calls, and a queue that holds them."""
+    s = Server(tiny_bert_build, "--max-inputs", "80", "--max-queue", "128")
     yield s
     s.kill()
 
