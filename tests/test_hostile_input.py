@@ -7,13 +7,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 
 import pytest
 
 import runtime
 from runtime.arrays import MAX_NDIM, all_finite, as_tensor, pack, shaped
-from runtime.batching import Batcher, QueueFull
+from runtime.batching import QueueFull
+from test_server import FakeItem, FakeModel, _batcher, _hold, _submit_async
 from runtime.errors import BadInput
 from runtime.events import handle
 from runtime.limits import MAX_ASPECT, MAX_INPUTS
@@ -59,48 +59,15 @@ def test_all_finite_reads_every_element():
 
 
 # -- the batcher: rows, not requests; fair take ----------------------------------------------------
-class _Item:
-    def __init__(self, value, rows=1):
-        self.value, self.rows = value, rows
-
-
-class _GatedModel:
-    def __init__(self):
-        self.batches, self.gate, self.entered = [], threading.Event(), threading.Event()
-
-    def execute(self, items):
-        self.entered.set()
-        assert self.gate.wait(30)
-        self.batches.append([i.value for i in items])
-        return [i.value for i in items]
-
-
-def _async(b, items):
-    out, queued = {}, threading.Event()
-
-    def run():
-        try:
-            out["value"] = b.submit(items, 20, on_queued=queued.set)
-        except BaseException as e:  # noqa: BLE001 - inspected by the test
-            out["error"] = e
-        queued.set()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert queued.wait(10)
-    return t, out
-
-
 def test_queue_limit_counts_rows():
-    model = _GatedModel()
-    b = Batcher(model.execute, lambda item: None, 4, 0.0, 5)
-    held = _async(b, [_Item("hold")])
-    assert model.entered.wait(10)
-    big = _async(b, [_Item(f"big{n}") for n in range(4)])  # 4 rows: one request
+    model = FakeModel()
+    b = _batcher(model, max_batch=4, max_queue=5)
+    held = _hold(b, model)
+    big = _submit_async(b, [FakeItem(f"big{n}") for n in range(4)])  # 4 rows: one request
     assert b.depth == 1 and b.rows == 4
     with pytest.raises(QueueFull):
-        b.submit([_Item("x"), _Item("y")], 5)  # 4 + 2 rows > 5
-    small = _async(b, [_Item("small")])  # 4 + 1 fits
+        b.submit([FakeItem("x"), FakeItem("y")], 5)  # 4 + 2 rows > 5
+    small = _submit_async(b, [FakeItem("small")])  # 4 + 1 fits
     model.gate.set()
     for t, out in (held, big, small):
         t.join(10)
@@ -111,18 +78,17 @@ def test_queue_limit_counts_rows():
 def test_a_large_request_does_not_hold_back_later_ones():
     """Items are taken one per request in turn: a request queued behind one of many items
     runs in the first batch, not after all of them."""
-    model = _GatedModel()
-    b = Batcher(model.execute, lambda item: None, 2, 0.0, 100)
-    held = _async(b, [_Item("hold")])
-    assert model.entered.wait(10)
-    big = _async(b, [_Item(f"big{n}") for n in range(8)])
-    small = _async(b, [_Item("small")])
+    model = FakeModel()
+    b = _batcher(model, max_batch=2, max_queue=100)
+    held = _hold(b, model)
+    big = _submit_async(b, [FakeItem(f"big{n}") for n in range(8)])
+    small = _submit_async(b, [FakeItem("small")])
     model.gate.set()
     for t, out in (held, big, small):
         t.join(10)
     assert model.batches[1] == ["big0", "small"]
     assert [v for batch in model.batches[2:] for v in batch] == [f"big{n}" for n in range(1, 8)]
-    assert big[1]["value"][0] == [f"big{n}" for n in range(8)]
+    assert [o[0] for o in big[1]["value"][0]] == [f"big{n}" for n in range(8)]
 
 
 # -- the models --------------------------------------------------------------------------------------
@@ -359,11 +325,9 @@ def test_non_finite_outputs_are_400_never_nan(bert, monkeypatch):
 
 
 def test_an_empty_submission_does_not_stall_the_batcher():
-    model = _GatedModel()
-    model.gate.set()
-    b = Batcher(model.execute, lambda item: None, 2, 0.0, 10)
+    b = _batcher(FakeModel(), max_batch=2, max_queue=10)
     assert b.submit([], 5) == ([], [])
-    assert b.submit([_Item("next")], 5)[0] == ["next"]
+    assert b.submit([FakeItem("next")], 5)[0] == [("next", 1)]
 
 
 @pytest.mark.slow
@@ -381,9 +345,7 @@ def test_a_request_larger_than_the_queue_is_refused_for_good():
     """Not a 503 "retry shortly" that could never succeed: TooLarge, answered 413."""
     from runtime.batching import TooLarge
 
-    model = _GatedModel()
-    model.gate.set()
-    b = Batcher(model.execute, lambda item: None, 2, 0.0, 3)
+    b = _batcher(FakeModel(), max_batch=2, max_queue=3)
     with pytest.raises(TooLarge, match="4 rows; the server queues at most 3"):
-        b.submit([_Item("a", rows=4)], 5)
-    assert b.submit([_Item("b", rows=3)], 5)[0] == ["b"]
+        b.submit([FakeItem("a", rows=4)], 5)
+    assert b.submit([FakeItem("b", rows=3)], 5)[0] == [("b", 3)]
