@@ -27,7 +27,8 @@ NAMESPACE = "edgebundle"
 
 def _input_bytes(event) -> int:
     if is_http_event(event):
-        return len(event.get("body") or "")
+        body = event.get("body")
+        return len(body) if isinstance(body, str) else 0
     try:
         return len(json.dumps(event, separators=(",", ":")))
     except (TypeError, ValueError, RecursionError):  # the log line must never fail the invocation

@@ -291,11 +291,15 @@ def test_numbers_and_text_python_cannot_hold_are_400(app, bert, body):
 @pytest.mark.parametrize("event", [
     {"httpMethod": 5, "body": "{}"}, {"requestContext": "x", "body": "{}"},
     {"requestContext": {"http": 7}, "body": "{}"}, {"httpMethod": "POST", "body": {"inputs": "x"}},
-    {"httpMethod": "POST", "body": 12, "isBase64Encoded": True},
+    {"httpMethod": "POST", "body": 12, "isBase64Encoded": True}, {"httpMethod": None, "body": True},
 ])
-def test_http_lookalike_events_with_odd_fields_are_answered(bert, event):
+def test_http_lookalike_events_with_odd_fields_are_answered(tiny_bert_build, bert, event):
+    from runtime.lambda_handler import make_handler
+
     resp = handle(bert, event)
     assert resp["statusCode"] in (400, 405) and json.loads(resp["body"])["error"], resp
+    # The handler's log line (input bytes) too: found by the long fuzz profile.
+    assert make_handler(str(tiny_bert_build))(event, None)["statusCode"] in (400, 405)
 
 
 @pytest.mark.slow
