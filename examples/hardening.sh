@@ -5,5 +5,5 @@
 # About 20-30 minutes on 2 cores. Run after examples/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HYPOTHESIS_PROFILE=long python3 -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+HYPOTHESIS_PROFILE=long python3 -m pytest -q -p no:cacheprovider -s tests/test_fuzz.py 2>&1 | grep -E "^fuzz:|passed|failed|Error"
 EDGEBUNDLE_LOAD_PER_CLIENT=10000 python3 -m pytest -q -s -p no:cacheprovider tests/test_server.py -k test_load_16

@@ -249,6 +249,11 @@ def memory_bound():
     assert grew < MEMORY_BOUND_MB, f"peak memory grew by {grew:.0f} MB (bound {MEMORY_BOUND_MB})"
 
 
+def report(entry: str, model, examples: int) -> None:
+    """How many examples ran (visible with -s; examples/hardening.sh shows it)."""
+    print(f"\nfuzz: {entry} on {model.manifest.model.name}: {examples} examples")
+
+
 # -- fixtures ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=["bert", "resnet"])
@@ -281,6 +286,7 @@ def test_lambda_handler_answers_or_refuses_anything(built, model):
         bodies(model).map(lambda b: {"httpMethod": "POST", "path": "/", "requestContext": {},
                                      "body": b.decode("utf-8", "replace"), "isBase64Encoded": False})))
     def check(event):
+        ran[0] += 1
         try:
             answer = handler(event, None)
         except BadInput as e:
@@ -294,8 +300,10 @@ def test_lambda_handler_answers_or_refuses_anything(built, model):
         else:
             strict(json.dumps(answer))
 
+    ran = [0]
     with memory_bound():
         check()
+    report("lambda handler", model, ran[0])
     assert json.dumps(handler(probe, None)) == baseline
 
 
@@ -328,6 +336,7 @@ def test_server_protocols_answer_or_refuse_anything(app, model):
                      v2_requests(model).map(lambda r: (infer, json.dumps(r).encode())),
                      bodies(model).map(lambda b: (infer, b))))
     def check(request):
+        ran[0] += 1
         path, body = request
         status, out = _wsgi(app, "POST", path, body)
         assert status in (200, 400), (status, out[:300])
@@ -335,8 +344,10 @@ def test_server_protocols_answer_or_refuse_anything(app, model):
         if status == 400:
             assert answer["error"]
 
+    ran = [0]
     with memory_bound():
         check()
+    report("server protocols", model, ran[0])
     assert _wsgi(app, "POST", "/invocations", probe) == baseline
 
 
@@ -351,6 +362,7 @@ def test_edgebundle_run_answers_or_refuses_anything(built, model, capsys, tmp_pa
 
     @given(st.lists(bodies(model), min_size=1, max_size=3), st.booleans())
     def check(events, from_file):
+        ran[0] += 1
         capsys.readouterr()
         if from_file:
             event_file.write_bytes(events[0])
@@ -369,7 +381,10 @@ def test_edgebundle_run_answers_or_refuses_anything(built, model, capsys, tmp_pa
             assert not (isinstance(answer, dict) and "internal error" in str(answer.get("error"))), out.err
         assert "Traceback" not in out.err, out.err
 
+    ran = [0]
     with memory_bound():
         check()
+    with capsys.disabled():
+        report("edgebundle-run", model, ran[0])
     main([str(built), probe])
     assert capsys.readouterr().out == baseline
