@@ -61,6 +61,21 @@ def tiny_bert_arm64_build(tiny_bert_dir, tmp_path_factory):
     return _build(tiny_bert_dir, tmp_path_factory.mktemp("out-bert-arm64"), targets=("arm64",))
 
 
+# The tiny builds loaded through runtime/, once per module (tests may patch the instance).
+@pytest.fixture(scope="module")
+def bert(tiny_bert_build):
+    import runtime
+
+    return runtime.load(tiny_bert_build)
+
+
+@pytest.fixture(scope="module")
+def resnet(tiny_resnet_build):
+    import runtime
+
+    return runtime.load(tiny_resnet_build)
+
+
 @pytest.fixture(scope="session")
 def tiny_resnet_multi_build(tiny_resnet_dir, tmp_path_factory):
     """One build of the tiny ResNet for x86_64, arm64 and cuda; returns (OUT, progress log)."""

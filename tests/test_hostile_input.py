@@ -10,7 +10,6 @@ import json
 
 import pytest
 
-import runtime
 from runtime.arrays import MAX_NDIM, all_finite, as_tensor, pack, shaped
 from runtime.batching import QueueFull
 from test_server import FakeItem, FakeModel, _batcher, _hold, _submit_async
@@ -91,17 +90,7 @@ def test_a_large_request_does_not_hold_back_later_ones():
     assert [o[0] for o in big[1]["value"][0]] == [f"big{n}" for n in range(8)]
 
 
-# -- the models --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def bert(tiny_bert_build):
-    return runtime.load(tiny_bert_build)
-
-
-@pytest.fixture(scope="module")
-def resnet(tiny_resnet_build):
-    return runtime.load(tiny_resnet_build)
-
-
+# -- the models (the `bert` and `resnet` fixtures: conftest.py) ---------------------------------------
 def _png(width, height) -> str:
     from PIL import Image
 

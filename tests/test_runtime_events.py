@@ -17,18 +17,8 @@ SENTENCES = ["The cat sits on the mat.", "Stocks fell sharply on Monday."]
 
 
 @pytest.fixture(scope="module")
-def bert(tiny_bert_build):
-    return runtime.load(tiny_bert_build)
-
-
-@pytest.fixture(scope="module")
 def bert_cls(tiny_bert_cls_build):
     return runtime.load(tiny_bert_cls_build)
-
-
-@pytest.fixture(scope="module")
-def resnet(tiny_resnet_build):
-    return runtime.load(tiny_resnet_build)
 
 
 def test_manifest_describes_io(bert, tiny_bert_build):
