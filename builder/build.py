@@ -18,7 +18,8 @@ from builder.model.source import default_name, model_record, resolve_model
 from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.versions import build_versions
-from runtime.manifest import Library
+from runtime.cpu import KINDS
+from runtime.manifest import Library, Variant
 
 LIBRARY = "model.so"
 WEIGHTS = "model.weights"
@@ -129,52 +130,82 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
     from builder.compiler.weights import Writer as WeightsWriter
     from builder.validate.target import validate_target
 
-    tvm_target = target.tvm_target_json(cpu, options.cuda_archs)
     cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
-    with progress.step(f"compile + link {target.name} ({json.dumps(tvm_target)})"):
-        cpu_params = schedule = None
-        if target.device == "cpu":
-            # Resolved once: what compiles is exactly what the manifest records.
-            from builder.compiler.schedules.cpu import params_from_env
-            from builder.compiler.tuning_db import load_tuning_db
+    codes, writer, variants = {}, WeightsWriter(), []
+    db_target = None
+    if target.device == "cpu" and options.tuning_db:
+        from builder.compiler.tuning_db import read_target
 
-            cpu_params, db = load_tuning_db(options.tuning_db, tvm_target) if options.tuning_db \
-                else (params_from_env(), None)
-            schedule = {"enabled": options.schedule, "cpu_params": dataclasses.asdict(cpu_params),
-                        "tuning_db": db}
-        codes, files, writer = {}, [], WeightsWriter()
-        for seq, bucket in modules.items():
-            lib = LIBRARY if seq in (None, max_seq) else f"model-seq{seq}.so"
-            code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
-                                           cpu_params=cpu_params, cuda_archs=cuda_archs)
-            if code is not None:
-                codes[lib] = code
-            writer.add(lib, lifted)  # keeps only tensors not seen in an earlier length
-            del lifted
-            files.append((lib, seq))
-        weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
-        libraries = [Library(lib, seq, tuple(writer.orders.get(lib, ()))) for lib, seq in files]
-        device_code = None
-        if codes:  # the format and archs are the same for every length; kernels and sizes differ
-            first = next(iter(codes.values()))
-            device_code = {**{k: first[k] for k in ("format", "sass", "ptx")},
-                           "libraries": {lib: {k: c[k] for k in ("kernels", "bytes")} for lib, c in codes.items()}}
+        db_target = read_target(options.tuning_db)
+    for vspec in target.variants(cpu):
+        tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs)
+        before = writer.bytes
+        with progress.step(f"compile + link {target.name} variant {vspec.name} ({json.dumps(tvm_target)})"):
+            cpu_params = schedule = None
+            if target.device == "cpu":
+                # Resolved once: what compiles is exactly what the manifest records.
+                from builder.compiler.schedules.cpu import params_from_env
+                from builder.compiler.tuning_db import load_tuning_db
+
+                if db_target == tvm_target:
+                    cpu_params, db = load_tuning_db(options.tuning_db, tvm_target)
+                else:
+                    cpu_params, db = params_from_env(vspec.name), None
+                schedule = {"enabled": options.schedule, "cpu_params": dataclasses.asdict(cpu_params),
+                            "tuning_db": db}
+            files = []
+            for seq, bucket in modules.items():
+                lib = vspec.library(seq, max_seq)
+                code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
+                                               cpu_params=cpu_params, cuda_archs=cuda_archs)
+                if code is not None:
+                    codes[lib] = code
+                writer.add(lib, lifted)  # keeps only tensors not seen in an earlier length or variant
+                del lifted
+                files.append((lib, seq))
+        if variants and writer.bytes > before:
+            # Each variant reads the weights packed as the baseline's kernels do; a tensor packed
+            # otherwise is stored again (a schedule rule choosing its own panel width).
+            progress.warn(f"variant {vspec.name} stores {(writer.bytes - before) / 1e6:.1f} MB of weights the "
+                          "baseline does not share")
+        variants.append(Variant(vspec.name, KINDS[vspec.name].features, tvm_target,
+                                tuple(Library(lib, seq, ()) for lib, seq in files), schedule))
+    if db_target is not None and all(v.tvm != db_target for v in variants):
+        from builder.compiler.tuning_db import mismatch
+
+        raise mismatch(options.tuning_db, db_target, [v.tvm for v in variants])
+    weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
+    variants = [dataclasses.replace(v, libraries=tuple(Library(lib.file, lib.seq, tuple(writer.orders.get(lib.file, ())))
+                                                       for lib in v.libraries)) for v in variants]
+    device_code = None
+    if codes:  # the format and archs are the same for every length; kernels and sizes differ
+        first = next(iter(codes.values()))
+        device_code = {**{k: first[k] for k in ("format", "sass", "ptx")},
+                       "libraries": {lib: {k: c[k] for k in ("kernels", "bytes")} for lib, c in codes.items()}}
     for fname, content in spec.files.items():
         atomic_write(tdir / fname, content if isinstance(content, bytes) else Path(content).read_bytes())
-    manifest = make_manifest(spec, name, source, target, tvm_target, tdir, weights, libraries,
-                             schedule=schedule, device_code=device_code)
+    manifest = make_manifest(spec, name, source, target, tdir, weights, variants, device_code=device_code)
     if device_code is not None:
         progress.info(f"    device code: {device_code['format']}, SASS {', '.join(device_code['sass'])}, "
                       f"PTX {device_code['ptx']}; {sum(v['bytes'] for v in device_code['libraries'].values()) / 1e6:.1f} MB")
     # Written before validation too: the runtime that validates loads the target directory.
     write_manifest(tdir, manifest)
     timings: dict = {}
-    validation = validate_target(tdir, target, spec, refs, progress, LIBRARY, timings)
-    manifest = dataclasses.replace(manifest, validation=validation)
+    validated = []
+    for v in manifest.variants:
+        # The baseline is timed: deploy sizes timeouts for the slowest host the bundle may land on.
+        result = validate_target(tdir, target, spec, refs, progress, v.library.file, v.name,
+                                 timings if v is manifest.baseline else None)
+        validated.append(dataclasses.replace(v, validation=result))
+    manifest = dataclasses.replace(manifest, variants=tuple(validated))
     write_manifest(tdir, manifest)
     # model.so was hashed for the manifest already.
-    trec = {"dir": target.name, "library": manifest.files[LIBRARY], "validation": validation, "formats": {}}
+    trec = {"dir": target.name, "library": manifest.files[LIBRARY], "validation": manifest.validation,
+            "variants": {v.name: {"validation": v.validation,
+                                  "code_bytes": sum(manifest.files[lib.file]["size"] for lib in v.libraries)}
+                         for v in manifest.variants},
+            "formats": {}}
     # Read by the Lambda formats' SAM template and by deploy (builder/deploy/sizing.py) to
     # size a function's timeout; never shipped (bundles stay byte-identical across builds).
     if timings:

@@ -172,6 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--target", default="x86_64", choices=list(TARGETS))
     t.add_argument("--out", type=Path, required=True, help="the JSON database to write (for build --tuning-db)")
     t.add_argument("--cpu", help="LLVM CPU, as for build")
+    t.add_argument("--variant", help="which CPU variant of the target to tune (x86_64: avx2, avx512; default: "
+                                     "the baseline, avx2); the build applies it to that variant")
     t.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
     t.add_argument("--runs", type=int, default=10, help="timed runs per candidate")
     t.add_argument("--quiet", action="store_true")
@@ -304,7 +306,7 @@ def cmd_tune(args) -> int:
     from builder.tools.tune import tune
 
     tune(args.model, target=args.target, out=args.out, seq_len=args.seq_len, runs=args.runs, cpu=args.cpu,
-         progress=Progress(quiet=args.quiet))
+         variant=args.variant, progress=Progress(quiet=args.quiet))
     return 0
 
 

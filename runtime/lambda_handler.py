@@ -53,7 +53,8 @@ def make_handler(model_dir: str):
     model = load(model_dir)
     name = model.manifest.model.name
     print(f"edgebundle: loaded {name} ({model.task}) in {(time.perf_counter() - start) * 1000:.0f} ms, "
-          f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}", file=sys.stderr, flush=True)
+          f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}, variant {model.variant.name} "
+          f"({model.variant_reason})", file=sys.stderr, flush=True)
     state = {"cold": True}
 
     def handler(event, context):

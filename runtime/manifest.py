@@ -17,8 +17,11 @@ FILENAME = "model.json"
 # 3: model.source names the model without the build machine's path ("hub:ORG/NAME@COMMIT" or
 # "local:DIRNAME"), model.digest; schedule.tuning_db is {"file", "sha256"}. Schema 2, the
 # same but for those, is still read.
-SCHEMA = 3
-READABLE = (2, 3)
+# 4: "variants" (runtime/cpu.py): each with its CPU features, TVM target, schedule, libraries
+# and validation, in place of the top-level libraries / schedule / validation. Schemas 2
+# and 3 are read as one variant.
+SCHEMA = 4
+READABLE = (2, 3, 4)
 
 
 class ManifestError(ValueError):
@@ -87,6 +90,56 @@ class Library:
     @classmethod
     def from_json(cls, d: dict) -> Library:
         return cls(d["file"], d.get("seq"), tuple(d.get("weights", ())))
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One compiled variant of a target: code for CPUs with `features` (runtime/cpu.py's
+    table of known variants decides what its name needs; these are recorded for readers),
+    compiled for TVM target `tvm` with `schedule`, one library per length, all sharing
+    model.weights. `validation`: the comparison with PyTorch at build; {"unvalidated":
+    reason} when the build machine could not run this variant while it ran others (the
+    runtime then never picks it unless forced)."""
+
+    name: str
+    features: tuple
+    tvm: dict | None
+    libraries: tuple  # of Library, shortest length first
+    schedule: dict | None = None
+    validation: dict | None = None
+
+    @property
+    def validated(self) -> bool:
+        return "unvalidated" not in (self.validation or {})
+
+    @property
+    def unvalidated(self) -> str | None:
+        return (self.validation or {}).get("unvalidated")
+
+    @property
+    def library(self) -> Library:
+        """The library for the longest length (the only one for models without "seq")."""
+        return max(self.libraries, key=lambda lib: lib.seq or 0)
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "features": list(self.features), "tvm": self.tvm,
+             "libraries": [lib.to_json() for lib in self.libraries]}
+        for key in ("schedule", "validation"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Variant:
+        return cls(d["name"], tuple(d.get("features") or ()), d.get("tvm"),
+                   tuple(sorted((Library.from_json(lib) for lib in d["libraries"]), key=lambda lib: lib.seq or 0)),
+                   d.get("schedule"), d.get("validation"))
+
+
+def legacy_variant_name(tvm: dict | None) -> str:
+    """The variant a schema 2/3 manifest's single library set is: what its LLVM CPU was."""
+    mcpu = (tvm or {}).get("mcpu") or ((tvm or {}).get("host") or {}).get("mcpu")
+    return {"haswell": "avx2", "neoverse-n1": "neoverse-n1"}.get(mcpu, "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +320,7 @@ class Manifest:
     target: TargetInfo
     inputs: tuple  # of Tensor, in main()'s order
     outputs: tuple  # of Tensor
-    libraries: tuple  # of Library, shortest length first
+    variants: tuple  # of Variant; the first runs on every machine of the target (the build writes it so)
     weights: WeightsFile | None
     max_batch: int
     preprocessing: TextPreprocessing | ImagePreprocessing | NoPreprocessing
@@ -278,30 +331,55 @@ class Manifest:
     versions: Versions
     files: dict  # name -> {"sha256", "size"}: every file the model needs beside model.json
     notes: tuple = ()
-    schedule: dict | None = None  # CPU targets: the schedule parameters compiled with
     device_code: DeviceCode | None = None  # GPU targets: what device code the libraries carry
-    validation: dict | None = None  # the comparison with PyTorch at build time
     schema: int = SCHEMA
 
     # -- derived views ---------------------------------------------------------------
+    @property
+    def baseline(self) -> Variant:
+        """The variant every machine of the target runs."""
+        return self.variants[0]
+
+    @property
+    def libraries(self) -> tuple:
+        """The baseline variant's libraries (every variant has one per length, the same lengths)."""
+        return self.baseline.libraries
+
+    @property
+    def all_libraries(self) -> tuple:
+        """Every variant's libraries: the code a bundle ships."""
+        return tuple(lib for v in self.variants for lib in v.libraries)
+
+    @property
+    def schedule(self) -> dict | None:
+        return self.baseline.schedule
+
+    @property
+    def validation(self) -> dict | None:
+        """The baseline's comparison with PyTorch (each variant has its own)."""
+        return self.baseline.validation
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
     @property
     def seq_lengths(self) -> list[int]:
         return sorted(lib.seq for lib in self.libraries if lib.seq is not None)
 
     @property
     def library(self) -> Library:
-        """The library for the longest length (the only one for models without "seq")."""
-        return max(self.libraries, key=lambda lib: lib.seq or 0)
+        """The baseline's library for the longest length (the only one for models without "seq")."""
+        return self.baseline.library
 
     # -- JSON --------------------------------------------------------------------------
     def to_json(self) -> dict:
         d = {
-            "schema": self.schema,
+            "schema": SCHEMA,  # the layout written here, whatever schema was read
             "model": _drop_none(dataclasses.asdict(self.model)),  # schema 2 has no digest
             "target": dataclasses.asdict(self.target),
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
-            "libraries": [lib.to_json() for lib in self.libraries],
+            "variants": [v.to_json() for v in self.variants],
             "weights": self.weights.to_json() if self.weights else None,
             "max_batch": self.max_batch,
             "preprocessing": self.preprocessing.to_json(),
@@ -313,9 +391,6 @@ class Manifest:
             "files": self.files,
             "notes": list(self.notes),
         }
-        for key in ("schedule", "validation"):
-            if getattr(self, key) is not None:
-                d[key] = getattr(self, key)
         if self.device_code is not None:
             d["device_code"] = self.device_code.to_json()
         return d
@@ -338,13 +413,23 @@ class Manifest:
                     if newer else "Rebuild the model with this edgebundle (edgebundle build), or run it with "
                                   f"the runtime of edgebundle {wrote}."))
         try:
+            if schema >= 4:
+                variants = tuple(Variant.from_json(v) for v in d["variants"])
+            else:  # one variant: the libraries of the target's one LLVM CPU
+                variants = (Variant.from_json({"name": legacy_variant_name(d["target"].get("tvm")),
+                                               "tvm": d["target"].get("tvm"), "libraries": d["libraries"],
+                                               "schedule": d.get("schedule"), "validation": d.get("validation")}),)
+            if not variants:
+                raise ValueError("no variants")
+            lengths = {tuple(lib.seq for lib in v.libraries) for v in variants}
+            if len(lengths) != 1:
+                raise ValueError("variants compiled for different sequence lengths")
             m = cls(
                 model=ModelInfo(**d["model"]),
                 target=TargetInfo(**d["target"]),
                 inputs=tuple(Tensor.from_json(t) for t in d["inputs"]),
                 outputs=tuple(Tensor.from_json(t) for t in d["outputs"]),
-                libraries=tuple(sorted((Library.from_json(lib) for lib in d["libraries"]),
-                                       key=lambda lib: lib.seq or 0)),
+                variants=variants,
                 weights=WeightsFile.from_json(d["weights"]) if d.get("weights") else None,
                 max_batch=int(d["max_batch"]),
                 preprocessing=preprocessing_from_json(d["preprocessing"]),
@@ -355,9 +440,7 @@ class Manifest:
                 versions=Versions(**d["versions"]),
                 files=d["files"],
                 notes=tuple(d.get("notes") or ()),
-                schedule=d.get("schedule"),
                 device_code=DeviceCode.from_json(d["device_code"]) if d.get("device_code") else None,
-                validation=d.get("validation"),
                 schema=schema,
             )
         except KeyError as e:
@@ -368,8 +451,8 @@ class Manifest:
         return m
 
     def opened_files(self) -> list[str]:
-        """The files beside model.json a runtime opens: libraries, weights, tokenizer."""
-        names = [lib.file for lib in self.libraries] + ([self.weights.file] if self.weights else [])
+        """The files beside model.json a runtime may open: libraries, weights, tokenizer."""
+        names = [lib.file for lib in self.all_libraries] + ([self.weights.file] if self.weights else [])
         tokenizer = getattr(self.preprocessing, "tokenizer", None)
         return names + ([tokenizer] if tokenizer is not None else [])
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from . import manifest
+from . import cpu, manifest
 from ._tvm import CompiledModule, Weights, cuda_compute_capability, load_tvm_runtime
 from .arrays import all_finite, as_tensor, flat, pack, shaped
 from .errors import BadInput, DeviceUnavailable
@@ -77,11 +77,17 @@ def check_cuda(model_dir: Path, m: manifest.Manifest) -> None:
 
 
 class Model:
-    def __init__(self, model_dir: str | Path, device: str | None = None):
+    def __init__(self, model_dir: str | Path, device: str | None = None, variant: str | None = None):
         from .integrity import Integrity
 
         self.dir = Path(model_dir)
         self.manifest = m = manifest.read(self.dir)
+        device = device or m.target.device
+        # Which variant's libraries this CPU runs (runtime/cpu.py); the others are never
+        # opened. A GPU model's host code is its one variant.
+        choice = cpu.choose(m.variants, forced=variant, where=str(self.dir / manifest.FILENAME))
+        self.variant: manifest.Variant = choice.variant
+        self.variant_reason: str = choice.reason
         # Before anything below reads a file: sizes and code (dlopen runs it) verified now,
         # the weights' sha256 in the background until the first answer (runtime/integrity.py).
         self.integrity = Integrity(self.dir, m)
@@ -91,20 +97,19 @@ class Model:
         self.labels: tuple[str, ...] | None = m.labels
         self.max_batch: int = m.max_batch
         self.max_inputs: int = MAX_INPUTS
-        device = device or m.target.device
         if device == "cuda":
             check_cuda(self.dir, m)
         self.weights = (Weights(self.dir / m.weights.file, device, expect_count=m.weights.count)
                         if m.weights else None)
         weights = self.weights.tensors if self.weights else []
-        for lib in m.libraries:
+        for lib in self.variant.libraries:
             if any(not 0 <= i < len(weights) for i in lib.weights):
                 raise manifest.ManifestError(f"{self.dir / manifest.FILENAME}: {lib.file} names weights "
                                              "model.weights lacks")
         # {compiled sequence length (None: no such dimension): module}, shortest first; each
         # holds its weight tensors, which keep the mapping alive.
         self.modules = {lib.seq: CompiledModule(self.dir / lib.file, device, weights=[weights[i] for i in lib.weights])
-                        for lib in m.libraries}
+                        for lib in self.variant.libraries}
         self.seq_lengths = m.seq_lengths
         self._outputs_have_seq = any(o.seq_axis is not None for o in self.outputs)
         pre = m.preprocessing
@@ -316,4 +321,4 @@ class Model:
         return {"model": dataclasses.asdict(m.model), "inputs": [t.to_json() for t in self.inputs],
                 "outputs": [t.to_json() for t in self.outputs],
                 "labels": list(self.labels) if self.labels is not None else None,
-                "target": m.target.name, "versions": dataclasses.asdict(m.versions)}
+                "target": m.target.name, "variant": self.variant.name, "versions": dataclasses.asdict(m.versions)}

@@ -117,7 +117,8 @@ class App:
         self.metrics.ready = True
         self.event("ready", load_ms=round(self.metrics.load_seconds * 1000, 1), max_batch=self.max_batch,
                    batch_window_ms=self.options.batch_window_ms, max_queue=self.options.max_queue,
-                   threads=os.environ.get("TVM_NUM_THREADS"))
+                   threads=os.environ.get("TVM_NUM_THREADS"), variant=model.variant.name,
+                   variant_reason=model.variant_reason)
 
     @property
     def ready(self) -> bool:

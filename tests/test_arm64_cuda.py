@@ -50,7 +50,7 @@ def test_one_build_many_targets(tiny_resnet_multi_build):
         assert elf.read_elf(out / name / "model.so").machine_name == machine
     arm = json.loads((out / "arm64" / "model.json").read_text())
     assert arm["target"]["tvm"]["mcpu"] == "neoverse-n1" and arm["target"]["arch"] == "aarch64"
-    assert arm["validation"]["how"].startswith("emulated") and arm["validation"]["max_abs_diff"]["logits"] < 1e-4
+    assert arm["variants"][0]["validation"]["how"].startswith("emulated") and arm["variants"][0]["validation"]["max_abs_diff"]["logits"] < 1e-4
 
 
 def test_cuda_build_has_device_code_and_accounts_for_runtime_libraries(tiny_resnet_multi_build):
@@ -101,7 +101,7 @@ def test_arm64_resnet_zip_under_emulation(tiny_resnet_dir, tiny_resnet_multi_bui
 @needs_qemu
 def test_arm64_bert_zip_under_emulation(tiny_bert_dir, tiny_bert_arm64_build):
     m = json.loads((tiny_bert_arm64_build / "model.json").read_text())
-    assert m["validation"]["how"].startswith("emulated")
+    assert m["variants"][0]["validation"]["how"].startswith("emulated")
     sentences = ["Graviton runs this.", "An emulated arm64 sandbox answers."]
     tensors = reference.tokenize(tiny_bert_arm64_build / "tokenizer.json", sentences)
     rc, (answer, task) = run_zip(tiny_bert_arm64_build / "lambda.zip", [{"tensors": tensors}, {"inputs": sentences}])
@@ -136,7 +136,7 @@ def test_cuda_with_arm64_host_for_jetson(tiny_resnet_dir, tmp_path):
                                            **FAST_MATH}}
     assert elf.read_elf(tmp_path / "cuda" / "model.so").machine_name == "aarch64"
     assert_fatbin(tmp_path / "cuda", ("sm_87",))
-    assert "skipped" in m["validation"]
+    assert "skipped" in m["variants"][0]["validation"]
 
 
 def _cuobjdump() -> str | None:
@@ -162,9 +162,9 @@ def assert_fatbin(tdir, archs) -> None:
     code = m["device_code"]
     newest = sorted(archs, key=lambda a: int(a.split("_")[1]))[-1]
     assert code["format"] == "fatbin" and code["sass"] == list(archs) and code["ptx"] == newest.replace("sm", "compute")
-    assert sorted(code["libraries"]) == sorted(lib["file"] for lib in m["libraries"])
+    assert sorted(code["libraries"]) == sorted(lib["file"] for lib in m["variants"][0]["libraries"])
     tool = _cuobjdump()
-    for lib in m["libraries"]:
+    for lib in m["variants"][0]["libraries"]:
         (found,) = device_code_of(tdir / lib["file"])  # one cuda module, no source
         assert found["format"] == "fatbin" and found["sass"] == list(archs) and found["ptx"] == code["ptx"]
         assert found["kernels"] == code["libraries"][lib["file"]]["kernels"] > 5
@@ -188,7 +188,7 @@ def test_cuda_bert_for_one_arch(tiny_bert_dir, tmp_path):
           progress=Progress(quiet=True))
     assert_fatbin(tmp_path / "cuda", ("sm_89",))
     m = json.loads((tmp_path / "cuda" / "model.json").read_text())
-    assert m["target"]["tvm"]["arch"] == "sm_89" and len(m["libraries"]) == 2
+    assert m["target"]["tvm"]["arch"] == "sm_89" and len(m["variants"][0]["libraries"]) == 2
 
 
 def test_runtime_refuses_device_code_not_compiled_ahead_of_time(tiny_resnet_multi_build, tmp_path):

@@ -70,7 +70,7 @@ def test_distilbert_classifier_lambda_matches_transformers(distilbert_cls_build,
     # No token_type_ids: the runtime fills exactly the inputs the manifest names.
     assert [(i["name"], i["source"], i["pad"]) for i in m["inputs"]] == [
         ("input_ids", "ids", 0), ("attention_mask", "attention_mask", 0)]
-    assert m["validation"]["max_abs_diff"]["logits"] < 1e-4
+    assert m["variants"][0]["validation"]["max_abs_diff"]["logits"] < 1e-4
     ref = _scores(reference.hf_text(tiny_distilbert_cls_dir, SENTENCES, "text-classification"), "softmax")
     rc, (answer,) = run_zip(distilbert_cls_build / "lambda.zip", [{"inputs": SENTENCES, "parameters": {"top_k": 3}}])
     assert rc == 0

@@ -94,7 +94,7 @@ def _manifest() -> dict:
 
 def _rename(d: dict, where: str, name: str) -> None:
     if where == "library":
-        d["libraries"][0]["file"] = name
+        d["variants"][0]["libraries"][0]["file"] = name
         d["files"][name] = d["files"].pop("model.so")
     elif where == "weights":
         d["weights"]["file"] = name

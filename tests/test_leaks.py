@@ -335,21 +335,24 @@ def test_what_the_manifest_records_instead(marked_builds, tiny_bert_dir, tmp_pat
     m = json.loads((out / "x86_64" / "model.json").read_text())
     digest = {"files": ["config.json", "model.safetensors"],
               "sha256": _sha256sum_of_sha256sums(tiny_bert_dir, ["config.json", "model.safetensors"])}
-    assert m["schema"] == manifest.SCHEMA == 3
+    assert m["schema"] == manifest.SCHEMA == 4
     assert m["model"]["source"] == "local:model" and m["model"]["digest"] == digest
     db = (out.parent / "db" / "tuning.json").read_bytes()
-    assert m["schedule"]["tuning_db"] == {"file": "tuning.json", "sha256": hashlib.sha256(db).hexdigest()}
+    assert m["variants"][0]["schedule"]["tuning_db"] == {"file": "tuning.json",
+                                                         "sha256": hashlib.sha256(db).hexdigest()}
     record = json.loads((out / "build.json").read_text())
     assert record["model"]["source"] == "local:model" and record["model"]["digest"] == digest
     assert "built_at" not in record
     text = describe(out / "x86_64")
     assert f"source     local:model  (config.json, model.safetensors: sha256 {digest['sha256'][:16]})" in text
-    assert "schedule   from tuning database tuning.json" in text
+    assert "schedule from tuning database tuning.json" in text
 
     old = tmp_path / "old"
     shutil.copytree(out / "x86_64", old, ignore=shutil.ignore_patterns("*-image", "*.gz", "*.zip"))
     data = json.loads((old / "model.json").read_text())
-    data["schema"] = 2
+    data["schema"] = 2  # one set of libraries, not variants
+    baseline = data.pop("variants")[0]
+    data.update(libraries=baseline["libraries"], schedule=baseline["schedule"], validation=baseline["validation"])
     data["model"]["source"] = "/home/someone/models/model"
     del data["model"]["digest"]
     data["schedule"]["tuning_db"] = "/home/someone/db.json"

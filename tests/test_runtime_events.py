@@ -30,7 +30,7 @@ def test_manifest_describes_io(bert, tiny_bert_build):
         {"name": "sentence_embedding", "shape": ["batch", 128], "dtype": "float32"}]
     m = json.loads((tiny_bert_build / "model.json").read_text())
     assert m["schema"] == runtime.manifest.SCHEMA
-    assert [(lib["file"], lib["seq"]) for lib in m["libraries"]] == [("model-seq16.so", 16), ("model.so", 32)]
+    assert [(lib["file"], lib["seq"]) for lib in m["variants"][0]["libraries"]] == [("model-seq16.so", 16), ("model.so", 32)]
     assert sorted(m["files"]) == ["model-seq16.so", "model.so", "model.weights", "tokenizer.json"]
     assert m["versions"]["tvm"] == "0.27.0.post1" and m["versions"]["tvm_ffi"]
     assert m["target"]["tvm"]["mcpu"] == "haswell"
@@ -42,7 +42,7 @@ def test_manifest_describes_io(bert, tiny_bert_build):
 
     assert m["glibc_required"] == elf.vstr(elf.read_elf(tiny_bert_build / "model.so").glibc)
     assert elf._vtuple(m["glibc_required"]) <= (2, 27)  # libtvm_runtime.so's floor: never above it
-    assert m["validation"]["max_abs_diff"]["sentence_embedding"] < 1e-4
+    assert m["variants"][0]["validation"]["max_abs_diff"]["sentence_embedding"] < 1e-4
 
 
 def test_tensor_mode_matches_pytorch(bert, tiny_bert_dir, tiny_bert_build):

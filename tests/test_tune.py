@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from builder.compiler.schedules.cpu import params_from_env
 from builder.errors import EdgebundleError
 from builder.options import BuildOptions
 from builder.progress import Progress
@@ -30,7 +31,7 @@ def check_db(db: dict, db_path) -> list[dict]:
     tried = [c["params"] for c in cands]
     assert len({json.dumps(p, sort_keys=True) for p in tried}) == len(tried), "a candidate was measured twice"
     # the default is measured first and is the baseline
-    assert tried[0] == dataclasses.asdict(CpuParams()) and db["default_ms"] == cands[0]["median_ms"]
+    assert tried[0] == dataclasses.asdict(params_from_env(db["variant"])) and db["default_ms"] == cands[0]["median_ms"]
     fastest = min(cands, key=lambda c: c["median_ms"])
     assert db["best_ms"] == fastest["median_ms"] and db["params"] == fastest["params"]
     assert db["gain"] == pytest.approx(db["default_ms"] / db["best_ms"], rel=1e-12)
@@ -47,16 +48,16 @@ def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     tried = check_db(db, db_path)
     # the default and every dense tile (the default's among them or not); BERT has no convs,
     # so nothing else varies
-    default = dataclasses.asdict(CpuParams())
+    default = dataclasses.asdict(params_from_env("avx2"))
     assert {(p["mr"], p["nr"]) for p in tried} == {(default["mr"], default["nr"])} | set(DENSE_TILES)
     assert all({**p, "mr": 0, "nr": 0} == {**default, "mr": 0, "nr": 0} for p in tried), tried
     build(str(tiny_bert_dir), tmp_path / "out", BuildOptions(seq_len=32, tuning_db=db_path),
           progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
     # the database by name and content: its path is the build machine's, and bundles carry model.json
-    assert m["schedule"]["cpu_params"] == db["params"] and m["schedule"]["tuning_db"] == {
+    assert m["variants"][0]["schedule"]["cpu_params"] == db["params"] and m["variants"][0]["schedule"]["tuning_db"] == {
         "file": "db.json", "sha256": hashlib.sha256(db_path.read_bytes()).hexdigest()}
-    assert m["validation"]["max_abs_diff"]["sentence_embedding"] < 1e-4
+    assert m["variants"][0]["validation"]["max_abs_diff"]["sentence_embedding"] < 1e-4
     with pytest.raises(EdgebundleError, match="tuning database was made for"):
         build(str(tiny_bert_dir), tmp_path / "out2",
               BuildOptions(seq_len=32, tuning_db=db_path, cpu=("skylake-avx512",)), progress=Progress(quiet=True))
@@ -75,4 +76,4 @@ def test_tune_searches_conv_choices(tiny_resnet_dir, tmp_path):
         assert any(all(p[k] == v for k, v in choice.items()) for p in tried), choice
     build(str(tiny_resnet_dir), tmp_path / "out", BuildOptions(tuning_db=db_path), progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
-    assert m["schedule"]["cpu_params"] == db["params"]
+    assert m["variants"][0]["schedule"]["cpu_params"] == db["params"]

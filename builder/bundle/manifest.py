@@ -9,7 +9,7 @@ from builder.fsutil import atomic_write
 from builder.options import MAX_BATCH
 from builder.versions import build_versions, dist_version
 from runtime.integrity import sha256_of
-from runtime.manifest import FILENAME, DeviceCode, Library, Manifest, ModelInfo, TargetInfo, Versions, WeightsFile
+from runtime.manifest import FILENAME, DeviceCode, Manifest, ModelInfo, TargetInfo, Versions, WeightsFile
 
 # What a GPU model needs beside model.so at run time (the image / edge formats ship or
 # require these; the manifest accounts for them either way).
@@ -37,34 +37,33 @@ def runtime_libraries(target) -> dict:
     return {"tvm": libs, "system": system}
 
 
-def make_manifest(spec, name: str, source: dict, target, tvm_target: dict, target_dir: Path,
-                  weights: dict | None, libraries: list[Library], *, schedule: dict | None = None,
-                  device_code: dict | None = None) -> Manifest:
+def make_manifest(spec, name: str, source: dict, target, target_dir: Path, weights: dict | None, variants: list,
+                  *, device_code: dict | None = None) -> Manifest:
     """The manifest of a compiled target directory; every listed file is hashed as it is now.
     `source`: builder.model.source.model_record's {"source", "digest"} (never a path: the
-    manifest ships in every bundle)."""
+    manifest ships in every bundle). `variants`: runtime.manifest.Variant, the baseline first."""
+    libraries = [lib for v in variants for lib in v.libraries]
     shipped = [*(lib.file for lib in libraries), *([weights["file"]] if weights else []), *sorted(spec.files)]
-    main = max(libraries, key=lambda lib: lib.seq or 0)
-    code = elf.read_elf(target_dir / main.file)
+    code = elf.read_elf(target_dir / variants[0].library.file)
+    glibc = max((elf.read_elf(target_dir / v.library.file).glibc or () for v in variants), default=None) or None
     return Manifest(
         model=ModelInfo(name=name, source=source["source"], family=spec.family, task=spec.task,
                         architecture=spec.architecture, digest=source["digest"]),
-        target=TargetInfo(name=target.name, tvm=tvm_target, arch=target.arch, device=target.device,
+        target=TargetInfo(name=target.name, tvm=variants[0].tvm, arch=target.arch, device=target.device,
                           elf_machine=code.machine_name),
         inputs=tuple(spec.inputs),
         outputs=tuple(spec.outputs),
-        libraries=tuple(libraries),
+        variants=tuple(variants),
         weights=WeightsFile.from_json(weights) if weights else None,
         max_batch=MAX_BATCH,
         preprocessing=spec.preprocessing,
         postprocessing=spec.postprocessing,
         labels=tuple(spec.labels) if spec.labels is not None else None,
-        glibc_required=elf.vstr(code.glibc),
+        glibc_required=elf.vstr(glibc),
         runtime_libraries=runtime_libraries(target),
         versions=Versions(**build_versions()),
         files={fname: file_record(target_dir / fname) for fname in shipped},
         notes=tuple(spec.notes),
-        schedule=schedule,
         device_code=DeviceCode.from_json(device_code) if device_code else None,
     )
 

@@ -30,6 +30,30 @@ def llvm_target(plat: CpuPlatform, cpu: str | None = None) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """One compiled variant of a CPU target: `name` is a key of runtime/cpu.py's KINDS (what
+    it needs of a CPU), `cpu` the LLVM CPU, `suffix` what its libraries' names carry
+    (model.avx512.so; the baseline's are plain model.so)."""
+
+    name: str
+    cpu: str
+    suffix: str = ""
+
+    def library(self, seq: int | None, longest: int | None) -> str:
+        stem = "model" if seq in (None, longest) else f"model-seq{seq}"
+        return f"{stem}{self.suffix}.so"
+
+
+# Per platform, the baseline first: it runs on every machine of the platform (Lambda's
+# x86_64 hosts all have AVX2; arm64 is Graviton2 / Neoverse N1). An arm64 second variant
+# (Graviton3's SVE / bf16) has not been measured to pay for fp32.
+PLATFORM_VARIANTS = {
+    "x86_64": (VariantSpec("avx2", "haswell"), VariantSpec("avx512", "x86-64-v4", ".avx512")),
+    "arm64": (VariantSpec("neoverse-n1", "neoverse-n1"),),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class TargetSpec:
     name: str
     description: str
@@ -53,6 +77,14 @@ class TargetSpec:
         if self.device == "cpu":
             return host
         return {"kind": "cuda", "arch": check_cuda_archs(cuda_archs)[0], "host": host}
+
+    def variants(self, cpu: str | None = None) -> tuple:
+        """What to compile: an explicit --cpu is one variant of its own ("cpu"); GPU targets
+        compile their host code once, for the baseline."""
+        if cpu:
+            return (VariantSpec("cpu", cpu),)
+        known = PLATFORM_VARIANTS[self.platform.name]
+        return known if self.device == "cpu" else known[:1]
 
     def host_can_run(self) -> bool:
         return self.device == "cpu" and platform.machine() == self.arch

@@ -9,21 +9,40 @@ from pathlib import Path
 from builder.errors import EdgebundleError
 
 
+def _read(path: Path) -> tuple[bytes, dict]:
+    try:
+        raw = Path(path).read_bytes()
+        db = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise EdgebundleError(f"cannot read the tuning database: {e}", where=str(path)) from None
+    if not isinstance(db, dict) or not isinstance(db.get("params"), dict):
+        raise EdgebundleError("not a tuning database (no \"params\")", where=str(path),
+                              hint="pass a file `edgebundle tune` wrote")
+    return raw, db
+
+
+def read_target(path: Path) -> dict | None:
+    """The TVM target a database was tuned for: the variant of that target uses it."""
+    return _read(path)[1].get("target")
+
+
+def mismatch(path: Path, tuned: dict | None, compiled: list) -> EdgebundleError:
+    return EdgebundleError(
+        f"the tuning database was made for {json.dumps(tuned)}, which none of the variants compiled uses "
+        f"({'; '.join(json.dumps(t) for t in compiled)})",
+        where=str(path), hint="tune again for one of them (edgebundle tune --variant / --cpu), or build without "
+                              "--tuning-db")
+
+
 def load_tuning_db(path: Path, tvm_target: dict) -> tuple:
     """(CpuParams, {"file", "sha256"}) from a database `tune` wrote for the same TVM target.
     The record is what manifests keep of it: its name and the sha256 of the bytes read,
     never its path (manifests ship in every bundle)."""
     from builder.compiler.schedules.cpu import CpuParams
 
-    try:
-        raw = Path(path).read_bytes()
-        db = json.loads(raw)
-    except (OSError, ValueError) as e:
-        raise EdgebundleError(f"cannot read the tuning database: {e}", where=str(path)) from None
+    raw, db = _read(path)
     if db.get("target") != tvm_target:
-        raise EdgebundleError(
-            f"the tuning database was made for {json.dumps(db.get('target'))}, not {json.dumps(tvm_target)}",
-            where=str(path), hint="tune again for this target / --cpu, or build without --tuning-db")
+        raise mismatch(path, db.get("target"), [tvm_target])
     known = {f.name for f in dataclasses.fields(CpuParams)}
     return (CpuParams(**{k: v for k, v in db["params"].items() if k in known}),
             {"file": Path(path).name, "sha256": hashlib.sha256(raw).hexdigest()})

@@ -79,6 +79,7 @@ class Writer:
         self.arrays: list = []
         self.index: dict = {}
         self.orders: dict = {}
+        self.bytes = 0  # of the distinct tensors kept
 
     def add(self, library: str, tensors: list) -> None:
         import hashlib
@@ -97,6 +98,7 @@ class Writer:
             if key not in self.index:
                 self.index[key] = len(self.arrays)
                 self.arrays.append(a)
+                self.bytes += a.nbytes
             order.append(self.index[key])
         self.orders[library] = order
 

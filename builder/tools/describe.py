@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,43 @@ from runtime.manifest import read as read_manifest
 
 def _shape(t: Tensor) -> str:
     return f"{t.name}: {t.dtype}[{', '.join(map(str, t.shape))}]"
+
+
+def _validation(val: dict | None) -> str:
+    val = val or {}
+    if "max_abs_diff" in val:
+        return ("vs PyTorch, max|diff| " + ", ".join(f"{k} {d:.2e}" for k, d in val["max_abs_diff"].items())
+                + f" (atol {val['atol']}, rtol {val['rtol']})")
+    if "unvalidated" in val:
+        return f"NOT validated ({val['unvalidated']}): never picked unless forced"
+    return f"no: {val.get('skipped', 'unknown')}"
+
+
+def _variants(m, target_dir: Path) -> list[str]:
+    """Each variant: what it needs, how it was scheduled and validated, its code size; and
+    which one this machine would load, and why."""
+    from runtime import cpu
+
+    lines = []
+    for v in m.variants:
+        code = sum(m.files[lib.file]["size"] for lib in v.libraries if lib.file in m.files)
+        params = (v.schedule or {}).get("cpu_params") or {}
+        tiles = (f"tiles {params.get('mr')}x{params.get('nr')} dense, {params.get('gemm_mr', 6)}x"
+                 f"{params.get('gemm_nr') or 16} conv GEMM, {params.get('vector')} lanes" if params else "")
+        db = (v.schedule or {}).get("tuning_db")
+        lines.append(f"variant    {v.name}: needs {', '.join(v.features) or 'nothing checked'}; mcpu "
+                     f"{(v.tvm or {}).get('mcpu') or ((v.tvm or {}).get('host') or {}).get('mcpu')}"
+                     + (f"; {tiles}" if tiles else "") + f"; code {code / 1e6:.2f} MB")
+        if isinstance(db, dict):
+            lines.append(f"             schedule from tuning database {db.get('file')} (sha256 {str(db.get('sha256'))[:16]})")
+        lines.append(f"             validated {_validation(v.validation)}")
+    if m.target.device == "cpu" and m.target.arch == platform.machine():
+        try:
+            choice = cpu.choose(m.variants, where=str(Path(target_dir) / FILENAME))
+            lines.append(f"this CPU   runs {choice.variant.name}: {choice.reason}")
+        except ManifestError as e:
+            lines.append(f"this CPU   runs none: {e}")
+    return lines
 
 
 def describe(target_dir: Path, as_json: bool = False) -> str:
@@ -49,9 +87,7 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
                      f"({fills})")
     elif pre.kind == "image":
         lines.append(f"image      {pre.width}x{pre.height} resize {pre.resize} crop {pre.center_crop}")
-    db = (m.schedule or {}).get("tuning_db")
-    if isinstance(db, dict):
-        lines.append(f"schedule   from tuning database {db.get('file')} (sha256 {str(db.get('sha256'))[:16]})")
+    lines += _variants(m, target_dir)
     if m.seq_lengths:
         lines.append(f"lengths    compiled for {', '.join(map(str, m.seq_lengths))} tokens; requests are padded to "
                      "the shortest that fits")
@@ -62,12 +98,6 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
     v = m.versions
     lines.append(f"versions   tvm {v.tvm}, tvm_ffi {v.tvm_ffi}, torch {v.torch}, "
                  f"transformers {v.transformers}, edgebundle {v.edgebundle} (manifest schema {m.schema})")
-    val = m.validation or {}
-    if "max_abs_diff" in val:
-        lines.append("validated  vs PyTorch, max|diff| " + ", ".join(
-            f"{k} {d:.2e}" for k, d in val["max_abs_diff"].items()) + f" (atol {val['atol']}, rtol {val['rtol']})")
-    else:
-        lines.append(f"validated  no: {val.get('skipped', 'unknown')}")
     lines.append("files")
     for name, rec in m.files.items():
         lines.append(f"  {name:<24} {rec['size'] / 1e6:9.2f} MB  sha256 {rec['sha256'][:16]}")

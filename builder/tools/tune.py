@@ -15,6 +15,12 @@ from builder.progress import Progress
 
 DENSE_TILES = [(4, 24), (4, 16), (2, 32), (8, 8), (2, 48)]
 CONV_TILES = [(2, 32), (4, 16), (1, 32), (4, 32)]
+# Per variant, where its registers admit other tiles: AVX-512's 32 registers of 16 lanes
+# (dense tiles read the shared 24-wide panels in 8-lane pieces; conv GEMMs 16-wide ones).
+VARIANT_TILES = {
+    "avx512": {"dense": [(4, 24), (8, 24), (6, 24), (4, 48), (8, 32)],
+               "gemm": [(12, 32), (8, 32), (6, 32), (12, 16), (6, 64)]},
+}
 # The conv rewrites trade weight bytes for FLOPs (Winograd's transformed weights are 16/9
 # the size): where memory bandwidth is short, fewer of them can win.
 CONV_CHOICES = [{"winograd_min_width": 8}, {"winograd": False}, {"packed_conv": False}]
@@ -40,7 +46,9 @@ def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float
 
 
 def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAULT_SEQ_LEN, runs: int = 10,
-         cpu: str | None = None, progress: Progress | None = None) -> dict:
+         cpu: str | None = None, variant: str | None = None, progress: Progress | None = None) -> dict:
+    """Tune one variant of the target (default: its baseline, or the --cpu one); the build
+    applies the database to the variant compiled for the same TVM target."""
     progress = progress or Progress()
     import os
 
@@ -71,7 +79,18 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
         mod = to_relax(spec)
     arrays = one_request(spec)
     inputs = [arrays[i.name] for i in spec.inputs]
-    tvm_target = spec_t.tvm_target_json(cpu)
+    variants = spec_t.variants(cpu)
+    chosen = next((v for v in variants if v.name == variant), None) if variant else variants[0]
+    if chosen is None:
+        raise EdgebundleError(f"target {target} has no variant {variant!r}" + (" with --cpu" if cpu else ""),
+                              hint=f"choose from {', '.join(v.name for v in variants)}")
+    from runtime import cpu as cpu_features
+
+    lacks = cpu_features.missing(cpu_features.KINDS[chosen.name], cpu_features.features())
+    if lacks:
+        raise EdgebundleError(f"tune times code on this host, whose CPU lacks {', '.join(lacks)} (variant "
+                              f"{chosen.name} needs them)", hint="tune on a machine that has them")
+    tvm_target = spec_t.tvm_target_json(chosen.cpu)
     has_conv = "conv2d" in mod.script(show_meta=False)
 
     tried = []
@@ -85,19 +104,23 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
 
     # Coordinate search: dense tiles with the default conv tiles, then conv tiles, then
     # which convs go Winograd / packed.
-    default = CpuParams()
+    from builder.compiler.schedules.cpu import params_from_env
+
+    default = params_from_env(chosen.name)
+    tiles = VARIANT_TILES.get(chosen.name, {})
     best, best_ms = default, measure(default)
     baseline = best_ms
-    for mr, nr in DENSE_TILES:
+    for mr, nr in tiles.get("dense", DENSE_TILES):
         cand = dataclasses.replace(best, mr=mr, nr=nr)
         if cand != best and (ms := measure(cand)) < best_ms:
             best, best_ms = cand, ms
     if has_conv:
-        for change in [{"conv_mr": mr, "conv_nr": nr} for mr, nr in CONV_TILES] + CONV_CHOICES:
+        for change in ([{"conv_mr": mr, "conv_nr": nr} for mr, nr in CONV_TILES]
+                       + [{"gemm_mr": mr, "gemm_nr": nr} for mr, nr in tiles.get("gemm", [])] + CONV_CHOICES):
             cand = dataclasses.replace(best, **change)
             if cand != best and (ms := measure(cand)) < best_ms:
                 best, best_ms = cand, ms
-    db = {"schema": 1, "target": tvm_target, "threads": int(os.environ["TVM_NUM_THREADS"]), "model": {**model_record(model_dir), "family": fam.name},
+    db = {"schema": 1, "target": tvm_target, "variant": chosen.name, "threads": int(os.environ["TVM_NUM_THREADS"]), "model": {**model_record(model_dir), "family": fam.name},
           "params": dataclasses.asdict(best), "default_ms": baseline, "best_ms": best_ms,
           "gain": baseline / best_ms, "candidates": tried,
           "date": time.strftime("%Y-%m-%d %H:%M")}

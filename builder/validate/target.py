@@ -18,16 +18,24 @@ GPU_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 
 
 def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progress: Progress, library: str,
-                    timings: dict | None = None) -> dict:
-    """Compare with PyTorch; where the model runs in-process, also time it into `timings`
-    (timing.json and build.json only: model.json and the bundles stay byte-identical
-    across builds)."""
+                    variant: str, timings: dict | None = None) -> dict:
+    """Compare one variant with PyTorch; where the model runs in-process, also time it into
+    `timings` (timing.json and build.json only: model.json and the bundles stay
+    byte-identical across builds). A variant this machine's CPU cannot run is
+    {"unvalidated": why}: the runtime never picks it unless forced."""
     import runtime
+    from runtime import cpu
 
     where = str(tdir / library)
     if target.host_can_run():
-        with progress.step(f"validate {target.name} against PyTorch"):
-            model = runtime.load(tdir)
+        lacks = cpu.missing(cpu.KINDS[variant], cpu.features())
+        if lacks:
+            reason = f"the build machine's CPU lacks {', '.join(lacks)}"
+            progress.warn(f"{target.name} variant {variant}: not validated ({reason}); bundles never pick it "
+                          f"unless {cpu.FORCE_ENV}={variant}: build on a machine with those features to validate it")
+            return {"unvalidated": reason}
+        with progress.step(f"validate {target.name} variant {variant} against PyTorch"):
+            model = runtime.load(tdir, variant=variant)
             result = compare(spec, refs, run_in_process(model, spec, where), where)
         result["how"] = "in-process"
         if timings is not None:

@@ -78,7 +78,7 @@ class TooBigForZip(BundleError):
 def _too_big(stage: Path, size: int, manifest, out_zip: Path) -> BundleError:
     """Say what makes the zip too big, and what can be done with this version."""
     weights = (stage / manifest.weights.file).stat().st_size if manifest.weights else 0
-    code = sum((stage / lib.file).stat().st_size for lib in manifest.libraries)
+    code = sum((stage / lib.file).stat().st_size for lib in manifest.all_libraries)
     rest = size - weights - code
     return TooBigForZip(
         f"the Lambda bundle would be {size / MIB:.0f} MiB unzipped: weights {weights / MIB:.0f} MiB, compiled "

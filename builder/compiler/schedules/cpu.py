@@ -15,6 +15,7 @@ abort the whole compile), so a shape a rule cannot handle falls through to the n
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 # EDGEBUNDLE_SCHEDULE_DEBUG=1 re-raises inside rules instead of falling through.
@@ -47,6 +48,16 @@ class CpuParams:
     narrow_ku: int = 2  # 7x8 tiles x 4 measured 8% slower than x 2
     ku: int = 4  # reduction unroll
     vector: int = 8  # fp32 lanes (AVX2: 8, AVX-512: 16, NEON: 4)
+    # Weight panels: the width constant weights are packed to ([N/P, K, P]) when it is not the
+    # tile's (0: the tile's own). Variants of one target share model.weights, so they pack
+    # alike and each reads the panels with its own tiles: a tile a divisor of P (AVX2's 24 of
+    # 48) or a multiple of it. The panel is the first of (this, 16, 8) dividing N.
+    dense_panel: int = 0
+    conv_panel: int = 0
+    # Our conv GEMMs (Winograd, packed 1x1): rows per register tile (at most; fewer where
+    # padding to a multiple wastes over 5%), and columns (0: the weight panel, 16).
+    gemm_mr: int = 6
+    gemm_nr: int = 0
     pack: bool = True  # pack constant weights to [N/NR, K, NR]
     winograd: bool = True  # stride-1 3x3 convs as Winograd F(2x2, 3x3) (schedules/winograd.py)
     winograd_min_width: int = 4  # narrower maps stay direct
@@ -216,14 +227,15 @@ def contraction_rule(params: CpuParams):
             elif out_w is not None and out_w == p.narrow_mr:
                 want_mr, want_nr, ku = p.narrow_mr, p.narrow_nr, p.narrow_ku
         n_ext = _const_int(extent(j_loops[0]))
-        nr = next((c for c in (want_nr, 2 * p.vector, p.vector) if n_ext is not None and n_ext % c == 0), p.vector)
+        panel, nr = _panel_and_tile(n_ext, p.conv_panel if is_conv else p.dense_panel, want_nr, p.vector)
         # Rows that divide the extent: a partial tile's predicates cost more than a few
         # spilled accumulators (measured on ResNet50's 7- and 14-wide feature maps).
         mr = _divisor(extent(i_loops[-1]), (want_mr, 4, 8, 7, 6, 5, 3, 2)) if i_loops else 1
 
         # Pack constant weights B[K..., J] -> [J/NR, K..., J%NR]: contiguous NR-wide loads.
         iv_kind = {iv.var: k for iv, k in zip(stmt.iter_vars, kinds)}
-        if (p.pack and not s_loops and n_ext is not None and n_ext % nr == 0
+        packed = False
+        if (p.pack and not s_loops and n_ext is not None and n_ext % nr == 0 and n_ext % panel == 0
                 and all((isinstance(e, tirx.Var) and e in iv_kind) or _const_int(e) is not None for e in b_index)):
             # constant indices: size-1 dims (the kh, kw of a 1x1 conv)
             names = [iv_kind[e] if isinstance(e, tirx.Var) else "1" for e in b_index]
@@ -232,10 +244,16 @@ def contraction_rule(params: CpuParams):
                 read_idx = [i for i, r in enumerate(stmt.reads) if r.source.same_as(b_region.source)][0]
 
                 pk = sch.cache_read(mm, read_idx, "global")
-                sch.transform_layout(mm, ("read", read_idx), _pack_map(len(b_index), jpos, nr))
+                sch.transform_layout(mm, ("read", read_idx), _pack_map(len(b_index), jpos, panel))
                 sch.annotate(pk, "meta_schedule.layout_rewrite_preproc", True)
+                packed = True
 
-        jo, ji = sch.split(j_loops[0], [None, nr])
+        if packed and nr < panel:  # tiles a divisor of the panel: j = (panel index, tile in panel, lane)
+            jp, jm, ji = sch.split(j_loops[0], [None, panel // nr, nr])
+            jo = [jp, jm]
+        else:
+            jo, ji = sch.split(j_loops[0], [None, nr])
+            jo = [jo]
         if i_loops:
             io, ii = sch.split(i_loops[-1], [None, mr])
             i_outer = [*i_loops[:-1], io]
@@ -245,18 +263,10 @@ def contraction_rule(params: CpuParams):
         k_outer = [*k_loops[:-1], ko]
         inner = [ki] + ([ii] if ii is not None else []) + [ji]
         # jo outside the row tiles: a packed weight panel stays in cache across rows.
-        sch.reorder(*t_loops, *s_loops, jo, *i_outer, *k_outer, *inner)
-        outer = sch.fuse(*t_loops, *s_loops, jo, *i_outer)
+        sch.reorder(*t_loops, *s_loops, *jo, *i_outer, *k_outer, *inner)
+        outer = sch.fuse(*t_loops, *s_loops, *jo, *i_outer)
         sch.parallel(outer)
-        if nr % (2 * p.vector) and nr % p.vector == 0 and nr > p.vector:
-            # An odd number of vectors per row: unrolled vector-wide pieces (LLVM handles a
-            # 24-lane vector badly; three 8-lane ones are what the hardware has). Power-of-two
-            # multiples measured faster as one wide vector.
-            jv, jl = sch.split(ji, [None, p.vector])
-            sch.vectorize(jl)
-            sch.unroll(jv)
-        else:
-            sch.vectorize(ji)
+        vectorize_columns(sch, ji, nr, panel if packed and nr > panel else nr, p.vector)
         if ii is not None:
             sch.unroll(ii)
         sch.unroll(ki)
@@ -275,6 +285,38 @@ def contraction_rule(params: CpuParams):
         return sch
 
     return cpu_rule("EdgebundleCPUContraction", lambda func: _schedule(func, params))
+
+
+def _panel_and_tile(n, shared: int, want: int, vector: int) -> tuple[int, int]:
+    """(weight panel width, tile columns) for N output columns. The panel depends on N and
+    the shared width only, so every variant packs a weight alike; the tile is the first of
+    the variant's choices dividing N that reads whole panels or whole parts of one."""
+    own = next((c for c in (want, 2 * vector, vector) if n is not None and n % c == 0), vector)
+    panel = next((c for c in (shared, 16, 8) if shared and n is not None and n % c == 0), None)
+    if panel is None:  # not shared, or no panel fits: packed (or not) as the tile reads
+        return own, own
+    tiles = [c for c in (want, 2 * vector, vector, 8, 4) if n % c == 0]
+    return panel, next((c for c in tiles if panel % c == 0 or c % panel == 0), panel)
+
+
+def vectorize_columns(sch, loop, width: int, piece: int, vector: int) -> None:
+    """A tile's `width` columns vectorised: in pieces of `piece` contiguous lanes (a weight
+    panel narrower than the tile), each as one vector unless it is an odd number of
+    hardware vectors: unrolled vector-wide parts then (LLVM handles a 24-lane vector badly;
+    three 8-lane ones are what AVX2 has). Power-of-two multiples measured faster as one
+    wide vector."""
+    if piece < width:
+        outer, loop = sch.split(loop, [None, piece])
+        sch.unroll(outer)
+    # A piece that is no multiple of the vector (AVX-512 reading AVX2's 24-wide panels) goes
+    # in narrower vectors: LLVM lowers a 24-lane vector on AVX-512 ~6x slower than 3 x 8.
+    vector = math.gcd(piece, vector)
+    if piece % (2 * vector) and piece % vector == 0 and piece > vector:
+        jv, jl = sch.split(loop, [None, vector])
+        sch.vectorize(jl)
+        sch.unroll(jv)
+    else:
+        sch.vectorize(loop)
 
 
 def parallel_nest(sch, block, params: CpuParams) -> None:
@@ -359,14 +401,34 @@ def fallback_rule(params: CpuParams):
     return dl.ScheduleRule.from_callable("EdgebundleCPUFallback")(apply)
 
 
-def params_from_env() -> CpuParams:
-    """EDGEBUNDLE_CPU_PARAMS="mr=6,nr=16,winograd=false": experiments without code changes."""
-    raw = os.environ.get("EDGEBUNDLE_CPU_PARAMS", "")
+# Each variant's defaults (runtime/cpu.py names the variants). AVX-512 has 16 fp32 lanes and
+# 32 registers, so its tiles hold about twice the accumulators of AVX2's 16: enough to
+# cover two 512-bit FMA pipes of 4-cycle latency (Zen 5, Intel server cores).
+# Variants share model.weights, so a dense weight is packed to the same panel width for
+# both (24, 16 or 8 columns: AVX2's tiles); AVX-512 reads 16-wide panels as 32-column tiles
+# and 24-wide ones in 8-lane pieces (12 zmm of 8x... measured: a 48-wide panel read in halves
+# cost AVX2 ~10% on BERT-base, Zen 4). Our conv GEMMs (Winograd, packed 1x1) pack 16-wide
+# panels for both, and AVX-512 tiles them 12 x 32: 24 accumulators of its 32 registers.
+_SHARED = {"dense_panel": 24}
+VARIANT_PARAMS: dict[str, dict] = {
+    "avx2": {**_SHARED},
+    "avx512": {**_SHARED, "vector": 16, "gemm_mr": 12, "gemm_nr": 32},
+}
+
+
+def params_from_env(variant: str | None = None) -> CpuParams:
+    """The variant's defaults, then EDGEBUNDLE_CPU_PARAMS="mr=6,nr=16,winograd=false" (every
+    variant) and EDGEBUNDLE_CPU_PARAMS_AVX512="..." (that variant only): experiments without
+    code changes."""
     kinds = {f.name: f.type for f in dataclasses.fields(CpuParams)}
-    fields = {}
-    for item in filter(None, raw.split(",")):
-        key, value = (x.strip() for x in item.split("="))
-        fields[key] = value.lower() in ("1", "true", "yes") if kinds.get(key) in (bool, "bool") else int(value)
+    fields = dict(VARIANT_PARAMS.get(variant or "", {}))
+    raws = [os.environ.get("EDGEBUNDLE_CPU_PARAMS", "")]
+    if variant:
+        raws.append(os.environ.get("EDGEBUNDLE_CPU_PARAMS_" + variant.upper().replace("-", "_"), ""))
+    for raw in raws:
+        for item in filter(None, raw.split(",")):
+            key, value = (x.strip() for x in item.split("="))
+            fields[key] = value.lower() in ("1", "true", "yes") if kinds.get(key) in (bool, "bool") else int(value)
     return CpuParams(**fields)
 
 
@@ -469,8 +531,8 @@ def pre_legalize_passes(params: CpuParams | None = None) -> list:
         relax.transform.DeadCodeElimination(),
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
-        *([use_winograd(params.winograd_min_width)] if params.winograd else []),
-        *([use_packed_conv()] if params.packed_conv else []),
+        *([use_winograd(params.winograd_min_width, params.gemm_mr)] if params.winograd else []),
+        *([use_packed_conv(params.gemm_mr)] if params.packed_conv else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
         relax.transform.FastMathTransform(),

@@ -3,16 +3,17 @@ whose computes pad the row count so every tile is whole: C[..., P, CO] += A[...,
 from __future__ import annotations
 
 
-def tile_rows(rows: int) -> int:
-    """Rows of the register tile (x 16 columns): 6 (12 accumulators, enough to hide FMA
-    latency on Zen 2's two 5-cycle pipes, with two weight vectors and a broadcast in the 16
-    AVX2 registers) unless padding the rows to a multiple of 6 wastes more than 5%, then 5,
-    else 4. Measured on ResNet50 shapes: 6x16 vs 4x16 0.63 vs 0.89 ms (Winograd 56x56x64);
-    5x16 vs 6x16 0.52 vs 0.57 ms on 49 rows (1x1 2048->512)."""
-    for mr in (6, 5):
+def tile_rows(rows: int, most: int = 6) -> int:
+    """Rows of the register tile: `most` unless padding the rows to a multiple of it wastes
+    more than 5%, then one fewer, else two thirds of it. AVX2 (most 6, x 16 columns): 12
+    accumulators, enough to hide FMA latency on Zen 2's two 5-cycle pipes, with two weight
+    vectors and a broadcast in the 16 registers. Measured on ResNet50 shapes: 6x16 vs 4x16
+    0.63 vs 0.89 ms (Winograd 56x56x64); 5x16 vs 6x16 0.52 vs 0.57 ms on 49 rows (1x1
+    2048->512)."""
+    for mr in (most, most - 1):
         if (-rows) % mr <= 0.05 * rows:
             return mr
-    return 4
+    return max(1, most * 2 // 3)
 
 
 # The block annotation our computes put on their GEMM: (MR, NR), the register tile they padded
@@ -20,26 +21,30 @@ def tile_rows(rows: int) -> int:
 TILE_ATTR = "edgebundle.tile"
 
 
-def schedule_gemm(sch, block, rows_outer: bool = True) -> None:
+def schedule_gemm(sch, block, rows_outer: bool = True, cols: int = 0, vector: int = 8) -> None:
     """Loops [*lead, p, c, k]: MR x NR tiles over (p, c), the reduction inside, rows unrolled
     and columns vectorised; the static lead loops and the tile loops fused and parallel.
     A symbolic lead loop (the batch) stays serial and outermost: fused into the parallel
     loop, its symbolic strides cost 20-40% per kernel. rows_outer: a tile's rows stay in L1
     while the weight panels stream past (1x1 convs, 0.52 vs 0.61 ms on 14x14x1024->256);
-    otherwise a weight panel stays while the rows stream past."""
-    from .cpu import _const_int
+    otherwise a weight panel stays while the rows stream past. cols: the tile's columns, a
+    multiple of the weight panel the compute was packed for (0: one panel); each panel's
+    part is a contiguous load."""
+    from .cpu import _const_int, vectorize_columns
 
     mr, nr = (int(v) for v in sch.get(block).annotations[TILE_ATTR])
     *lead, p, c, k = sch.get_loops(block)
+    extent = _const_int(sch.get(c).extent)
+    width = cols if cols and cols % nr == 0 and extent is not None and extent % cols == 0 else nr
     serial = [l for l in lead if _const_int(sch.get(l).extent) is None]
     par = [l for l in lead if _const_int(sch.get(l).extent) is not None]
     po, pi = sch.split(p, [None, mr])
-    co, ci = sch.split(c, [None, nr])
+    co, ci = sch.split(c, [None, width])
     tiles = [po, co] if rows_outer else [co, po]
     sch.reorder(*serial, *par, *tiles, k, pi, ci)
     sch.parallel(sch.fuse(*par, *tiles))
     sch.unroll(pi)
-    sch.vectorize(ci)
+    vectorize_columns(sch, ci, width, nr, vector)
     sch.decompose_reduction(block, k)
 
 

@@ -65,7 +65,7 @@ def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
     return te.compute((n_, oh, ow, co), lambda b, y, xx, c: g[b, y * ow + xx, c], name="pc_out")
 
 
-def use_packed_conv():
+def use_packed_conv(rows: int = 6):
     """Relax pass: 1x1 convs (any stride), and strided spatial convs with at least 16 input
     channels and at most 4 MiB of weights, CO a multiple of 8, equal strides -> call_tir of
     packed_conv_te with the weights packed here, once. The others stay direct: a 3-channel
@@ -86,7 +86,7 @@ def use_packed_conv():
         from tvm import relax
 
         wp = relax.const(pack_weights(weights, nr))
-        return bb.call_te(packed_conv_te, call.args[0], wp, kernel, strides[0], tuple(padding), tile_rows(oh * ow),
+        return bb.call_te(packed_conv_te, call.args[0], wp, kernel, strides[0], tuple(padding), tile_rows(oh * ow, rows),
                           primfunc_name_hint="conv2d_packed")
 
     return conv_rewrite_pass("EdgebundlePackedConv", rewrite)
@@ -109,7 +109,7 @@ def packed_conv_rule(params):
         _, po, _, pi = sch.get_loops(pack)
         sch.parallel(po)
         sch.unroll(pi)
-        schedule_gemm(sch, gemm, rows_outer=True)
+        schedule_gemm(sch, gemm, rows_outer=True, cols=params.gemm_nr, vector=params.vector)
         b, y, x, c = sch.get_loops(out)
         sch.parallel(y)
         vectorize_inner(sch, c, params.vector)

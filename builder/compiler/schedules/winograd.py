@@ -102,7 +102,7 @@ def winograd_te(x, u, mr: int):
     return te.compute((n_, h, w, co), out, name="wino_out")
 
 
-def use_winograd(min_width: int = 4):
+def use_winograd(min_width: int = 4, rows: int = 6):
     """Relax pass: stride-1 pad-1 3x3 convs on maps at least min_width wide -> call_tir of
     winograd_te with the weights transformed here, once."""
     def rewrite(bb, call, info):
@@ -111,7 +111,7 @@ def use_winograd(min_width: int = 4):
                 or weights.shape[3] % 4 or min(hw) < min_width):
             return None
         nr = next(n for n in (16, 8, 4) if weights.shape[3] % n == 0)
-        mr = tile_rows(((hw[0] + 1) // 2) * ((hw[1] + 1) // 2))
+        mr = tile_rows(((hw[0] + 1) // 2) * ((hw[1] + 1) // 2), rows)
         from tvm import relax
 
         u = relax.const(weight_transform(weights, nr))
@@ -155,7 +155,7 @@ def winograd_rule(params):
         sch.unroll(e)
         sch.unroll(n)
 
-        schedule_gemm(sch, gemm, rows_outer=False)
+        schedule_gemm(sch, gemm, rows_outer=False, cols=params.gemm_nr, vector=params.vector)
 
         b, y, x, c = sch.get_loops(out)
         yo, yi = sch.split(y, [None, 2])
