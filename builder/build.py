@@ -3,7 +3,6 @@ bundles. Orchestration only: each step lives in the package named after it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
@@ -126,51 +125,33 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
 
 def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir: Path, cpu: str | None,
                   name: str, source: dict, options: BuildOptions, progress: Progress) -> dict:
-    from builder.compiler.library import compile_library
     from builder.compiler.weights import Writer as WeightsWriter
     from builder.validate.target import validate_target
 
     cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
-    codes, writer, variants = {}, WeightsWriter(), []
     db_target = None
     if target.device == "cpu" and options.tuning_db:
         from builder.compiler.tuning_db import read_target
 
         db_target = read_target(options.tuning_db)
-    for vspec in target.variants(cpu):
-        tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs)
-        before = writer.bytes
-        with progress.step(f"compile + link {target.name} variant {vspec.name} ({json.dumps(tvm_target)})"):
-            cpu_params = schedule = None
-            if target.device == "cpu":
-                # Resolved once: what compiles is exactly what the manifest records.
-                from builder.compiler.schedules.cpu import params_from_env
-                from builder.compiler.tuning_db import load_tuning_db
+    from builder.compiler.variants import compile_variants
 
-                if db_target == tvm_target:
-                    cpu_params, db = load_tuning_db(options.tuning_db, tvm_target)
-                else:
-                    cpu_params, db = params_from_env(vspec.name), None
-                schedule = {"enabled": options.schedule, "cpu_params": dataclasses.asdict(cpu_params),
-                            "tuning_db": db}
-            files = []
-            for seq, bucket in modules.items():
-                lib = vspec.library(seq, max_seq)
-                code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
-                                               cpu_params=cpu_params, cuda_archs=cuda_archs)
-                if code is not None:
-                    codes[lib] = code
-                writer.add(lib, lifted)  # keeps only tensors not seen in an earlier length or variant
-                del lifted
-                files.append((lib, seq))
+    codes, writer, variants = {}, WeightsWriter(), []
+    for compiled in compile_variants(modules, target, target.variants(cpu), tdir, options, max_seq, cuda_archs,
+                                     db_target, progress):
+        before = writer.bytes
+        for lib, seq in compiled.files:
+            writer.add(lib, compiled.weights(lib))  # keeps only tensors not seen in an earlier length or variant
+        codes.update(compiled.codes)
         if variants and writer.bytes > before:
             # Each variant reads the weights packed as the baseline's kernels do; a tensor packed
             # otherwise is stored again (a schedule rule choosing its own panel width).
-            progress.warn(f"variant {vspec.name} stores {(writer.bytes - before) / 1e6:.1f} MB of weights the "
+            progress.warn(f"variant {compiled.name} stores {(writer.bytes - before) / 1e6:.1f} MB of weights the "
                           "baseline does not share")
-        variants.append(Variant(vspec.name, KINDS[vspec.name].features, tvm_target,
-                                tuple(Library(lib, seq, ()) for lib, seq in files), schedule))
+        variants.append(Variant(compiled.name, KINDS[compiled.name].features, compiled.tvm_target,
+                                tuple(Library(lib, seq, ()) for lib, seq in compiled.files), compiled.schedule))
+        del compiled
     if db_target is not None and all(v.tvm != db_target for v in variants):
         from builder.compiler.tuning_db import mismatch
 

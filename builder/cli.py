@@ -162,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--model-dir", type=Path, help="with an OUT directory: the model directory it was built from "
                                                    "(needed unless it came from the Hugging Face cache: builds do "
                                                    "not record local paths)")
+    bn.add_argument("--batch", type=int, default=1, help="rows per request for the warm timings (default 1)")
     bn.add_argument("--json", type=Path, help="write the results as JSON")
     bn.add_argument("--plot", type=Path, help="draw a bar chart (PNG)")
     bn.add_argument("--quiet", action="store_true")
@@ -298,7 +299,7 @@ def cmd_bench(args) -> int:
 
     bench(args.model, target=args.target, threads=args.threads, runs=args.runs, cold_runs=args.cold_runs,
           json_path=args.json, plot_path=args.plot, seq_len=args.seq_len, progress=Progress(quiet=args.quiet),
-          model_dir=args.model_dir)
+          model_dir=args.model_dir, batch=args.batch)
     return 0
 
 

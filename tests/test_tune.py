@@ -40,7 +40,6 @@ def check_db(db: dict, db_path) -> list[dict]:
 
 def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     from builder.build import build
-    from builder.compiler.schedules.cpu import CpuParams
     from builder.tools.tune import DENSE_TILES, tune
 
     db_path = tmp_path / "db.json"

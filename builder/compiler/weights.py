@@ -82,6 +82,7 @@ class Writer:
         self.bytes = 0  # of the distinct tensors kept
 
     def add(self, library: str, tensors: list) -> None:
+        """`tensors`: TVM tensors or numpy arrays, in the library's parameter order."""
         import hashlib
 
         import numpy as np
@@ -90,7 +91,7 @@ class Writer:
 
         order = []
         for t in tensors:
-            a = np.ascontiguousarray(t.numpy())
+            a = np.ascontiguousarray(t if isinstance(t, np.ndarray) else t.numpy())
             if str(a.dtype) not in FORMATS:  # what runtime/ can map; e.g. not bfloat16
                 raise ValueError(f"weights of dtype {a.dtype} are not supported by the runtime")
             a = a.astype(a.dtype.newbyteorder("<"), copy=False)  # the file is little-endian

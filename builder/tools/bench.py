@@ -135,9 +135,11 @@ def built_from(manifest, model_dir: Path | None, tdir: Path) -> Path:
 
 def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = None, runs: int = 30,
           cold_runs: int = 3, json_path: Path | None = None, plot_path: Path | None = None,
-          seq_len: int = DEFAULT_SEQ_LEN, progress: Progress | None = None, model_dir: Path | None = None) -> dict:
+          seq_len: int = DEFAULT_SEQ_LEN, progress: Progress | None = None, model_dir: Path | None = None,
+          batch: int = 1) -> dict:
     """`model_dir`: with a build's OUT, the model directory it was built from (manifests do
-    not record the build machine's paths: only a hub source is found without it)."""
+    not record the build machine's paths: only a hub source is found without it). `batch`:
+    rows per request for the warm timings (the same request for every engine)."""
     progress = progress or Progress()
     try:
         import onnxruntime as ort
@@ -149,12 +151,12 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     with tempfile.TemporaryDirectory(prefix="edgebundle-bench-") as tmp:
         return _bench(Path(tmp), ort, model_or_out, target=target, threads=threads, runs=runs,
                       cold_runs=cold_runs, json_path=json_path, plot_path=plot_path, seq_len=seq_len,
-                      progress=progress, model_dir=model_dir)
+                      progress=progress, model_dir=model_dir, batch=batch)
 
 
 def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | None, runs: int, cold_runs: int,
            json_path: Path | None, plot_path: Path | None, seq_len: int, progress: Progress,
-           model_dir: Path | None = None) -> dict:
+           model_dir: Path | None = None, batch: int = 1) -> dict:
     from builder.build import build
     from builder.model.families import FAMILIES
     from builder.model.families.base import one_request, read_json
@@ -185,6 +187,11 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
     options = BuildOptions(seq_len=pre.max_length if pre.kind == "text" else seq_len)
     spec = FAMILIES[manifest.model.family].load(model_dir, config, manifest.model.task, options)
     inputs = one_request(spec)
+    if batch > 1:
+        if batch > manifest.max_batch:
+            raise EdgebundleError(f"--batch {batch} is more than the model's {manifest.max_batch} rows",
+                                  hint=f"use --batch 1..{manifest.max_batch}")
+        inputs = {k: np.ascontiguousarray(np.concatenate([v] * batch)) for k, v in inputs.items()}
     np.savez(work / "inputs.npz", **inputs)
 
     import torch
@@ -212,6 +219,16 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
         return sess.run(None, inputs)[0]
 
     candidates = {"edgebundle (TVM)": run_ours, "PyTorch eager": run_torch, "ONNX Runtime": run_ort}
+    # The other variants this CPU runs, each timed in the same rounds (the row above is the
+    # one the runtime picks here).
+    from runtime import cpu
+
+    others = {}
+    for v in manifest.variants:
+        if v.name != ours.variant.name and v.validated and not cpu.missing(cpu.KINDS[v.name], cpu.features()):
+            others[f"edgebundle {v.name}"] = runtime.load(tdir, variant=v.name)
+    for name, model in others.items():
+        candidates[name] = lambda model=model: np.asarray(next(iter(model.run(inputs).values())))
     ref = run_torch()
     agree = {name: float(np.max(np.abs(fn() - ref))) for name, fn in candidates.items()}
     with progress.step(f"warm latency: {runs} interleaved rounds, {threads} threads"):
@@ -269,7 +286,8 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
                              "model_bytes": onnx_path.stat().st_size}
 
     result = {
-        "model": dataclasses.asdict(manifest.model), "target": target, "threads": threads,
+        "model": dataclasses.asdict(manifest.model), "target": target, "threads": threads, "batch": batch,
+        "variant": {"picked": ours.variant.name, "reason": ours.variant_reason},
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"), "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
         "max_abs_diff_vs_torch": agree,
@@ -298,18 +316,29 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
 
 
 def _cpu_name() -> str:
+    """The model name, with the CPU family where it says more than the name (AMD's "AMD
+    EPYC" is Zen 2 in family 23, Zen 4 in 25, Zen 5 in 26) and AVX-512 or not."""
+    from runtime import cpu
+
+    name, family = "unknown", None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown":
+                name = value.strip()
+            elif key.strip() == "cpu family" and family is None:
+                family = value.strip()
     except OSError:
         pass
-    return "unknown"
+    isa = "AVX-512" if "avx512f" in cpu.features() else "no AVX-512"
+    return f"{name} (family {family}, {isa})" if family else name
 
 
 def format_table(r: dict) -> str:
+    picked = r.get("variant") or {}
     lines = [f"{r['model']['name']} ({r['model']['task']}), inputs {r['input_shapes']}, {r['target']}, "
-             f"{r['threads']} threads, {r['machine']['cpu']}, {r['date']}",
+             f"{r['threads']} threads, {r['machine']['cpu']}, {r['date']}"
+             + (f"; edgebundle (TVM) is variant {picked['picked']} ({picked['reason']})" if picked else ""),
              f"{'':<18}{'median ms':>10}{'p90 ms':>9}{'vs torch':>9}{'cold s':>8}{'RSS MB':>8}"
              f"{'runtime MB':>11}{'max|diff|':>11}"]
     for name, st in r["warm"].items():
