@@ -75,7 +75,7 @@ print(json.dumps(model.predict(["hello world", "edge bundles"])))
 # Progress lines of the second build, each seen with the build at a later stage: compiling
 # (the staging directory exists), libraries and model.weights written, model.json written
 # and validated, the lambda format writing lambda.zip.
-KILL_AT = ["==> compile + link x86_64", "    compile + link x86_64 (", "==> time x86_64", "==> write lambda.zip"]
+KILL_AT = ["==> compile + link x86_64", "    compile + link x86_64 variant", "==> time x86_64", "==> write lambda.zip"]
 
 
 def _answers(tdir: Path) -> list:

@@ -99,7 +99,7 @@ def test_task_and_seq_len_checks(tiny_bert_dir, tmp_path):
 def test_inspect(tiny_bert_cls_build):
     proc = edgebundle("inspect", tiny_bert_cls_build)
     assert proc.returncode == 0, proc.stderr
-    for text in ("text-classification", "labels     3: negative, neutral, positive", "validated  vs PyTorch",
+    for text in ("text-classification", "labels     3: negative, neutral, positive", "validated vs PyTorch", "variant    avx2: needs",
                  "lambda.zip", "python3.13 x86_64", "deployable", "tvm 0.27.0.post1"):
         assert text in proc.stdout, text
     assert json.loads(edgebundle("inspect", tiny_bert_cls_build, "--json").stdout)["model"]["family"] == "bert"

@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 
 # EDGEBUNDLE_SCHEDULE_DEBUG=1 re-raises inside rules instead of falling through.
+TE_LOCK = threading.Lock()
 _DEBUG = bool(os.environ.get("EDGEBUNDLE_SCHEDULE_DEBUG"))
 
 
@@ -588,11 +590,16 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True)
     @tvm.transform.module_pass(opt_level=0, name="EdgebundleCPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            passes = [
-                *pre_legalize_passes(params),
-                *cg.library_dispatch_passes(target),
-                *cg.legalize_passes(target),
-            ]
+            # TOPI's legalizations nest te.tag_scope, whose stack is one Python global: two
+            # variants compiling in two threads (builder/compiler/variants.py) must not
+            # legalize at once ("nested op_tag is not allowed"). The rest runs in parallel.
+            with TE_LOCK:
+                mod = tvm.transform.Sequential([
+                    *pre_legalize_passes(params),
+                    *cg.library_dispatch_passes(target),
+                    *cg.legalize_passes(target),
+                ])(mod)
+            passes = []
             if schedule:
                 passes += [dl.ApplyDefaultSchedule(*cpu_rules(params)),
                            split_weight_packing(),
