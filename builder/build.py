@@ -130,15 +130,19 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
 
     cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
+    vspecs = target.variants(cpu)
     db_target = None
     if target.device == "cpu" and options.tuning_db:
-        from builder.compiler.tuning_db import read_target
+        from builder.compiler.tuning_db import mismatch, read_target
 
         db_target = read_target(options.tuning_db)
+        compiled_for = [target.tvm_target_json(v.cpu, options.cuda_archs) for v in vspecs]
+        if db_target not in compiled_for:  # before minutes of compiling, not after
+            raise mismatch(options.tuning_db, db_target, compiled_for)
     from builder.compiler.variants import compile_variants
 
     codes, writer, variants = {}, WeightsWriter(), []
-    for compiled in compile_variants(modules, target, target.variants(cpu), tdir, options, max_seq, cuda_archs,
+    for compiled in compile_variants(modules, target, vspecs, tdir, options, max_seq, cuda_archs,
                                      db_target, progress):
         before = writer.bytes
         for lib, seq in compiled.files:
@@ -152,10 +156,6 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
         variants.append(Variant(compiled.name, KINDS[compiled.name].features, compiled.tvm_target,
                                 tuple(Library(lib, seq, ()) for lib, seq in compiled.files), compiled.schedule))
         del compiled
-    if db_target is not None and all(v.tvm != db_target for v in variants):
-        from builder.compiler.tuning_db import mismatch
-
-        raise mismatch(options.tuning_db, db_target, [v.tvm for v in variants])
     weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
     variants = [dataclasses.replace(v, libraries=tuple(Library(lib.file, lib.seq, tuple(writer.orders.get(lib.file, ())))
                                                        for lib in v.libraries)) for v in variants]

@@ -13,6 +13,16 @@ from builder.progress import Progress
 REPORT = "report it to the edgebundle maintainers with the command line and the output of `--debug`"
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of at least 1")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     from builder.bundle.formats import FORMATS
     from builder.compiler.cuda import CUDA_ARCHS
@@ -155,14 +165,14 @@ def _parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="our module vs PyTorch eager vs ONNX Runtime, side by side")
     bn.add_argument("model", help="a build's OUT directory, or a model to build first")
     bn.add_argument("--target", default="x86_64", choices=list(TARGETS))
-    bn.add_argument("--threads", type=int, help="threads for all three (default: the CPUs this process may use)")
-    bn.add_argument("--runs", type=int, default=30, help="interleaved warm rounds (default 30)")
-    bn.add_argument("--cold-runs", type=int, default=3, help="fresh processes per engine for cold start")
+    bn.add_argument("--threads", type=_at_least_one, help="threads for all three (default: the CPUs this process may use)")
+    bn.add_argument("--runs", type=_at_least_one, default=30, help="interleaved warm rounds (default 30)")
+    bn.add_argument("--cold-runs", type=_at_least_one, default=3, help="fresh processes per engine for cold start")
     bn.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="text models built here: sequence length")
     bn.add_argument("--model-dir", type=Path, help="with an OUT directory: the model directory it was built from "
                                                    "(needed unless it came from the Hugging Face cache: builds do "
                                                    "not record local paths)")
-    bn.add_argument("--batch", type=int, default=1, help="rows per request for the warm timings (default 1)")
+    bn.add_argument("--batch", type=_at_least_one, default=1, help="rows per request for the warm timings (default 1)")
     bn.add_argument("--json", type=Path, help="write the results as JSON")
     bn.add_argument("--plot", type=Path, help="draw a bar chart (PNG)")
     bn.add_argument("--quiet", action="store_true")

@@ -19,6 +19,10 @@ import platform
 from .manifest import ManifestError
 
 FORCE_ENV = "EDGEBUNDLE_CPU_VARIANT"
+# Lambda sets this while a SnapStart function initialises for its snapshot. The snapshot is
+# restored on whichever host runs the function next, which may lack AVX-512: code chosen for
+# the snapshotting host could die there of SIGILL, so a snapshot holds the baseline.
+_INIT_TYPE_ENV = "AWS_LAMBDA_INITIALIZATION_TYPE"
 
 # x86-64-v3, as LLVM's `haswell` uses it (the AVX2 build always was).
 _X86_V3 = ("avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe")
@@ -129,6 +133,7 @@ def choose(variants, have=None, forced: str | None = None, where: str = "model.j
     """The variant to load among `variants` (runtime.manifest.Variant): the highest-ranked
     one that was validated at build and whose features this CPU has all of. `forced` (or
     EDGEBUNDLE_CPU_VARIANT) names one: taken if the CPU can run it, validated or not."""
+    unknown = have is None and not features()
     have = features() if have is None else frozenset(have)
     forced = forced if forced is not None else (os.environ.get(FORCE_ENV) or None)
     kinds = [(v, kind_of(v.name, where)) for v in variants]
@@ -145,6 +150,14 @@ def choose(variants, have=None, forced: str | None = None, where: str = "model.j
         how = "forced by " + (FORCE_ENV if forced == os.environ.get(FORCE_ENV) else "the caller")
         return Choice(v, how + ("" if v.validated else " (not validated at build: "
                                                       f"{v.unvalidated})"))
+    if unknown and variants:
+        # /proc/cpuinfo unreadable (a locked-down sandbox): the baseline is what every build
+        # before variants ran, and runs on every host the target supports.
+        return Choice(variants[0], "CPU features unknown (/proc/cpuinfo unreadable): the baseline")
+    if os.environ.get(_INIT_TYPE_ENV) == "snap-start" and variants and variants[0].validated \
+            and not missing(kinds[0][1], have):
+        return Choice(variants[0], f"the baseline: a SnapStart snapshot ({_INIT_TYPE_ENV}=snap-start) may be "
+                      "restored on a host with fewer CPU features than this one")
     runnable = [(v, k) for v, k in kinds if not missing(k, have)]
     validated = [(v, k) for v, k in runnable if v.validated]
     if not validated:

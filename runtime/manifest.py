@@ -421,6 +421,10 @@ class Manifest:
                                                "schedule": d.get("schedule"), "validation": d.get("validation")}),)
             if not variants:
                 raise ValueError("no variants")
+            if len({v.name for v in variants}) != len(variants):
+                raise ValueError("two variants of one name")
+            if any(not v.libraries for v in variants):
+                raise ValueError("a variant without libraries")
             lengths = {tuple(lib.seq for lib in v.libraries) for v in variants}
             if len(lengths) != 1:
                 raise ValueError("variants compiled for different sequence lengths")

@@ -79,6 +79,21 @@ def test_unvalidated_variants_are_picked_only_when_forced():
         cpu.choose(variants[1:], have=ZEN4.split())
 
 
+def test_a_snapstart_snapshot_holds_the_baseline(monkeypatch):
+    # The snapshot may be restored on a host without AVX-512: AVX-512 code would die of SIGILL.
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")
+    choice = cpu.choose(BOTH, have=ZEN4.split())
+    assert choice.variant.name == "avx2" and "SnapStart" in choice.reason
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
+    assert cpu.choose(BOTH, have=ZEN4.split()).variant.name == "avx512"
+
+
+def test_unreadable_cpu_features_fall_back_to_the_baseline(monkeypatch):
+    monkeypatch.setattr(cpu, "_FEATURES", frozenset())  # /proc/cpuinfo could not be read
+    choice = cpu.choose(BOTH)
+    assert choice.variant.name == "avx2" and "CPU features unknown" in choice.reason
+
+
 def test_features_come_from_this_machine():
     import platform
 

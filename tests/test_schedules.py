@@ -27,12 +27,13 @@ def _spec(family, model_dir, task, seq_len=16):
     return FAMILIES[family].load(model_dir, config, task, BuildOptions(seq_len=seq_len))
 
 
-def _check(mod, symbol_value=2, params=None):
+def _check(mod, symbol_value=2, params=None, target=None):
     import tvm
 
     from builder.tools.kernels import check_kernels
 
-    report = check_kernels(mod, tvm.target.Target(TARGETS["x86_64"]), params=params, symbol_value=symbol_value)
+    report = check_kernels(mod, tvm.target.Target(target or TARGETS["x86_64"]), params=params,
+                           symbol_value=symbol_value)
     bad = [r for r in report if r["rule"] and r["max_rel_diff"] > 1e-5]
     assert not bad, bad
     return report
@@ -71,11 +72,22 @@ def test_resnet_kernels(tiny_resnet_dir):
     assert None not in rules, rules[None]
 
 
-def test_odd_shapes():
+@pytest.mark.parametrize("variant", ["avx2", "avx512"])
+def test_odd_shapes(variant):
     """Shapes that do not divide the tiles: M=1 rows, N=1000 and N=3 outputs, K=50; N=96
-    takes the 24-wide (three vectors) dense tile."""
+    and N=144 take the shared 48-wide weight panels (AVX2 in 24-column halves, AVX-512
+    whole), N=80 16-wide ones; each variant's tiles on its own code."""
+    import dataclasses
+
     import torch
     from tvm.relax.frontend.torch import from_exported_program
+
+    from builder.compiler.schedules.cpu import params_from_env
+    from runtime import cpu
+
+    lacks = cpu.missing(cpu.KINDS[variant], cpu.features())
+    if lacks:
+        pytest.skip(f"this CPU lacks {', '.join(lacks)}")
 
     class Odd(torch.nn.Module):
         def __init__(self):
@@ -87,17 +99,39 @@ def test_odd_shapes():
             # 14x8 tiles for a stride-1 3x3 on a 14-wide map, 7x8 for a 1x1 on a 7-wide one
             self.e = torch.nn.Conv2d(8, 16, 3, padding=1)
             self.f = torch.nn.Conv2d(8, 16, 1, stride=2)
+            self.g = torch.nn.Linear(50, 144)
+            self.h = torch.nn.Linear(144, 80)
 
-        def forward(self, x, img, fmap):
+        def forward(self, x, img, fmap, rows):
             return (self.b(torch.relu(self.a(x))), torch.relu(self.c(img)), torch.nn.functional.gelu(self.d(x)),
-                    self.e(fmap), self.f(fmap))
+                    self.e(fmap), self.f(fmap), self.h(torch.relu(self.g(rows))))
 
-    ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19), torch.randn(1, 8, 14, 14)))
-    from builder.compiler.schedules.cpu import CpuParams
-
+    ep = torch.export.export(Odd().eval(), (torch.randn(1, 50), torch.randn(1, 3, 17, 19), torch.randn(1, 8, 14, 14),
+                                            torch.randn(16, 50)))
     # direct convs here (the 3x3 and 1x1 would go Winograd and packed): the tiles are tested
-    report = _check(from_exported_program(ep), params=CpuParams(winograd=False, packed_conv=False))
-    assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 6, report
+    params = dataclasses.replace(params_from_env(variant), winograd=False, packed_conv=False)
+    target = _ALL["x86_64"].tvm_target_json(next(v.cpu for v in _ALL["x86_64"].variants() if v.name == variant))
+    report = _check(from_exported_program(ep), params=params, target=target)
+    assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 7, report
+
+
+def test_panels_and_tiles_of_each_variant():
+    """Variants pack a weight alike (the panel depends on N only) and read it with their own
+    tiles: whole panels or equal parts of one, never a width that straddles two."""
+    from builder.compiler.schedules.cpu import _panel_and_tile, params_from_env
+
+    def both(n):
+        return [_panel_and_tile(n, p.dense_panel, p.nr, p.vector)
+                for p in (params_from_env("avx2"), params_from_env("avx512"))]
+
+    assert both(768) == [(48, 24), (48, 48)]  # BERT-base's hidden size
+    assert both(3072) == [(48, 24), (48, 48)]
+    assert both(96) == [(48, 24), (48, 48)]
+    assert both(80) == [(16, 16), (16, 16)]
+    assert both(1000) == [(8, 8), (8, 8)]  # ResNet's classifier
+    for n in (96, 144, 384, 768, 1000, 1536, 80, 40):
+        for panel, tile in both(n):
+            assert n % panel == 0 and n % tile == 0 and (panel % tile == 0 or tile % panel == 0), (n, panel, tile)
 
 
 def test_conv_padding_stays_out_of_the_inner_loop():

@@ -34,15 +34,20 @@ def mismatch(path: Path, tuned: dict | None, compiled: list) -> EdgebundleError:
                               "--tuning-db")
 
 
-def load_tuning_db(path: Path, tvm_target: dict) -> tuple:
-    """(CpuParams, {"file", "sha256"}) from a database `tune` wrote for the same TVM target.
-    The record is what manifests keep of it: its name and the sha256 of the bytes read,
-    never its path (manifests ship in every bundle)."""
-    from builder.compiler.schedules.cpu import CpuParams
+# How weights are packed, not how they are read: every variant of a target reads the one
+# model.weights, so the variant a database was tuned for keeps its defaults' panels.
+LAYOUT = ("dense_panel", "conv_panel")
 
+
+def load_tuning_db(path: Path, tvm_target: dict, base) -> tuple:
+    """(CpuParams, {"file", "sha256"}) from a database `tune` wrote for the same TVM target:
+    `base` (the variant's defaults) with the tuned tile knobs. The record is what manifests
+    keep of it: its name and the sha256 of the bytes read, never its path (manifests ship
+    in every bundle)."""
     raw, db = _read(path)
     if db.get("target") != tvm_target:
         raise mismatch(path, db.get("target"), [tvm_target])
-    known = {f.name for f in dataclasses.fields(CpuParams)}
-    return (CpuParams(**{k: v for k, v in db["params"].items() if k in known}),
+    known = {f.name for f in dataclasses.fields(base)}
+    tuned = {k: v for k, v in db["params"].items() if k in known and k not in LAYOUT}
+    return (dataclasses.replace(base, **tuned),
             {"file": Path(path).name, "sha256": hashlib.sha256(raw).hexdigest()})

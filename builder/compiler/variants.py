@@ -49,14 +49,14 @@ def variant_params(target, vspec, options, db_target):
     from builder.compiler.tuning_db import load_tuning_db
 
     tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs)
+    params, db = params_from_env(vspec.name), None
     if db_target == tvm_target:
-        params, db = load_tuning_db(options.tuning_db, tvm_target)
-    else:
-        params, db = params_from_env(vspec.name), None
+        params, db = load_tuning_db(options.tuning_db, tvm_target, params)
     return params, {"enabled": options.schedule, "cpu_params": dataclasses.asdict(params), "tuning_db": db}
 
 
-def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_archs, db_target) -> Compiled:
+def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_archs, db_target,
+             shared: dict) -> Compiled:
     import numpy as np
 
     from builder.compiler.library import compile_library
@@ -74,7 +74,9 @@ def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_ar
         for t in lifted:
             a = np.ascontiguousarray(t.numpy())
             k = _key(a)
-            out.distinct.setdefault(k, a)
+            # One array per distinct tensor across variants too (they pack alike): BERT-base's
+            # 440 MB held once while both compile, not once per variant.
+            out.distinct.setdefault(k, shared.setdefault(k, a))
             keys.append(k)
         out.refs[lib] = keys
         del lifted
@@ -86,8 +88,11 @@ def _key(a) -> tuple:
     return str(a.dtype), a.shape, hashlib.sha256(a.tobytes()).digest()
 
 
-def _parallel(target, vspecs) -> bool:
-    if len(vspecs) < 2 or target.device != "cpu" or os.environ.get(PARALLEL_ENV, "1") == "0":
+def _parallel(target, vspecs, options) -> bool:
+    # Without our schedules TVM's default pipeline legalizes outside schedules/cpu.py's
+    # TE_LOCK, and te.tag_scope is a Python global two threads would trample.
+    if len(vspecs) < 2 or target.device != "cpu" or not options.schedule \
+            or os.environ.get(PARALLEL_ENV, "1") == "0":
         return False
     try:
         return len(os.sched_getaffinity(0)) >= 2
@@ -98,8 +103,8 @@ def _parallel(target, vspecs) -> bool:
 def compile_variants(modules: dict, target, vspecs: tuple, tdir: Path, options, max_seq, cuda_archs,
                      db_target, progress: Progress) -> list[Compiled]:
     """Every variant compiled into tdir, in vspecs' order (the baseline first)."""
-    args = (modules, target, tdir, options, max_seq, cuda_archs, db_target)
-    if not _parallel(target, vspecs):
+    args = (modules, target, tdir, options, max_seq, cuda_archs, db_target, {})
+    if not _parallel(target, vspecs, options):
         done = []
         for vspec in vspecs:
             tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs)

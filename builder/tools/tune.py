@@ -13,12 +13,13 @@ from builder.errors import EdgebundleError
 from builder.options import DEFAULT_SEQ_LEN
 from builder.progress import Progress
 
-DENSE_TILES = [(4, 24), (4, 16), (2, 32), (8, 8), (2, 48)]
+# Dense tiles must read the shared 48-wide weight panels whole or in equal parts (a divisor
+# or a multiple of 48): others would fall back to narrower tiles than the candidate names.
+DENSE_TILES = [(4, 24), (4, 16), (2, 48), (8, 8), (6, 16)]
 CONV_TILES = [(2, 32), (4, 16), (1, 32), (4, 32)]
-# Per variant, where its registers admit other tiles: AVX-512's 32 registers of 16 lanes
-# (dense tiles read the shared 24-wide panels in 8-lane pieces; conv GEMMs 16-wide ones).
+# Per variant, where its registers admit other tiles: AVX-512's 32 registers of 16 lanes.
 VARIANT_TILES = {
-    "avx512": {"dense": [(4, 24), (8, 24), (6, 24), (4, 48), (8, 32)],
+    "avx512": {"dense": [(8, 48), (4, 48), (4, 96), (8, 24), (8, 16)],
                "gemm": [(12, 32), (8, 32), (6, 32), (12, 16), (6, 64)]},
 }
 # The conv rewrites trade weight bytes for FLOPs (Winograd's transformed weights are 16/9
@@ -111,6 +112,8 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
     best, best_ms = default, measure(default)
     baseline = best_ms
     for mr, nr in tiles.get("dense", DENSE_TILES):
+        if default.dense_panel and default.dense_panel % nr and nr % default.dense_panel:
+            continue
         cand = dataclasses.replace(best, mr=mr, nr=nr)
         if cand != best and (ms := measure(cand)) < best_ms:
             best, best_ms = cand, ms

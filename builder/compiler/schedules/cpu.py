@@ -304,16 +304,18 @@ def _panel_and_tile(n, shared: int, want: int, vector: int) -> tuple[int, int]:
 def vectorize_columns(sch, loop, width: int, piece: int, vector: int) -> None:
     """A tile's `width` columns vectorised: in pieces of `piece` contiguous lanes (a weight
     panel narrower than the tile), each as one vector unless it is an odd number of
-    hardware vectors: unrolled vector-wide parts then (LLVM handles a 24-lane vector badly;
-    three 8-lane ones are what AVX2 has). Power-of-two multiples measured faster as one
-    wide vector."""
+    hardware vectors, unless that is a power of two: unrolled vector-wide parts then (LLVM
+    handles a 24-lane vector badly; three 8-lane ones are what AVX2 has). Power-of-two
+    multiples measured faster as one wide vector."""
     if piece < width:
         outer, loop = sch.split(loop, [None, piece])
         sch.unroll(outer)
-    # A piece that is no multiple of the vector (AVX-512 reading AVX2's 24-wide panels) goes
-    # in narrower vectors: LLVM lowers a 24-lane vector on AVX-512 ~6x slower than 3 x 8.
+    # A piece that is no multiple of the vector (AVX-512 reading 24 columns) goes in narrower
+    # vectors: LLVM lowers a 24-lane vector on AVX-512 ~6x slower than 3 x 8, and a 48-lane
+    # one on AVX2 4.4x slower than 6 x 8 (BERT-base, 2x48 tiles: 464 vs 106 ms, Zen 5).
     vector = math.gcd(piece, vector)
-    if piece % (2 * vector) and piece % vector == 0 and piece > vector:
+    count = piece // vector
+    if count > 1 and count & (count - 1):  # not a power of two
         jv, jl = sch.split(loop, [None, vector])
         sch.vectorize(jl)
         sch.unroll(jv)
@@ -406,15 +408,18 @@ def fallback_rule(params: CpuParams):
 # Each variant's defaults (runtime/cpu.py names the variants). AVX-512 has 16 fp32 lanes and
 # 32 registers, so its tiles hold about twice the accumulators of AVX2's 16: enough to
 # cover two 512-bit FMA pipes of 4-cycle latency (Zen 5, Intel server cores).
-# Variants share model.weights, so a dense weight is packed to the same panel width for
-# both (24, 16 or 8 columns: AVX2's tiles); AVX-512 reads 16-wide panels as 32-column tiles
-# and 24-wide ones in 8-lane pieces (12 zmm of 8x... measured: a 48-wide panel read in halves
-# cost AVX2 ~10% on BERT-base, Zen 4). Our conv GEMMs (Winograd, packed 1x1) pack 16-wide
-# panels for both, and AVX-512 tiles them 12 x 32: 24 accumulators of its 32 registers.
-_SHARED = {"dense_panel": 24}
+# Variants share model.weights, so a dense weight is packed to one panel width for both:
+# 48 columns, which AVX-512 reads whole (8 rows x 3 zmm = 24 accumulators) and AVX2 in
+# 24-column halves (4 x 3 ymm). BERT-base seq 128, 2 threads, Zen 5 (exp. in one process):
+# AVX-512 8x48 56-65 ms vs 105-110 ms reading AVX2's former 24-wide panels in 8-lane pieces
+# (ONNX Runtime: 74 ms); AVX2 4x24 on 48 panels level with 24 panels (105.6 vs 105.6 ms;
+# 5% slower in a second run). 32-wide panels: AVX-512 as fast, AVX2 18% slower (its 16-column
+# tiles). Our conv GEMMs (Winograd, packed 1x1) pack 16-wide panels for both, and AVX-512
+# tiles them 12 x 32: 24 accumulators of its 32 registers.
+_SHARED = {"dense_panel": 48}
 VARIANT_PARAMS: dict[str, dict] = {
     "avx2": {**_SHARED},
-    "avx512": {**_SHARED, "vector": 16, "gemm_mr": 12, "gemm_nr": 32},
+    "avx512": {**_SHARED, "vector": 16, "mr": 8, "nr": 48, "gemm_mr": 12, "gemm_nr": 32},
 }
 
 
