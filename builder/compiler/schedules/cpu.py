@@ -64,6 +64,7 @@ class CpuParams:
     winograd: bool = True  # stride-1 3x3 convs as Winograd F(2x2, 3x3) (schedules/winograd.py)
     winograd_min_width: int = 4  # narrower maps stay direct
     packed_conv: bool = True  # 1x1 and strided convs as packed-input GEMMs (schedules/packed.py)
+    packed_pointwise: bool = True  # with packed_conv: 1x1 convs too (else direct tiles)
     parallel_min: int = 2048  # fewer output elements than this: no thread-pool dispatch
 
 
@@ -414,12 +415,19 @@ def fallback_rule(params: CpuParams):
 # AVX-512 8x48 56-65 ms vs 105-110 ms reading AVX2's former 24-wide panels in 8-lane pieces
 # (ONNX Runtime: 74 ms); AVX2 4x24 on 48 panels level with 24 panels (105.6 vs 105.6 ms;
 # 5% slower in a second run). 32-wide panels: AVX-512 as fast, AVX2 18% slower (its 16-column
-# tiles). Our conv GEMMs (Winograd, packed 1x1) pack 16-wide panels for both, and AVX-512
-# tiles them 12 x 32: 24 accumulators of its 32 registers.
-_SHARED = {"dense_panel": 48}
+# tiles). Our conv GEMMs (Winograd, packed 1x1) pack 16-wide panels for both; AVX-512 reads
+# two at a time. Its conv tiles, per ResNet50 kernel (2 threads, Zen 5, ms, AVX2's tile ->
+# this one): GEMMs 12x32 -> 8x32 over eight 1x1 and Winograd kernels 5.39 -> 4.64 (12 rows
+# pad 7x7 maps' 49 to 60); strided 3x3 on 7-wide maps 7x8 -> 7x32 3.09 -> 1.24; the 7x7/2
+# stem 2x32 -> 7x32 1.51 -> 1.03; direct stride-1 3x3 (without Winograd) 14x8 -> 14x32
+# 5.15 -> 0.73 on 14x14x256. With those tiles its 1x1 convs run faster direct than packed
+# (whole ResNet50: 19.7 vs 21.5 ms); conv weights are packed to 16-wide panels for every
+# variant, so a 1x1 conv's [CO/16, 1, 1, CI, 16] weights are the same bytes whichever reads them.
+_SHARED = {"dense_panel": 48, "conv_panel": 16}
 VARIANT_PARAMS: dict[str, dict] = {
     "avx2": {**_SHARED},
-    "avx512": {**_SHARED, "vector": 16, "mr": 8, "nr": 48, "gemm_mr": 12, "gemm_nr": 32},
+    "avx512": {**_SHARED, "vector": 16, "mr": 8, "nr": 48, "gemm_mr": 8, "gemm_nr": 32, "conv_mr": 7,
+               "conv_nr": 32, "narrow_nr": 32, "spatial_nr": 32, "packed_pointwise": False},
 }
 
 
@@ -539,7 +547,7 @@ def pre_legalize_passes(params: CpuParams | None = None) -> list:
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
         *([use_winograd(params.winograd_min_width, params.gemm_mr)] if params.winograd else []),
-        *([use_packed_conv(params.gemm_mr)] if params.packed_conv else []),
+        *([use_packed_conv(params.gemm_mr, params.packed_pointwise)] if params.packed_conv else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
         relax.transform.FastMathTransform(),

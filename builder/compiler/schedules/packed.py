@@ -23,10 +23,12 @@ BLOCKS = ("pc_pack", "pc_gemm", "pc_out")
 
 
 def pack_weights(w_hwio: np.ndarray, nr: int) -> np.ndarray:
-    """HWIO weights -> [CO/nr, KH*KW*CI, nr] panels."""
-    k = int(np.prod(w_hwio.shape[:3]))
-    co = w_hwio.shape[3]
-    return np.ascontiguousarray(w_hwio.reshape(k, co // nr, nr).transpose(1, 0, 2))
+    """HWIO weights -> [CO/nr, KH*KW*CI, nr] panels; a 1x1 conv's as [CO/nr, 1, 1, CI, nr]:
+    the shape (and bytes) the direct rule packs the same weights to (schedules/cpu.py's
+    _pack_map), so a variant running 1x1 convs direct shares them in model.weights."""
+    kh, kw, ci, co = w_hwio.shape
+    panels = np.ascontiguousarray(w_hwio.reshape(kh * kw * ci, co // nr, nr).transpose(1, 0, 2))
+    return panels.reshape(co // nr, 1, 1, ci, nr) if (kh, kw) == (1, 1) else panels
 
 
 def out_size(hw, kernel, stride: int, pad) -> tuple[int, int]:
@@ -43,8 +45,10 @@ def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
     n_, h, wd, ci = x.shape
     h, wd, ci = int(h), int(wd), int(ci)
     kh_, kw_ = kernel
-    nr = int(w.shape[2])
+    nr = int(w.shape[-1])
     co = int(w.shape[0]) * nr
+    # 1x1 weights are [CO/nr, 1, 1, CI, nr] (pack_weights); K is CI then
+    wk = (lambda j, kk, l: w[j, 0, 0, kk, l]) if len(w.shape) == 5 else (lambda j, kk, l: w[j, kk, l])
     oh, ow = out_size((h, wd), kernel, stride, pad)
     pixels = oh * ow
     padded = -(-pixels // mr) * mr
@@ -60,13 +64,13 @@ def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
 
     a = te.compute((n_, padded // mr, kh_ * kw_ * ci, mr), pack, name="pc_pack")
     k = te.reduce_axis((0, kh_ * kw_ * ci), name="k")
-    g = te.compute((n_, padded, co), lambda b, p, c: te.sum(a[b, p // mr, k, p % mr] * w[c // nr, k, c % nr], axis=k),
+    g = te.compute((n_, padded, co), lambda b, p, c: te.sum(a[b, p // mr, k, p % mr] * wk(c // nr, k, c % nr), axis=k),
                    name="pc_gemm", attrs={TILE_ATTR: [mr, nr]})
     return te.compute((n_, oh, ow, co), lambda b, y, xx, c: g[b, y * ow + xx, c], name="pc_out")
 
 
-def use_packed_conv(rows: int = 6):
-    """Relax pass: 1x1 convs (any stride), and strided spatial convs with at least 16 input
+def use_packed_conv(rows: int = 6, pointwise: bool = True):
+    """Relax pass: 1x1 convs (any stride; unless not pointwise), and strided spatial convs with at least 16 input
     channels and at most 4 MiB of weights, CO a multiple of 8, equal strides -> call_tir of
     packed_conv_te with the weights packed here, once. The others stay direct: a 3-channel
     stem packs 147 scalars per pixel (2.6 vs 1.6-2.1 ms for ResNet50's), and a tile's rows
@@ -75,7 +79,7 @@ def use_packed_conv(rows: int = 6):
     def rewrite(bb, call, info):
         strides, padding, hw, weights = info
         kernel = tuple(int(d) for d in weights.shape[:2])
-        if strides[0] != strides[1] or weights.shape[3] % 8:
+        if strides[0] != strides[1] or weights.shape[3] % 8 or (kernel == (1, 1) and not pointwise):
             return None
         if kernel != (1, 1) and (strides[0] == 1 or weights.shape[2] < 16 or weights.nbytes > 4 << 20):
             return None
