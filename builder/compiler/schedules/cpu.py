@@ -64,7 +64,7 @@ class CpuParams:
     winograd: bool = True  # stride-1 3x3 convs as Winograd F(2x2, 3x3) (schedules/winograd.py)
     winograd_min_width: int = 4  # narrower maps stay direct
     packed_conv: bool = True  # 1x1 and strided convs as packed-input GEMMs (schedules/packed.py)
-    packed_pointwise: bool = True  # with packed_conv: 1x1 convs too (else direct tiles)
+    packed_pointwise: bool = True  # with packed_conv: 1x1 convs too (else the direct rule's tiles)
     parallel_min: int = 2048  # fewer output elements than this: no thread-pool dispatch
 
 
@@ -420,9 +420,12 @@ def fallback_rule(params: CpuParams):
 # this one): GEMMs 12x32 -> 8x32 over eight 1x1 and Winograd kernels 5.39 -> 4.64 (12 rows
 # pad 7x7 maps' 49 to 60); strided 3x3 on 7-wide maps 7x8 -> 7x32 3.09 -> 1.24; the 7x7/2
 # stem 2x32 -> 7x32 1.51 -> 1.03; direct stride-1 3x3 (without Winograd) 14x8 -> 14x32
-# 5.15 -> 0.73 on 14x14x256. With those tiles its 1x1 convs run faster direct than packed
-# (whole ResNet50: 19.7 vs 21.5 ms); conv weights are packed to 16-wide panels for every
-# variant, so a 1x1 conv's [CO/16, 1, 1, CI, 16] weights are the same bytes whichever reads them.
+# 5.15 -> 0.73 on 14x14x256. With those tiles its 1x1 convs run direct: whole ResNet50
+# 18.3 ms vs 20.0 all packed, 18.6 packed below 14 wide only (200 rounds in one process;
+# alone, a 7x7 one ran 0.34 ms packed vs 0.62 direct, a 56x56 one 0.89 vs 0.83: isolated
+# kernels keep their weights in cache, the model does not). Conv weights are packed to
+# 16-wide panels for every variant, so a 1x1 conv's [CO/16, 1, 1, CI, 16] weights are the
+# same bytes whichever rule reads them.
 _SHARED = {"dense_panel": 48, "conv_panel": 16}
 VARIANT_PARAMS: dict[str, dict] = {
     "avx2": {**_SHARED},
