@@ -315,7 +315,8 @@ def test_no_path_user_host_env_or_credential_in_any_bundle(marked_builds):
             needles.append(host.encode())
         out = root / "out"
         assert sorted(p.name for p in (out / "x86_64").iterdir()) == sorted([
-            "edge.tar.gz", "lambda-image", "lambda.zip", "model-seq16.so", "model.json", "model.so",
+            "edge.tar.gz", "lambda-image", "lambda.zip", "model-seq16.avx512.so", "model-seq16.so", "model.avx512.so",
+            "model.json", "model.so",
             "model.weights", "serve-image", "serve-image.k8s.yaml", "serve-image.kserve.yaml", "template.yaml",
             "timing.json", "tokenizer.json"])
         assert (root / "out-more" / "arm64" / "edge.tar.gz").is_file()

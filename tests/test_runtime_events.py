@@ -31,7 +31,10 @@ def test_manifest_describes_io(bert, tiny_bert_build):
     m = json.loads((tiny_bert_build / "model.json").read_text())
     assert m["schema"] == runtime.manifest.SCHEMA
     assert [(lib["file"], lib["seq"]) for lib in m["variants"][0]["libraries"]] == [("model-seq16.so", 16), ("model.so", 32)]
-    assert sorted(m["files"]) == ["model-seq16.so", "model.so", "model.weights", "tokenizer.json"]
+    assert [(lib["file"], lib["seq"]) for lib in m["variants"][1]["libraries"]] == [
+        ("model-seq16.avx512.so", 16), ("model.avx512.so", 32)]
+    assert sorted(m["files"]) == ["model-seq16.avx512.so", "model-seq16.so", "model.avx512.so", "model.so",
+                                  "model.weights", "tokenizer.json"]
     assert m["versions"]["tvm"] == "0.27.0.post1" and m["versions"]["tvm_ffi"]
     assert m["target"]["tvm"]["mcpu"] == "haswell"
     assert m["weights"]["file"] == "model.weights" and m["weights"]["count"] > 10
@@ -171,8 +174,9 @@ def test_bad_direct_input_raises_badinput(bert, resnet):
 def test_damaged_weights_file_is_refused(tiny_bert_build, tmp_path):
     import shutil
 
-    for name in ("model.json", "model.so", "model-seq16.so", "tokenizer.json"):
-        shutil.copy(tiny_bert_build / name, tmp_path / name)
+    for f in tiny_bert_build.iterdir():  # every variant's libraries, the manifest, the tokenizer
+        if f.is_file() and f.name != "model.weights":
+            shutil.copy(f, tmp_path / f.name)
     raw = (tiny_bert_build / "model.weights").read_bytes()
     (tmp_path / "model.weights").write_bytes(raw[: len(raw) // 2])  # truncated
     with pytest.raises(ValueError, match="damaged or belongs to another build"):
