@@ -54,6 +54,16 @@ def test_all_finite_reads_every_element():
                 assert not all_finite(memoryview(v)), (dtype, bad, where)
         strided = memoryview(np.stack([values, values]).T)  # not C-contiguous
         assert all_finite(strided)
+        # the largest finite values, subnormals and negative zero are finite
+        edge = np.array([np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny / 2, -0.0], dtype)
+        assert all_finite(memoryview(edge))
+        # it reads in chunks of 65536 elements: either side of a chunk's end, and a last partial one
+        n = 2 * 65536 + 3
+        for where in (0, 65535, 65536, n - 1):
+            v = np.ones(n, dtype)
+            v[where] = np.nan
+            assert not all_finite(memoryview(v)), (dtype, where)
+        assert all_finite(memoryview(np.ones(n, dtype)))
     assert all_finite(shaped(pack([1, 2], "int64"), "int64", [2]))
 
 
