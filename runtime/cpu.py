@@ -133,8 +133,9 @@ def choose(variants, have=None, forced: str | None = None, where: str = "model.j
     """The variant to load among `variants` (runtime.manifest.Variant): the highest-ranked
     one that was validated at build and whose features this CPU has all of. `forced` (or
     EDGEBUNDLE_CPU_VARIANT) names one: taken if the CPU can run it, validated or not."""
-    unknown = have is None and not features()
+    unknown = have is None
     have = features() if have is None else frozenset(have)
+    unknown = unknown and not have
     forced = forced if forced is not None else (os.environ.get(FORCE_ENV) or None)
     kinds = [(v, kind_of(v.name, where)) for v in variants]
     if forced is not None:

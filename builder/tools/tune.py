@@ -105,14 +105,14 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
 
     # Coordinate search: dense tiles with the default conv tiles, then conv tiles, then
     # which convs go Winograd / packed.
-    from builder.compiler.schedules.cpu import params_from_env
+    from builder.compiler.schedules.cpu import params_from_env, reads_panel
 
     default = params_from_env(chosen.name)
     tiles = VARIANT_TILES.get(chosen.name, {})
     best, best_ms = default, measure(default)
     baseline = best_ms
     for mr, nr in tiles.get("dense", DENSE_TILES):
-        if default.dense_panel and default.dense_panel % nr and nr % default.dense_panel:
+        if default.dense_panel and not reads_panel(nr, default.dense_panel):
             continue
         cand = dataclasses.replace(best, mr=mr, nr=nr)
         if cand != best and (ms := measure(cand)) < best_ms:

@@ -299,15 +299,20 @@ def _panel_and_tile(n, shared: int, want: int, vector: int) -> tuple[int, int]:
     if panel is None:  # not shared, or no panel fits: packed (or not) as the tile reads
         return own, own
     tiles = [c for c in (want, 2 * vector, vector, 8, 4) if n % c == 0]
-    return panel, next((c for c in tiles if panel % c == 0 or c % panel == 0), panel)
+    return panel, next((c for c in tiles if reads_panel(c, panel)), panel)
+
+
+def reads_panel(tile: int, panel: int) -> bool:
+    """Whether a tile of this many columns reads weight panels of this width whole or in
+    equal parts (a multiple or a divisor of it): the tiles a shared panel admits."""
+    return panel % tile == 0 or tile % panel == 0
 
 
 def vectorize_columns(sch, loop, width: int, piece: int, vector: int) -> None:
     """A tile's `width` columns vectorised: in pieces of `piece` contiguous lanes (a weight
-    panel narrower than the tile), each as one vector unless it is an odd number of
-    hardware vectors, unless that is a power of two: unrolled vector-wide parts then (LLVM
-    handles a 24-lane vector badly; three 8-lane ones are what AVX2 has). Power-of-two
-    multiples measured faster as one wide vector."""
+    panel narrower than the tile), each as one vector when it is a power-of-two number of
+    hardware vectors (measured faster as one wide vector), else as unrolled vector-wide
+    parts (LLVM handles a 24-lane vector badly; three 8-lane ones are what AVX2 has)."""
     if piece < width:
         outer, loop = sch.split(loop, [None, piece])
         sch.unroll(outer)

@@ -72,10 +72,11 @@ def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
 def use_packed_conv(rows: int = 6, pointwise: bool = True):
     """Relax pass: 1x1 convs (any stride; unless not pointwise), and strided spatial convs
     with at least 16 input channels and at most 4 MiB of weights, CO a multiple of 8, equal
-    strides -> call_tir of packed_conv_te with the weights packed here, once. The others stay direct: a 3-channel
-    stem packs 147 scalars per pixel (2.6 vs 1.6-2.1 ms for ResNet50's), and a tile's rows
-    stream every weight panel past once, which costs more than it saves beyond a few MiB
-    (3x3/2 on 14x14x512, 9 MiB: 1.8-2.1 vs 1.8 ms; on 28x28x256, 2.25 MiB: 1.3 vs 1.55)."""
+    strides -> call_tir of packed_conv_te with the weights packed here, once. The others
+    stay direct: a 3-channel stem packs 147 scalars per pixel (2.6 vs 1.6-2.1 ms for
+    ResNet50's), and a tile's rows stream every weight panel past once, which costs more
+    than it saves beyond a few MiB (3x3/2 on 14x14x512, 9 MiB: 1.8-2.1 vs 1.8 ms; on
+    28x28x256, 2.25 MiB: 1.3 vs 1.55)."""
     def rewrite(bb, call, info):
         strides, padding, hw, weights = info
         kernel = tuple(int(d) for d in weights.shape[:2])
