@@ -3,6 +3,7 @@ shapes, random inputs), so a schedule bug cannot ship; and the rules really appl
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -165,8 +166,8 @@ def test_conv_padding_stays_out_of_the_inner_loop():
 
 
 def test_winograd_and_packed_convs_match_pytorch():
-    """Stride-1 3x3 convs compiled as Winograd F(2x2, 3x3), and 1x1 and strided convs as
-    packed-input GEMMs, against PyTorch: odd and even map sizes (partial 2x2 tiles, tile and
+    """Stride-1 3x3 convs compiled as Winograd F(2x2, 3x3) (and F(4x4, 3x3) on an 8x12 map),
+    and 1x1 and strided convs as packed-input GEMMs, against PyTorch: odd and even map sizes (partial 2x2 tiles, tile and
     pixel counts padded to the GEMM's rows), non-square maps, 3 input channels, 8/16/24
     output channels (8- and 16-wide weight panels), a strided 1x1, a padded strided 5x5, a
     batch of 2 for the symbolic batch, with BatchNorm+ReLU and a residual add fused after."""
@@ -176,7 +177,7 @@ def test_winograd_and_packed_convs_match_pytorch():
     from tvm import relax, tirx
     from tvm.relax.frontend.torch import from_exported_program
 
-    from builder.compiler.schedules.cpu import cpu_pipeline
+    from builder.compiler.schedules.cpu import CpuParams, cpu_pipeline
     from builder.compiler.schedules.gemm import tile_rows
 
     assert [tile_rows(t) for t in (16, 49, 196, 784)] == [4, 5, 6, 6]
@@ -206,22 +207,30 @@ def test_winograd_and_packed_convs_match_pytorch():
             bn.running_var.uniform_(0.5, 2)
     target = tvm.target.Target(TARGETS["x86_64"])
     batch = torch.export.Dim("batch", min=1, max=8)
-    for h, w in ((7, 9), (14, 14), (5, 12)):
+    for h, w, f4 in ((7, 9, 0), (14, 14, 0), (5, 12, 0), (8, 12, 8)):
         x = torch.randn(2, 3, h, w)
         ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
-        seen = []
+        seen, tiles = [], set()
 
         @tvm.transform.module_pass(opt_level=0, name="Seen")
         def spy(mod, _ctx):
-            seen.extend(g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
+            for g, f in mod.functions.items():
+                if isinstance(f, tirx.PrimFunc):
+                    seen.append(g.name_hint)
+                    # the transformed weights' leading extent: m + 2 for F(m x m, 3x3)
+                    if "winograd" in g.name_hint:
+                        weights = r"T\.Buffer\(\(T\.int64\((\d+)\), T\.int64\(\1\)(?:, T\.int64\(\d+\)){3}\)"
+                        tiles.update(int(a) for a in re.findall(weights, f.script()))
             return mod
 
+        params = CpuParams(winograd_f4_min_width=f4)
         ex = tvm.compile(from_exported_program(ep), target=target,
-                         relax_pipeline=tvm.transform.Sequential([cpu_pipeline(target), spy]))
+                         relax_pipeline=tvm.transform.Sequential([cpu_pipeline(target, params), spy]))
         got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
         with torch.no_grad():
             want = model(x)
         assert sum("winograd" in n for n in seen) == 3, seen
+        assert tiles == ({6} if f4 else {4}), (h, w, tiles)
         assert sum("conv2d_packed" in n for n in seen) == 4, seen
         for g, r in zip(got, want):
             r = r.numpy()

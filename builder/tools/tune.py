@@ -23,8 +23,8 @@ VARIANT_TILES = {
                "gemm": [(12, 32), (8, 32), (6, 32), (12, 16), (6, 64)]},
 }
 # The conv rewrites trade weight bytes for FLOPs (Winograd's transformed weights are 16/9
-# the size): where memory bandwidth is short, fewer of them can win.
-CONV_CHOICES = [{"winograd_min_width": 8}, {"winograd": False}, {"packed_conv": False}]
+# the size, F(4x4)'s 4x): where memory bandwidth is short, fewer of them can win.
+CONV_CHOICES = [{"winograd_min_width": 8}, {"winograd_f4_min_width": 0}, {"winograd": False}, {"packed_conv": False}]
 
 
 def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float:
