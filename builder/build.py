@@ -141,6 +141,16 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
             raise mismatch(options.tuning_db, db_target, compiled_for)
     from builder.compiler.variants import compile_variants
 
+    # Narrow weights are widened inside our CPU kernels; TVM's GPU and unscheduled pipelines
+    # read fp32.
+    storage = options.weights if target.device == "cpu" and options.schedule else "fp32"
+    if storage != options.weights:
+        progress.warn(f"{target.name}: weights stay fp32 (--weights {options.weights} is for CPU targets "
+                      "compiled with our schedules)")
+    elif storage != "fp32":
+        from builder.compiler.schedules.storage import tolerance
+
+        spec = dataclasses.replace(spec, tolerance=tolerance(spec.tolerance, storage))
     codes, writer, variants = {}, WeightsWriter(), []
     for compiled in compile_variants(modules, target, vspecs, tdir, options, max_seq, cuda_archs,
                                      db_target, progress):
@@ -157,6 +167,8 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
                                 tuple(Library(lib, seq, ()) for lib, seq in compiled.files), compiled.schedule))
         del compiled
     weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
+    if weights is not None:
+        weights["storage"] = storage
     variants = [dataclasses.replace(v, libraries=tuple(Library(lib.file, lib.seq, tuple(writer.orders.get(lib.file, ())))
                                                        for lib in v.libraries)) for v in variants]
     device_code = None

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from builder.errors import EdgebundleError
-from builder.options import BuildOptions
+from builder.options import STORAGES, BuildOptions
 from builder.progress import Progress
 
 # Where a failure that is edgebundle's own fault should be reported.
@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--host", choices=list(PLATFORMS), default="x86_64",
                    help="CPU platform of the host code of GPU targets (arm64 for Jetson-class devices)")
     b.add_argument("--tuning-db", type=Path, help="CPU targets: schedule parameters from `edgebundle tune`")
+    b.add_argument("--weights", choices=list(STORAGES), default="fp32",
+                   help="CPU targets: store matmul, conv and embedding weights as fp16 or bf16 (half the file and "
+                        "the memory traffic; widened to fp32 inside the kernels, which compute in fp32); default "
+                        "fp32")
     b.add_argument("--no-schedule", dest="schedule", action="store_false",
                    help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -202,7 +206,7 @@ def build_options(args) -> BuildOptions:
                         task=args.task, name=args.name, seq_len=args.seq_len, seq_buckets=args.seq_buckets,
                         python=(args.python or [None])[0], pythons=tuple(args.python or ()), cpu=tuple(args.cpu or ()), base_images=tuple(args.base_image or ()),
                         cuda_archs=tuple(a for group in args.cuda_arch or () for a in group), host=args.host,
-                        schedule=args.schedule, tuning_db=args.tuning_db)
+                        schedule=args.schedule, tuning_db=args.tuning_db, weights=args.weights)
 
 
 def cmd_build(args) -> int:

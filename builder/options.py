@@ -16,6 +16,10 @@ MAX_BATCH = 32
 DEFAULT_CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
 
+# How weights may be stored (`build --weights`): builder/compiler/schedules/storage.py.
+STORAGES = ("fp32", "fp16", "bf16")
+
+
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
     targets: tuple[str, ...] = ("x86_64",)
@@ -38,6 +42,9 @@ class BuildOptions:
     host: str = "x86_64"  # CPU platform of GPU targets' host code
     schedule: bool = True  # False: TVM's unscheduled default pipeline (comparison, debugging)
     tuning_db: Path | None = None
+    # CPU targets: how GEMM and embedding weights are stored (compute stays fp32);
+    # builder/compiler/schedules/storage.py.
+    weights: str = "fp32"
 
     def __post_init__(self):
         # Lists from callers become tuples: options are hashable and cannot be mutated midway.
@@ -52,6 +59,11 @@ class BuildOptions:
             object.__setattr__(self, "targets", ("x86_64",))
         if not self.cuda_archs:
             object.__setattr__(self, "cuda_archs", DEFAULT_CUDA_ARCHS)
+        if self.weights not in STORAGES:
+            from builder.errors import EdgebundleError
+
+            raise EdgebundleError(f"unknown weight storage {self.weights!r}", where="BuildOptions.weights",
+                                  hint=f"one of {', '.join(STORAGES)}")
 
     def base_image(self, fmt: str, target: str) -> str | None:
         """The --base-image given for this format and target, most specific first."""

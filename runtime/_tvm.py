@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from . import _ffi
-from .arrays import FORMATS, shaped
+from .arrays import WEIGHT_SIZES, shaped
 from .errors import DeviceUnavailable
 from .manifest import IntegrityError
 
@@ -162,7 +162,7 @@ def check_table(path: Path, entries: list, data_bytes: int) -> None:
             raise _damaged(path, f"has a malformed {desc}")
         dtype, shape, offset, nbytes = e["dtype"], e["shape"], e.get("offset"), e.get("nbytes")
         desc += f" ({dtype}{shape}, offset {offset}, {nbytes} bytes)"
-        if dtype not in FORMATS:
+        if dtype not in WEIGHT_SIZES:
             raise _damaged(path, f"has {desc} of a dtype this runtime does not read")
         if not all(_int(d) and d >= 0 for d in shape):
             raise _damaged(path, f"has {desc} with a dimension that is not an integer >= 0")
@@ -170,7 +170,7 @@ def check_table(path: Path, entries: list, data_bytes: int) -> None:
             raise _damaged(path, f"has {desc} with an offset or size that is not an integer >= 0")
         if offset % WEIGHTS_ALIGN:
             raise _damaged(path, f"has {desc} not at a multiple of {WEIGHTS_ALIGN} bytes")
-        if nbytes != math.prod(shape) * struct.calcsize(FORMATS[dtype]):
+        if nbytes != math.prod(shape) * WEIGHT_SIZES[dtype]:
             raise _damaged(path, f"has {desc} whose size is not its shape's")
         if offset + nbytes > data_bytes:
             raise _damaged(path, f"has {desc} past the end of the file ({data_bytes} bytes of data)")

@@ -20,6 +20,9 @@ from .errors import BadInput
 # float16 request buffers are read and converted.
 FORMATS = {"float32": "f", "float64": "d", "int64": "q", "int32": "i", "int16": "h",
            "int8": "b", "uint8": "B", "bool": "?"}
+# Weights (model.weights) may also be stored narrower than they compute: float16, and
+# bfloat16 as its bits in uint16 (builder/compiler/schedules/storage.py). Only kernels read them.
+WEIGHT_SIZES = {**{d: struct.calcsize(f) for d, f in FORMATS.items()}, "float16": 2, "uint16": 2}
 _KIND = {**dict.fromkeys("bhilqn", "i"), **dict.fromkeys("BHILQN", "u"), **dict.fromkeys("efd", "f"), "?": "b"}
 _NATIVE = ("@", "=", "<" if sys.byteorder == "little" else ">")
 

@@ -147,13 +147,16 @@ class WeightsFile:
     file: str
     count: int
     bytes: int
+    # How the GEMM and embedding weights are stored: fp32, fp16 or bf16 (its bits as uint16);
+    # the kernels widen them to fp32. Each tensor's dtype is in the file's own table.
+    storage: str = "fp32"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> WeightsFile:
-        return cls(d["file"], int(d["count"]), int(d["bytes"]))
+        return cls(d["file"], int(d["count"]), int(d["bytes"]), str(d.get("storage", "fp32")))
 
 
 def _drop_none(d: dict) -> dict:

@@ -67,7 +67,7 @@ def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_ar
     for seq, bucket in modules.items():
         lib = vspec.library(seq, max_seq)
         code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
-                                       cpu_params=params, cuda_archs=cuda_archs)
+                                       cpu_params=params, cuda_archs=cuda_archs, storage=options.weights)
         if code is not None:
             out.codes[lib] = code
         keys = []

@@ -87,12 +87,12 @@ class Writer:
 
         import numpy as np
 
-        from runtime.arrays import FORMATS
+        from runtime.arrays import WEIGHT_SIZES
 
         order = []
         for t in tensors:
             a = np.ascontiguousarray(t if isinstance(t, np.ndarray) else t.numpy())
-            if str(a.dtype) not in FORMATS:  # what runtime/ can map; e.g. not bfloat16
+            if str(a.dtype) not in WEIGHT_SIZES:  # what runtime/ can map (bfloat16 comes as its uint16 bits)
                 raise ValueError(f"weights of dtype {a.dtype} are not supported by the runtime")
             a = a.astype(a.dtype.newbyteorder("<"), copy=False)  # the file is little-endian
             key = (str(a.dtype), a.shape, hashlib.sha256(a.tobytes()).digest())

@@ -92,8 +92,8 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
         lines.append(f"lengths    compiled for {', '.join(map(str, m.seq_lengths))} tokens; requests are padded to "
                      "the shortest that fits")
     if m.weights:
-        lines.append(f"weights    {m.weights.file}: {m.weights.count} tensors, {m.weights.bytes / 1e6:.1f} MB, "
-                     "mapped at load")
+        lines.append(f"weights    {m.weights.file}: {m.weights.count} tensors, {m.weights.bytes / 1e6:.1f} MB "
+                     f"({m.weights.storage}), mapped at load")
     lines.append(f"glibc      {m.library.file} needs {m.glibc_required}")
     v = m.versions
     lines.append(f"versions   tvm {v.tvm}, tvm_ffi {v.tvm_ffi}, torch {v.torch}, "

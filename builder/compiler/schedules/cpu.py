@@ -544,10 +544,11 @@ def _rewrite_pass(name: str, pattern, rewriter):
     return _pass
 
 
-def pre_legalize_passes(params: CpuParams | None = None) -> list:
+def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32") -> list:
     from tvm import relax
 
     from .packed import use_packed_conv
+    from .storage import store_weights
     from .winograd import use_winograd
 
     params = params or params_from_env()
@@ -562,9 +563,10 @@ def pre_legalize_passes(params: CpuParams | None = None) -> list:
         relax.transform.DeadCodeElimination(),
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
-        *([use_winograd(params.winograd_min_width, params.gemm_mr, params.winograd_f4_min_width)]
+        *([use_winograd(params.winograd_min_width, params.gemm_mr, params.winograd_f4_min_width, storage)]
           if params.winograd else []),
-        *([use_packed_conv(params.gemm_mr, params.packed_pointwise)] if params.packed_conv else []),
+        *([use_packed_conv(params.gemm_mr, params.packed_pointwise, storage)] if params.packed_conv else []),
+        store_weights(storage),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
         relax.transform.FastMathTransform(),
@@ -604,7 +606,7 @@ def split_weight_packing():
     return _split
 
 
-def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True):
+def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True, storage: str = "fp32"):
     """The Relax pipeline for llvm targets: TVM's CPU stages with our schedules after FuseTIR.
 
     Before legalization: BatchNorm is decomposed for inference (its scale/shift then fuses
@@ -625,7 +627,7 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True)
             # legalize at once ("nested op_tag is not allowed"). The rest runs in parallel.
             with TE_LOCK:
                 mod = tvm.transform.Sequential([
-                    *pre_legalize_passes(params),
+                    *pre_legalize_passes(params, storage),
                     *cg.library_dispatch_passes(target),
                     *cg.legalize_passes(target),
                 ])(mod)

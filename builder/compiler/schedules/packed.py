@@ -18,6 +18,7 @@ import numpy as np
 
 from .gemm import (TILE_ATTR, conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows,
                    vectorize_inner)
+from .storage import narrow, widen
 
 BLOCKS = ("pc_pack", "pc_gemm", "pc_out")
 
@@ -64,19 +65,19 @@ def packed_conv_te(x, w, kernel: tuple, stride: int, pad: tuple, mr: int):
 
     a = te.compute((n_, padded // mr, kh_ * kw_ * ci, mr), pack, name="pc_pack")
     k = te.reduce_axis((0, kh_ * kw_ * ci), name="k")
-    g = te.compute((n_, padded, co), lambda b, p, c: te.sum(a[b, p // mr, k, p % mr] * wk(c // nr, k, c % nr), axis=k),
+    g = te.compute((n_, padded, co), lambda b, p, c: te.sum(a[b, p // mr, k, p % mr] * widen(wk(c // nr, k, c % nr)), axis=k),
                    name="pc_gemm", attrs={TILE_ATTR: [mr, nr]})
     return te.compute((n_, oh, ow, co), lambda b, y, xx, c: g[b, y * ow + xx, c], name="pc_out")
 
 
-def use_packed_conv(rows: int = 6, pointwise: bool = True):
+def use_packed_conv(rows: int = 6, pointwise: bool = True, storage: str = "fp32"):
     """Relax pass: 1x1 convs (any stride; unless not pointwise), and strided spatial convs
     with at least 16 input channels and at most 4 MiB of weights, CO a multiple of 8, equal
     strides -> call_tir of packed_conv_te with the weights packed here, once. The others
     stay direct: a 3-channel stem packs 147 scalars per pixel (2.6 vs 1.6-2.1 ms for
     ResNet50's), and a tile's rows stream every weight panel past once, which costs more
     than it saves beyond a few MiB (3x3/2 on 14x14x512, 9 MiB: 1.8-2.1 vs 1.8 ms; on
-    28x28x256, 2.25 MiB: 1.3 vs 1.55)."""
+    28x28x256, 2.25 MiB: 1.3 vs 1.55). The packed weights are stored as `storage`."""
     def rewrite(bb, call, info):
         strides, padding, hw, weights = info
         kernel = tuple(int(d) for d in weights.shape[:2])
@@ -90,7 +91,7 @@ def use_packed_conv(rows: int = 6, pointwise: bool = True):
             return None
         from tvm import relax
 
-        wp = relax.const(pack_weights(weights, nr))
+        wp = relax.const(narrow(pack_weights(weights, nr), storage))
         return bb.call_te(packed_conv_te, call.args[0], wp, kernel, strides[0], tuple(padding), tile_rows(oh * ow, rows),
                           primfunc_name_hint="conv2d_packed")
 

@@ -1,0 +1,151 @@
+"""Weights stored as fp16 / bf16 (`build --weights`), widened to fp32 inside the kernels."""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import reference
+from test_bundles import run_zip
+
+
+def test_narrow_rounds_to_nearest_and_keeps_what_it_cannot_narrow():
+    from builder.compiler.schedules.storage import MIN_ELEMENTS, narrow
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(MIN_ELEMENTS).astype(np.float32)
+    # bf16 is the upper half of a float32, rounded to nearest, ties to even
+    w[:4] = np.array([0x3F808000, 0x3F818000, 0x3F80C000, 0x3F807FFF], np.uint32).view(np.float32)
+    b = narrow(w, "bf16")
+    assert b.dtype == np.uint16
+    assert list(b[:4]) == [0x3F80, 0x3F82, 0x3F81, 0x3F80]
+    wide = (b.astype(np.uint32) << 16).view(np.float32)
+    assert np.abs(wide - w).max() <= np.abs(w).max() * 2.0 ** -8
+    h = narrow(w, "fp16")
+    assert h.dtype == np.float16 and np.abs(h.astype(np.float32) - w).max() <= np.abs(w).max() * 2.0 ** -11
+    assert narrow(w, "fp32") is w
+    small = w[:MIN_ELEMENTS - 1]
+    assert narrow(small, "fp16") is small  # biases and norms stay fp32
+    huge = w * 1e5  # beyond float16's 65504: kept fp32 rather than made inf
+    assert narrow(huge, "fp16") is huge and narrow(huge, "bf16").dtype == np.uint16
+    ints = np.arange(MIN_ELEMENTS, dtype=np.int64)
+    assert narrow(ints, "fp16") is ints
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["avx2", "avx512"])
+def test_kernels_read_the_narrow_weights(variant):
+    """An embedding, a Linear, a strided 7x7 stem, Winograd 3x3s and a 1x1 conv: with fp16 and
+    bf16 weights every large weight the compiled model takes is narrow (no fp32 copy made at
+    build or load), the matmul keeps its bias add as an epilogue, and the answers are as
+    close to PyTorch fp32 as PyTorch with its weights rounded the same way (the kernels add
+    little of their own)."""
+    import copy
+
+    import torch
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from builder.compiler import weights
+    from builder.compiler.schedules.cpu import cpu_pipeline, params_from_env
+    from builder.compiler.schedules.storage import MIN_ELEMENTS
+    from builder.compiler.targets import TARGETS
+    from runtime import cpu
+
+    lacks = cpu.missing(cpu.KINDS[variant], cpu.features())
+    if lacks:
+        pytest.skip(f"this CPU lacks {', '.join(lacks)}")
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(1000, 64)
+            self.lin = torch.nn.Linear(64, 96)
+            self.stem = torch.nn.Conv2d(3, 32, 7, stride=2, padding=3)
+            self.w1 = torch.nn.Conv2d(32, 32, 3, padding=1)
+            self.pw = torch.nn.Conv2d(32, 64, 1)
+            self.w2 = torch.nn.Conv2d(64, 64, 3, padding=1)
+
+        def forward(self, ids, img):
+            return self.lin(self.emb(ids)), self.w2(self.pw(self.w1(self.stem(img))))
+
+    torch.manual_seed(0)
+    model = M().eval()
+    ids, img = torch.randint(0, 1000, (2, 16)), torch.randn(1, 3, 64, 64)
+    mod = from_exported_program(torch.export.export(model, (ids, img)))
+    with torch.no_grad():
+        want = [t.numpy() for t in model(ids, img)]
+    target = tvm.target.Target(TARGETS["x86_64"].tvm_target_json(
+        next(v.cpu for v in TARGETS["x86_64"].variants() if v.name == variant)))
+    for storage, dtype, narrow_dtype in (("fp16", torch.float16, "float16"), ("bf16", torch.bfloat16, "uint16")):
+        rounded = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in rounded.parameters():
+                if p.numel() >= MIN_ELEMENTS:
+                    p.copy_(p.to(dtype).float())
+            ideal = [t.numpy() for t in rounded(ids, img)]
+        names, lifted = [], []
+
+        @tvm.transform.module_pass(opt_level=0, name="Names")
+        def spy(m, _ctx):
+            names.extend(g.name_hint for g, f in m.functions.items() if isinstance(f, tirx.PrimFunc))
+            return m
+
+        ex = tvm.compile(mod, target=target, relax_pipeline=tvm.transform.Sequential(
+            [cpu_pipeline(target, params_from_env(variant), storage=storage), spy, weights.lift_constants_pass(lifted)]))
+        big = [str(t.dtype) for t in lifted if np.prod(t.shape) >= MIN_ELEMENTS]
+        assert len(big) >= 5 and set(big) == {narrow_dtype}, (storage, big)
+        assert any(n.startswith("fused_matmul_add") for n in names), (storage, names)
+        got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(ids.numpy()), tvm.runtime.tensor(img.numpy()),
+                                                          *lifted)
+        for g, w, i in zip(got, want, ideal):
+            scale = np.abs(w).max()
+            assert np.abs(g.numpy() - w).max() <= 2 * np.abs(i - w).max() + 1e-5 * scale, storage
+
+
+@pytest.mark.slow
+def test_fp16_and_bf16_builds_answer_through_lambda(tiny_bert_dir, tiny_resnet_dir, tiny_bert_build, tmp_path):
+    """A tiny BERT with fp16 weights and a tiny ResNet with bf16 ones, built into Lambda zips
+    and invoked the way Lambda runs them: within the storage's tolerance of PyTorch fp32,
+    with half the weight bytes, the storage in the manifest and in `inspect`."""
+    from conftest import _build
+
+    from builder.compiler.schedules.storage import TOLERANCE
+    from builder.tools.describe import describe
+
+    bert = _build(tiny_bert_dir, tmp_path / "bert", weights="fp16")
+    manifest = json.loads((bert / "model.json").read_text())
+    assert manifest["weights"]["storage"] == "fp16"
+    assert "(fp16)" in describe(bert)
+    raw = (bert / "model.weights").read_bytes()
+    table = json.loads(raw[16:16 + struct.unpack("<Q", raw[8:16])[0]])
+    assert "float16" in {t["dtype"] for t in table["tensors"]}
+    fp32_bytes = (tiny_bert_build / "model.weights").stat().st_size
+    assert (bert / "model.weights").stat().st_size < 0.6 * fp32_bytes
+    sentences = ["The quick brown fox.", "Lambda bundles without PyTorch."]
+    tensors = reference.tokenize(bert / "tokenizer.json", sentences)
+    rc, (answer,) = run_zip(bert / "lambda.zip", [{"tensors": tensors}])
+    ref = reference.bert_mean_embeddings(tiny_bert_dir, tensors)
+    got = np.array(answer["tensors"]["sentence_embedding"])
+    assert rc == 0 and np.abs(got - ref).max() <= TOLERANCE["fp16"] * np.abs(ref).max()
+
+    import runtime
+
+    resnet = _build(tiny_resnet_dir, tmp_path / "resnet", weights="bf16")
+    assert json.loads((resnet / "model.json").read_text())["weights"]["storage"] == "bf16"
+    pixels = runtime.load(resnet).encoder([reference.png_base64(3, size=(97, 71))])["pixel_values"]
+    rc, (logits,) = run_zip(resnet / "lambda.zip", [{"tensors": {"pixel_values": pixels.tolist()}}])
+    ref = reference.resnet_logits(tiny_resnet_dir, pixels)
+    got = np.array(logits["tensors"]["logits"])
+    assert rc == 0 and np.abs(got - ref).max() <= TOLERANCE["bf16"] * np.abs(ref).max()
+
+
+def test_unknown_storage_is_a_clear_error():
+    from builder.errors import EdgebundleError
+    from builder.options import BuildOptions
+
+    with pytest.raises(EdgebundleError, match="unknown weight storage 'int4'"):
+        BuildOptions(weights="int4")
