@@ -566,7 +566,7 @@ def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32") 
         *([use_winograd(params.winograd_min_width, params.gemm_mr, params.winograd_f4_min_width, storage)]
           if params.winograd else []),
         *([use_packed_conv(params.gemm_mr, params.packed_pointwise, storage)] if params.packed_conv else []),
-        store_weights(storage),
+        *([store_weights(storage)] if storage != "fp32" else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
         relax.transform.FastMathTransform(),

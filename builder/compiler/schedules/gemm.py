@@ -103,6 +103,18 @@ def static_conv(call):
 def conv_rewrite_pass(name: str, rewrite):
     """A Relax module pass calling rewrite(builder, call, static_conv(call)) on every eligible
     conv2d call; it returns the replacement (builder.call_te(...)) or None to keep the call."""
+    def on_call(bb, call):
+        if call.op.name != "relax.nn.conv2d":
+            return None
+        info = static_conv(call)
+        return rewrite(bb, call, info) if info is not None else None
+
+    return op_rewrite_pass(name, on_call)
+
+
+def op_rewrite_pass(name: str, rewrite):
+    """A Relax module pass calling rewrite(builder, call) on every call of an operator (inner
+    calls first); it returns the replacement or None to keep the call."""
     import tvm
     from tvm import relax
 
@@ -110,10 +122,9 @@ def conv_rewrite_pass(name: str, rewrite):
     class Rewrite(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+            if not isinstance(call.op, tvm.ir.Op):
                 return call
-            info = static_conv(call)
-            new = rewrite(self.builder_, call, info) if info is not None else None
+            new = rewrite(self.builder_, call)
             return call if new is None else new
 
     @tvm.transform.module_pass(opt_level=0, name=name)

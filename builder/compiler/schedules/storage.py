@@ -129,11 +129,10 @@ def _with_pattern(bb, call, kind: int):
 def store_weights(storage: str):
     """Relax pass (after ConvertLayout, FoldConstant and the Winograd / packed-conv rewrites):
     matmul(x, W), conv2d(x, W) and take(W, ids) with a large constant float32 W read W
-    stored as `storage` through the computes above. A no-op for fp32."""
-    import tvm
+    stored as `storage` (fp16 or bf16) through the computes above."""
     from tvm import relax
 
-    from .gemm import static_conv
+    from .gemm import op_rewrite_pass, static_conv
 
     def rewrite(bb, call):
         name = call.op.name
@@ -171,23 +170,4 @@ def store_weights(storage: str):
                                  _INJECTIVE)
         return None
 
-    @relax.expr_functor.mutator
-    class Rewrite(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not isinstance(call.op, tvm.ir.Op):
-                return call
-            new = rewrite(self.builder_, call)
-            return call if new is None else new
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgebundleStoreWeights")
-    def _pass(mod, _ctx):
-        if storage == "fp32":
-            return mod
-        rw = Rewrite(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
-        return rw.builder_.get()
-
-    return _pass
+    return op_rewrite_pass("EdgebundleStoreWeights", rewrite)
