@@ -145,7 +145,7 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
     # read fp32.
     storage = options.weights if target.device == "cpu" and options.schedule else "fp32"
     if storage != options.weights:
-        progress.warn(f"{target.name}: weights stay fp32 (--weights {options.weights} is for CPU targets "
+        progress.info(f"    {target.name}: weights stored fp32 (--weights {options.weights} is for CPU targets "
                       "compiled with our schedules)")
     elif storage != "fp32":
         from builder.compiler.schedules.storage import tolerance

@@ -77,10 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--host", choices=list(PLATFORMS), default="x86_64",
                    help="CPU platform of the host code of GPU targets (arm64 for Jetson-class devices)")
     b.add_argument("--tuning-db", type=Path, help="CPU targets: schedule parameters from `edgebundle tune`")
-    b.add_argument("--weights", choices=list(STORAGES), default="fp32",
-                   help="CPU targets: store matmul, conv and embedding weights as fp16 or bf16 (half the file and "
-                        "the memory traffic; widened to fp32 inside the kernels, which compute in fp32); default "
-                        "fp32")
+    b.add_argument("--weights", choices=list(STORAGES), default=BuildOptions.weights,
+                   help="CPU targets: how matmul, conv and embedding weights are stored; fp16 and bf16 halve the "
+                        "file and the memory traffic and are widened to fp32 inside the kernels, which compute in "
+                        f"fp32 (default {BuildOptions.weights}: no slower than fp32, answers within ~1e-3 of it)")
     b.add_argument("--no-schedule", dest="schedule", action="store_false",
                    help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
