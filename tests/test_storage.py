@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 
 import numpy as np
@@ -149,3 +150,30 @@ def test_unknown_storage_is_a_clear_error():
 
     with pytest.raises(EdgebundleError, match="unknown weight storage 'int4'"):
         BuildOptions(weights="int4")
+
+
+@pytest.mark.slow
+@pytest.mark.emulated_arm64
+@pytest.mark.skipif(shutil.which("qemu-aarch64") is None or shutil.which("aarch64-linux-gnu-g++") is None,
+                    reason="needs qemu-user and g++-aarch64-linux-gnu")
+def test_arm64_fp16_build_answers_like_the_x86_64_one(tiny_bert_dir, tmp_path):
+    """fp16 weights on arm64 (widened with NEON's fcvtl): validated under qemu at build, and
+    its answers as close to x86_64's fp16 build as two fp32 computes of the same weights."""
+    from conftest import _build
+
+    import runtime
+    from builder.compiler.targets import TARGETS
+    from builder.progress import Progress
+    from builder.validate.emulated import run_emulated
+
+    arm = _build(tiny_bert_dir, tmp_path / "arm", targets=("arm64",), weights="fp16", formats=())
+    manifest = json.loads((arm / "model.json").read_text())
+    assert manifest["weights"]["storage"] == "fp16"
+    assert manifest["variants"][0]["validation"]["how"].startswith("emulated")
+    x86 = _build(tiny_bert_dir, tmp_path / "x86", weights="fp16", formats=())
+    tensors = {k: np.asarray(v) for k, v in
+               reference.tokenize(x86 / "tokenizer.json", ["Graviton runs this in fp16.", "Two texts."]).items()}
+    (ours,) = run_emulated(arm, TARGETS["arm64"], [tensors], Progress(quiet=True))
+    for name, value in runtime.load(x86).run(tensors).items():
+        want = np.asarray(value)
+        assert np.abs(ours[name] - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), name
