@@ -9,7 +9,7 @@ from pathlib import Path
 from builder.bundle.formats import FORMATS
 from builder.bundle.manifest import make_manifest, write_manifest
 from builder.compiler.targets import TargetSpec, check_cuda_archs, cpu_per_target, resolve_target
-from builder.errors import UnsupportedModelError
+from builder.errors import UnsupportedModelError, ValidationError
 from builder.fsutil import atomic_write, replace_dir, staging_dir, write_json
 from builder.model.families import FAMILIES, ModelSpec, detect_family
 from builder.model.families.base import read_json
@@ -169,6 +169,10 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
     weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
     if weights is not None:
         weights["storage"] = storage
+        if storage != "fp32":
+            wide = sum(a.nbytes for a in writer.arrays if a.dtype.name == "float32")
+            progress.info(f"    weights: {(writer.bytes - wide) / 1e6:.1f} MB {storage}, {wide / 1e6:.1f} MB fp32 "
+                          "(biases, norms, folded tables, and any tensor the narrow type cannot hold)")
     variants = [dataclasses.replace(v, libraries=tuple(Library(lib.file, lib.seq, tuple(writer.orders.get(lib.file, ())))
                                                        for lib in v.libraries)) for v in variants]
     device_code = None
@@ -188,8 +192,17 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
     validated = []
     for v in manifest.variants:
         # The baseline is timed: deploy sizes timeouts for the slowest host the bundle may land on.
-        result = validate_target(tdir, target, spec, refs, progress, v.library.file, v.name,
-                                 timings if v is manifest.baseline else None)
+        try:
+            result = validate_target(tdir, target, spec, refs, progress, v.library.file, v.name,
+                                     timings if v is manifest.baseline else None)
+        except ValidationError as e:
+            if storage == "fp32" or "disagrees with PyTorch" not in e.what:
+                raise
+            raise ValidationError(e.what, where=e.where,
+                                  hint=f"this model's outputs move more than {storage} weights usually make them "
+                                       f"(tolerance {spec.tolerance['rtol']:g} of the largest output): build with "
+                                       "--weights fp32; if that passes, the model is sensitive to rounding its "
+                                       "weights") from e
         validated.append(dataclasses.replace(v, validation=result))
     manifest = dataclasses.replace(manifest, variants=tuple(validated))
     write_manifest(tdir, manifest)

@@ -191,6 +191,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "the baseline, avx2); the build applies it to that variant")
     t.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
     t.add_argument("--runs", type=int, default=10, help="timed runs per candidate")
+    t.add_argument("--weights", choices=list(STORAGES), default=BuildOptions.weights,
+                   help="weight storage the kernels are timed with: as the build will use (default %(default)s)")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -321,7 +323,7 @@ def cmd_tune(args) -> int:
     from builder.tools.tune import tune
 
     tune(args.model, target=args.target, out=args.out, seq_len=args.seq_len, runs=args.runs, cpu=args.cpu,
-         variant=args.variant, progress=Progress(quiet=args.quiet))
+         variant=args.variant, weights=args.weights, progress=Progress(quiet=args.quiet))
     return 0
 
 

@@ -145,7 +145,7 @@ def test_unzipped_size_limit_says_what_is_big_and_what_to_do(tiny_resnet_build, 
     with pytest.raises(BundleError) as exc:
         lambda_zip.build(copy, TARGETS["x86_64"], BuildOptions(), Progress(quiet=True))
     assert "the weights alone" not in str(exc.value) and "smaller checkpoint" in str(exc.value)
-    assert "--weights fp16" not in str(exc.value)  # halving the weights would not make it fit
+    assert "fp16 weights" not in str(exc.value)  # halving the weights would not make it fit
     # Room once the weights are halved: fp16 storage comes first.
     monkeypatch.setattr(lambda_zip, "UNZIPPED_LIMIT", 2**40)
     size = lambda_zip.build(copy, TARGETS["x86_64"], BuildOptions(), Progress(quiet=True))["unzipped_size"]
@@ -153,7 +153,7 @@ def test_unzipped_size_limit_says_what_is_big_and_what_to_do(tiny_resnet_build, 
     monkeypatch.setattr(lambda_zip, "UNZIPPED_LIMIT", int(size - weights_mib * 2**20 / 4))
     with pytest.raises(BundleError) as exc:
         lambda_zip.build(copy, TARGETS["x86_64"], BuildOptions(), Progress(quiet=True))
-    assert str(exc.value).split("what to do: ")[1].startswith("--weights fp16 halves the weights")
+    assert str(exc.value).split("what to do: ")[1].startswith("fp16 weights (the default; drop --weights fp32) halve")
 
 
 def test_elf_audit_rejects_foreign_and_too_new_libraries(tiny_bert_build, tmp_path):

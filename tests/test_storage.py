@@ -38,7 +38,8 @@ def test_narrow_rounds_to_nearest_and_keeps_what_it_cannot_narrow():
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["avx2", "avx512"])
 def test_kernels_read_the_narrow_weights(variant):
-    """An embedding, a Linear, a strided 7x7 stem, Winograd 3x3s and a 1x1 conv: with fp16 and
+    """An embedding, a Linear, a strided 7x7 stem, Winograd 3x3s (on a 32-wide map: F(4x4)
+    with fp32 weights), a 1x1 conv and a strided 3x3 (packed input): with fp16 and
     bf16 weights every large weight the compiled model takes is narrow (no fp32 copy made at
     build or load), the matmul keeps its bias add as an epilogue, and the answers are as
     close to PyTorch fp32 as PyTorch with its weights rounded the same way (the kernels add
@@ -69,9 +70,10 @@ def test_kernels_read_the_narrow_weights(variant):
             self.w1 = torch.nn.Conv2d(32, 32, 3, padding=1)
             self.pw = torch.nn.Conv2d(32, 64, 1)
             self.w2 = torch.nn.Conv2d(64, 64, 3, padding=1)
+            self.down = torch.nn.Conv2d(64, 64, 3, stride=2, padding=1)  # a packed-input GEMM
 
         def forward(self, ids, img):
-            return self.lin(self.emb(ids)), self.w2(self.pw(self.w1(self.stem(img))))
+            return self.lin(self.emb(ids)), self.down(self.w2(self.pw(self.w1(self.stem(img)))))
 
     torch.manual_seed(0)
     model = M().eval()
@@ -98,8 +100,11 @@ def test_kernels_read_the_narrow_weights(variant):
         ex = tvm.compile(mod, target=target, relax_pipeline=tvm.transform.Sequential(
             [cpu_pipeline(target, params_from_env(variant), storage=storage), spy, weights.lift_constants_pass(lifted)]))
         big = [str(t.dtype) for t in lifted if np.prod(t.shape) >= MIN_ELEMENTS]
-        assert len(big) >= 5 and set(big) == {narrow_dtype}, (storage, big)
+        assert len(big) >= 6 and set(big) == {narrow_dtype}, (storage, big)
         assert any(n.startswith("fused_matmul_add") for n in names), (storage, names)
+        assert any("conv2d_packed" in n for n in names), names
+        # F(4x4)'s transform magnifies the weights' rounding: narrow weights stay on F(2x2)
+        assert not any(tuple(t.shape)[:2] == (6, 6) for t in lifted), storage
         got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(ids.numpy()), tvm.runtime.tensor(img.numpy()),
                                                           *lifted)
         for g, w, i in zip(got, want, ideal):
@@ -144,6 +149,13 @@ def test_fp16_and_bf16_builds_answer_through_lambda(tiny_bert_dir, tiny_resnet_d
     assert rc == 0 and np.abs(got - ref).max() <= TOLERANCE["bf16"] * np.abs(ref).max()
 
 
+def test_a_manifest_without_storage_reads_as_fp32():
+    from runtime.manifest import WeightsFile
+
+    assert WeightsFile.from_json({"file": "model.weights", "count": 3, "bytes": 4096}).storage == "fp32"
+    assert WeightsFile.from_json(WeightsFile("model.weights", 3, 4096, "bf16").to_json()).storage == "bf16"
+
+
 def test_unknown_storage_is_a_clear_error():
     from builder.errors import EdgebundleError
     from builder.options import BuildOptions
@@ -177,3 +189,27 @@ def test_arm64_fp16_build_answers_like_the_x86_64_one(tiny_bert_dir, tmp_path):
     for name, value in runtime.load(x86).run(tensors).items():
         want = np.asarray(value)
         assert np.abs(ours[name] - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), name
+
+
+def test_only_takes_along_rows_in_fast_or_clip_mode_are_rewritten():
+    """take without an axis (torch.take: a flat index) or with "wrap" keeps TVM's own
+    legalization; an embedding lookup reads the narrow table."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from builder.compiler.schedules.storage import store_weights
+
+    rng = np.random.default_rng(0)
+    table = relax.const(rng.standard_normal((512, 16)).astype("float32"))
+    flat = relax.const(rng.standard_normal(8192).astype("float32"))
+    ids = relax.Var("ids", relax.TensorType((4,), "int64"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [ids]):
+        with bb.dataflow():
+            outs = [bb.emit(relax.op.take(data, ids, axis=axis, mode=mode))
+                    for data, axis, mode in ((table, 0, "fast"), (flat, None, "fast"), (table, 0, "wrap"))]
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    text = store_weights("fp16")(bb.get()).script()
+    assert text.count("R.call_tir(") == 1 and text.count("R.take(") == 2, text

@@ -50,7 +50,7 @@ def test_tune_then_build_with_db(tiny_bert_dir, tmp_path):
     default = dataclasses.asdict(params_from_env("avx2"))
     assert {(p["mr"], p["nr"]) for p in tried} == {(default["mr"], default["nr"])} | set(DENSE_TILES)
     assert all({**p, "mr": 0, "nr": 0} == {**default, "mr": 0, "nr": 0} for p in tried), tried
-    build(str(tiny_bert_dir), tmp_path / "out", BuildOptions(seq_len=32, tuning_db=db_path),
+    build(str(tiny_bert_dir), tmp_path / "out", BuildOptions(seq_len=32, tuning_db=db_path, weights="fp32"),
           progress=Progress(quiet=True))
     m = json.loads((tmp_path / "out" / "x86_64" / "model.json").read_text())
     # the database by name and content: its path is the build machine's, and bundles carry model.json

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from builder.errors import EdgebundleError
-from builder.options import DEFAULT_SEQ_LEN
+from builder.options import DEFAULT_SEQ_LEN, BuildOptions
 from builder.progress import Progress
 
 # Dense tiles must read the shared 48-wide weight panels whole or in equal parts (a divisor
@@ -27,14 +27,14 @@ VARIANT_TILES = {
 CONV_CHOICES = [{"winograd_min_width": 8}, {"winograd_f4_min_width": 0}, {"winograd": False}, {"packed_conv": False}]
 
 
-def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float:
+def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int, storage: str = "fp32") -> float:
     import tvm
     from tvm import relax
 
     from builder.compiler.schedules.cpu import cpu_pipeline
 
     target = tvm.target.Target(tvm_target)
-    ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, params))
+    ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, params, storage=storage))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     args = [tvm.runtime.tensor(a) for a in inputs]
     vm["main"](*args)
@@ -47,8 +47,10 @@ def _latency_ms(mod, tvm_target: dict, params, inputs: list, runs: int) -> float
 
 
 def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAULT_SEQ_LEN, runs: int = 10,
-         cpu: str | None = None, variant: str | None = None, progress: Progress | None = None) -> dict:
-    """Tune one variant of the target (default: its baseline, or the --cpu one); the build
+         cpu: str | None = None, variant: str | None = None, weights: str = BuildOptions.weights,
+         progress: Progress | None = None) -> dict:
+    """Tune one variant of the target (default: its baseline, or the --cpu one), timing kernels
+    that read the weights stored as `weights` (as the build will ship them); the build
     applies the database to the variant compiled for the same TVM target."""
     progress = progress or Progress()
     import os
@@ -98,7 +100,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
 
     def measure(params: CpuParams) -> float:
         with progress.step(f"compile + time {dataclasses.asdict(params)}"):
-            ms = _latency_ms(mod, tvm_target, params, inputs, runs)
+            ms = _latency_ms(mod, tvm_target, params, inputs, runs, weights)
         tried.append({"params": dataclasses.asdict(params), "median_ms": ms})
         progress.info(f"    {ms:.2f} ms")
         return ms

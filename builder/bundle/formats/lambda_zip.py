@@ -85,7 +85,8 @@ def _too_big(stage: Path, size: int, manifest, out_zip: Path) -> BundleError:
         f"code {code / MIB:.1f} MiB, runtime and packages {rest / MIB:.1f} MiB; Lambda allows "
         f"{UNZIPPED_LIMIT / MIB:.0f} MiB unzipped, layers included",
         where=str(out_zip),
-        hint=((f"--weights fp16 halves the weights (about {(size - weights / 2) / MIB:.0f} MiB unzipped); otherwise "
+        hint=((f"fp16 weights (the default; drop --weights fp32) halve them: about {(size - weights / 2) / MIB:.0f} "
+               "MiB unzipped; otherwise "
                if manifest.weights and manifest.weights.storage == "fp32" and size - weights / 2 <= UNZIPPED_LIMIT
                else "")
               + ("the weights alone exceed what a zip may hold: use a smaller checkpoint (a distilled or MiniLM-size "

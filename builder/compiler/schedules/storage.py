@@ -38,13 +38,18 @@ def tolerance(base: dict, storage: str) -> dict:
 def narrow(array: np.ndarray, storage: str) -> np.ndarray:
     """float32 weights as stored: float16, or bfloat16 bits as uint16 (rounded to nearest
     even); unchanged for fp32, for other dtypes, for small tensors, and for float16 when a
-    value is beyond its range (it would become inf)."""
+    value is beyond its range (it would become inf) or the tensor's scale is so small that
+    its values lose more than fp16's relative precision (subnormals)."""
     if storage == "fp32" or array.dtype != np.float32 or array.size < MIN_ELEMENTS:
         return array
     if storage == "fp16":
-        if np.abs(array).max() > FP16_MAX:
+        top = float(np.abs(array).max())
+        if top > FP16_MAX:
             return array
-        return array.astype(np.float16)
+        half = array.astype(np.float16)
+        if float(np.abs(half.astype(np.float32) - array).max()) > top * 2.0 ** -10:
+            return array
+        return half
     if storage == "bf16":
         bits = np.ascontiguousarray(array).view(np.uint32)
         rounded = (bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16
@@ -92,7 +97,7 @@ def conv2d_nhwc_te(x, w, strides, padding):
 
 def take_te(table, ids):
     """Rows of a narrow [V, D] table (an embedding) as float32: only the rows asked for are
-    widened. Ids out of range are clamped, as TVM's take does by default."""
+    widened. Ids out of range are clamped (take's "clip" mode)."""
     from tvm import te, tirx
 
     vocab = table.shape[0]
@@ -157,7 +162,10 @@ def store_weights(storage: str):
                 return None
             return _with_pattern(bb, bb.call_te(conv2d_nhwc_te, call.args[0], relax.const(narrowed), tuple(strides),
                                                 tuple(padding), primfunc_name_hint="conv2d"), _OUT_EWISE_FUSABLE)
-        if name == "relax.take" and int(call.attrs.axis) == 0:
+        # TVM's default take ("fast") reads out-of-range ids unchecked; clamping is what
+        # "clip" does and a safe "fast". "wrap" and "nan" keep their own legalization.
+        if (name == "relax.take" and call.attrs.axis is not None and int(call.attrs.axis) == 0
+                and str(getattr(call.attrs, "mode", "fast")) in ("fast", "clip")):
             w = _big_const(call.args[0])
             ids = call.args[1].ty
             if (w is None or w.ndim != 2 or not isinstance(ids, relax.TensorType)

@@ -148,9 +148,9 @@ def use_winograd(min_width: int = 4, rows: int = 6, f4_min_width: int = 0, stora
 
 def winograd_rule(params):
     """Schedule for a PrimFunc holding the four wino_* blocks plus any elementwise epilogue:
-    padding parallel over rows; the input transform per tile with its 4x4 outputs unrolled
+    padding parallel over rows; the input transform per tile with its a x a outputs unrolled
     and channels vectorised; the gemm as MR x NR register tiles (NR = the weight panel
-    width) parallel over (e, n, column panel, row tile); the output transform per 2x2 block
+    width) parallel over (e, n, column panel, row tile); the output transform per m x m block
     with the epilogue inlined into it. The batch (symbolic in our exports) stays a serial
     outer loop: fused into the parallel loop, its symbolic strides cost 20-40% per kernel."""
     from tvm import s_tir
