@@ -172,7 +172,7 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
         if storage != "fp32":
             wide = sum(a.nbytes for a in writer.arrays if a.dtype.name == "float32")
             progress.info(f"    weights: {(writer.bytes - wide) / 1e6:.1f} MB {storage}, {wide / 1e6:.1f} MB fp32 "
-                          "(biases, norms, folded tables, and any tensor the narrow type cannot hold)")
+                          "(biases, norms, folded tables, F(4x4) Winograd weights, tensors the narrow type cannot hold)")
     variants = [dataclasses.replace(v, libraries=tuple(Library(lib.file, lib.seq, tuple(writer.orders.get(lib.file, ())))
                                                        for lib in v.libraries)) for v in variants]
     device_code = None

@@ -63,7 +63,7 @@ class CpuParams:
     pack: bool = True  # pack constant weights to [N/NR, K, NR]
     winograd: bool = True  # stride-1 3x3 convs as Winograd F(2x2, 3x3) (schedules/winograd.py)
     winograd_min_width: int = 4  # narrower maps stay direct
-    # maps this wide (sides multiples of 4) take F(4x4, 3x3), with fp32 weights only; 0: none
+    # maps this wide (sides multiples of 4) take F(4x4, 3x3), its weights fp32; 0: none
     winograd_f4_min_width: int = 0
     packed_conv: bool = True  # 1x1 and strided convs as packed-input GEMMs (schedules/packed.py)
     packed_pointwise: bool = True  # with packed_conv: 1x1 convs too (else the direct rule's tiles)
@@ -440,7 +440,7 @@ def fallback_rule(params: CpuParams):
 # whole ResNet50 at batch 1, 150 rounds in one process, Zen 5: AVX-512 min 17.8 -> 17.1 ms,
 # q1 19.6 -> 18.9; AVX2 min 33.0 -> 32.0, q1 35.3 -> 34.4; weights 132.6 vs 127.6 MB. Not on
 # 14-wide maps (they would need padding to 16, saving less, and their weights would grow by
-# 26 MB), and not with fp16 / bf16 weights (winograd.py says why).
+# 26 MB). With fp16 / bf16 storage these weights stay fp32 (winograd.py says why).
 _SHARED = {"dense_panel": 48, "conv_panel": 16, "winograd_f4_min_width": 28}
 VARIANT_PARAMS: dict[str, dict] = {
     "avx2": {**_SHARED},

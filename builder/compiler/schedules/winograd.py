@@ -124,23 +124,25 @@ def use_winograd(min_width: int = 4, rows: int = 6, f4_min_width: int = 0, stora
     winograd_te with the weights transformed here, once. Maps at least f4_min_width wide
     (0: none) whose sides are multiples of 4 take F(4x4, 3x3): 36 products per 16 outputs
     instead of 16 per 4, at 36/16 the F(2x2) weights, so only where the weights are small
-    (ResNet50's 56- and 28-wide stages: 8.8 instead of 3.9 MB). The transformed weights are
-    stored as `storage` (schedules/storage.py)."""
+    (ResNet50's 56- and 28-wide stages: 8.8 instead of 3.9 MB). The F(2x2) transformed
+    weights are stored as `storage` (schedules/storage.py); F(4x4)'s stay fp32."""
     def rewrite(bb, call, info):
         strides, padding, hw, weights = info
         if (strides != [1, 1] or padding != [1, 1, 1, 1] or list(weights.shape[:2]) != [3, 3]
                 or weights.shape[3] % 4 or min(hw) < min_width):
             return None
-        # F(4x4)'s output transform (entries up to 8) magnifies its weights' rounding: stored
-        # narrow, a conv's error was 20x that of the weights rounded alone (6e-3 vs 2.7e-4
-        # fp16, 5e-2 vs 2.6e-3 bf16); F(2x2)'s 4.8e-4 and 3.7e-3.
-        wide = f4_min_width and storage == "fp32" and min(hw) >= f4_min_width
+        wide = f4_min_width and min(hw) >= f4_min_width
         m = 4 if wide and hw[0] % 4 == 0 and hw[1] % 4 == 0 else 2
         nr = next(n for n in (16, 8, 4) if weights.shape[3] % n == 0)
         mr = tile_rows(-(-hw[0] // m) * -(-hw[1] // m), rows)
         from tvm import relax
 
-        u = relax.const(narrow(weight_transform(weights, nr, m), storage))
+        u = weight_transform(weights, nr, m)
+        # F(4x4)'s output transform (entries up to 8) magnifies its weights' rounding: stored
+        # narrow, a conv's error was 20x that of the weights rounded alone (6e-3 vs 2.7e-4
+        # fp16, 5e-2 vs 2.6e-3 bf16; F(2x2)'s 4.8e-4 and 3.7e-3). Its weights (few channels)
+        # stay fp32.
+        u = relax.const(u if m == 4 else narrow(u, storage))
         return bb.call_te(winograd_te, call.args[0], u, mr, primfunc_name_hint="conv2d_winograd")
 
     return conv_rewrite_pass("EdgebundleWinograd", rewrite)
