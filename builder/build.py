@@ -126,6 +126,7 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
 def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir: Path, cpu: str | None,
                   name: str, source: dict, options: BuildOptions, progress: Progress) -> dict:
     from builder.compiler.weights import Writer as WeightsWriter
+    from builder.validate.compare import Disagreement
     from builder.validate.target import validate_target
 
     cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
@@ -152,7 +153,8 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
 
         spec = dataclasses.replace(spec, tolerance=tolerance(spec.tolerance, storage))
     codes, writer, variants = {}, WeightsWriter(), []
-    for compiled in compile_variants(modules, target, vspecs, tdir, options, max_seq, cuda_archs,
+    compile_options = dataclasses.replace(options, weights=storage)  # what the kernels read, decided here
+    for compiled in compile_variants(modules, target, vspecs, tdir, compile_options, max_seq, cuda_archs,
                                      db_target, progress):
         before = writer.bytes
         for lib, seq in compiled.files:
@@ -195,8 +197,8 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
         try:
             result = validate_target(tdir, target, spec, refs, progress, v.library.file, v.name,
                                      timings if v is manifest.baseline else None)
-        except ValidationError as e:
-            if storage == "fp32" or "disagrees with PyTorch" not in e.what:
+        except Disagreement as e:
+            if storage == "fp32":
                 raise
             raise ValidationError(e.what, where=e.where,
                                   hint=f"this model's outputs move more than {storage} weights usually make them "

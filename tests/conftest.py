@@ -27,6 +27,18 @@ def _build(model_dir: Path, out: Path, formats=("lambda",), targets=("x86_64",),
     return out / targets[0]
 
 
+def variant_target(variant: str) -> dict:
+    """The x86_64 TVM target of a CPU variant (avx2, avx512); the test is skipped on a CPU
+    that cannot run its code."""
+    from builder.compiler.targets import TARGETS
+    from runtime import cpu
+
+    lacks = cpu.missing(cpu.KINDS[variant], cpu.features())
+    if lacks:
+        pytest.skip(f"this CPU lacks {', '.join(lacks)}")
+    return TARGETS["x86_64"].tvm_target_json(next(v.cpu for v in TARGETS["x86_64"].variants() if v.name == variant))
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     return tiny_models.make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

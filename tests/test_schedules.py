@@ -83,12 +83,11 @@ def test_odd_shapes(variant):
     import torch
     from tvm.relax.frontend.torch import from_exported_program
 
-    from builder.compiler.schedules.cpu import params_from_env
-    from runtime import cpu
+    from conftest import variant_target
 
-    lacks = cpu.missing(cpu.KINDS[variant], cpu.features())
-    if lacks:
-        pytest.skip(f"this CPU lacks {', '.join(lacks)}")
+    from builder.compiler.schedules.cpu import params_from_env
+
+    target = variant_target(variant)
 
     class Odd(torch.nn.Module):
         def __init__(self):
@@ -111,7 +110,6 @@ def test_odd_shapes(variant):
                                             torch.randn(16, 50)))
     # direct convs here (the 3x3 and 1x1 would go Winograd and packed): the tiles are tested
     params = dataclasses.replace(params_from_env(variant), winograd=False, packed_conv=False)
-    target = _ALL["x86_64"].tvm_target_json(next(v.cpu for v in _ALL["x86_64"].variants() if v.name == variant))
     report = _check(from_exported_program(ep), params=params, target=target)
     assert len(_by_rule(report).get("EdgebundleCPUContraction", [])) >= 7, report
 

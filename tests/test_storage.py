@@ -54,12 +54,9 @@ def test_kernels_read_the_narrow_weights(variant):
     from builder.compiler import weights
     from builder.compiler.schedules.cpu import cpu_pipeline, params_from_env
     from builder.compiler.schedules.storage import MIN_ELEMENTS
-    from builder.compiler.targets import TARGETS
-    from runtime import cpu
+    from conftest import variant_target
 
-    lacks = cpu.missing(cpu.KINDS[variant], cpu.features())
-    if lacks:
-        pytest.skip(f"this CPU lacks {', '.join(lacks)}")
+    target = tvm.target.Target(variant_target(variant))
 
     class M(torch.nn.Module):
         def __init__(self):
@@ -82,8 +79,6 @@ def test_kernels_read_the_narrow_weights(variant):
     mod = from_exported_program(torch.export.export(model, (ids, img)))
     with torch.no_grad():
         want = [t.numpy() for t in model(ids, img)]
-    target = tvm.target.Target(TARGETS["x86_64"].tvm_target_json(
-        next(v.cpu for v in TARGETS["x86_64"].variants() if v.name == variant)))
     for storage, dtype, narrow_dtype in (("fp16", torch.float16, "float16"), ("bf16", torch.bfloat16, "uint16")):
         rounded = copy.deepcopy(model)
         with torch.no_grad():

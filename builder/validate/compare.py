@@ -8,6 +8,10 @@ from builder.model.families.base import ModelSpec
 from builder.compiler.export import torch_inputs
 
 
+class Disagreement(ValidationError):
+    """The compiled module ran and its outputs are off from PyTorch's beyond the tolerance."""
+
+
 def reference_outputs(spec: ModelSpec) -> list[list[np.ndarray]]:
     import torch
 
@@ -51,7 +55,7 @@ def compare(spec: ModelSpec, refs: list[list[np.ndarray]], outputs: list[dict], 
             rows.append(f"  input set {n} (batch {r.shape[0]})  {out_spec.name:<20} max|diff| {diff:.3e}"
                         f"  allowed {bound:.3e}  {'ok' if ok else 'FAIL'}")
     if failed:
-        raise ValidationError(
+        raise Disagreement(
             "the compiled module disagrees with PyTorch:\n" + "\n".join(rows), where=where,
             hint="this is a compiler or schedule bug; report it with the model config")
     return {"max_abs_diff": worst, "atol": atol, "rtol": rtol, "input_sets": len(refs)}
