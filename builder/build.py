@@ -47,6 +47,13 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
         for f in options.formats:
             FORMATS[f].precheck(resolved[t], options)
     cpus = cpu_per_target(options.cpu, resolved)
+    if options.quantize != "none":
+        for t, target in resolved.items():
+            if target.device != "cpu" or not options.schedule:
+                raise UnsupportedModelError(
+                    f"--quantize {options.quantize} is for CPU targets compiled with edgebundle's schedules; "
+                    f"{t} is not" + ("" if target.device != "cpu" else " (--no-schedule)"),
+                    hint="build that target in a separate build without --quantize")
 
     model_dir = resolve_model(model)
     # Where the model came from, as every manifest records it: nothing of this machine (its
@@ -76,12 +83,17 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
         progress.info(f"    sequence lengths compiled: {', '.join(map(str, modules))}")
     with progress.step("PyTorch reference outputs"):
         refs = reference_outputs(spec)
+    gate = None
+    if options.quantize != "none":
+        inputs = spec.accuracy_inputs or spec.validation_inputs
+        with progress.step(f"PyTorch fp32 answers for the accuracy gate ({len(inputs)} batches)"):
+            gate = {"inputs": inputs, "refs": reference_outputs(spec, inputs), "labels": spec.accuracy_labels}
 
     record = {"model": {"name": name, **source, "family": fam.name, "task": task},
               "targets": {}, "formats": list(options.formats), "versions": build_versions()}
     for t, target in resolved.items():
         record["targets"][t] = build_target(spec, modules, refs, target, out / t, cpus.get(t), name,
-                                            source, options, progress)
+                                            source, options, progress, gate)
     write_json(out / "build.json", record)
     progress.info(f"edgebundle: wrote {out}/build.json")
     return record
@@ -103,7 +115,7 @@ class _Staged(Progress):
 
 
 def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir: Path, cpu: str | None,
-                 name: str, source: dict, options: BuildOptions, progress: Progress) -> dict:
+                 name: str, source: dict, options: BuildOptions, progress: Progress, gate: dict | None = None) -> dict:
     """Compile, write and validate one target directory, then its formats.
 
     All of it is written into a staging directory beside OUT/<target> and swapped in at the
@@ -114,7 +126,7 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
     stage = staging_dir(tdir)
     try:
         trec = _build_target(spec, modules, refs, target, stage, cpu, name, source, options,
-                             _Staged(progress, stage, tdir))
+                             _Staged(progress, stage, tdir), gate)
         replace_dir(stage, tdir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -124,20 +136,21 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
 
 
 def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir: Path, cpu: str | None,
-                  name: str, source: dict, options: BuildOptions, progress: Progress) -> dict:
+                  name: str, source: dict, options: BuildOptions, progress: Progress, gate: dict | None) -> dict:
     from builder.compiler.weights import Writer as WeightsWriter
+    from builder.validate.accuracy import check as check_accuracy
     from builder.validate.compare import Disagreement
     from builder.validate.target import validate_target
 
     cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
-    vspecs = target.variants(cpu)
+    vspecs = target.variants(cpu, options.quantize)
     db_target = None
     if target.device == "cpu" and options.tuning_db:
         from builder.compiler.tuning_db import mismatch, read_target
 
         db_target = read_target(options.tuning_db)
-        compiled_for = [target.tvm_target_json(v.cpu, options.cuda_archs) for v in vspecs]
+        compiled_for = [target.tvm_target_json(v.cpu, options.cuda_archs, v.attrs) for v in vspecs]
         if db_target not in compiled_for:  # before minutes of compiling, not after
             raise mismatch(options.tuning_db, db_target, compiled_for)
     from builder.compiler.variants import compile_variants
@@ -152,6 +165,10 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
         from builder.compiler.schedules.storage import tolerance
 
         spec = dataclasses.replace(spec, tolerance=tolerance(spec.tolerance, storage))
+    if options.quantize == "int8":
+        from builder.compiler.schedules.int8 import TOLERANCE
+
+        spec = dataclasses.replace(spec, tolerance={k: max(v, TOLERANCE) for k, v in spec.tolerance.items()})
     codes, writer, variants = {}, WeightsWriter(), []
     compile_options = dataclasses.replace(options, weights=storage)  # what the kernels read, decided here
     for compiled in compile_variants(modules, target, vspecs, tdir, compile_options, max_seq, cuda_archs,
@@ -171,6 +188,12 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
     weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
     if weights is not None:
         weights["storage"] = storage
+        if options.quantize == "int8":
+            from builder.compiler.schedules.int8 import manifest_record
+
+            weights["quantization"] = manifest_record(writer.arrays)
+            progress.info(f"    int8: {weights['quantization']['layers']} dense layers, "
+                          f"{weights['quantization']['int8_bytes'] / 1e6:.1f} MB of int8 weights")
         if storage != "fp32":
             wide = sum(a.nbytes for a in writer.arrays if a.dtype.name == "float32")
             progress.info(f"    weights: {(writer.bytes - wide) / 1e6:.1f} MB {storage}, {wide / 1e6:.1f} MB fp32 "
@@ -196,8 +219,13 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
         # The baseline is timed: deploy sizes timeouts for the slowest host the bundle may land on.
         try:
             result = validate_target(tdir, target, spec, refs, progress, v.library.file, v.name,
-                                     timings if v is manifest.baseline else None)
+                                     timings if v is manifest.baseline else None, gate)
         except Disagreement as e:
+            if options.quantize != "none":
+                raise ValidationError(e.what, where=e.where,
+                                      hint="the int8 model is further from PyTorch than quantization usually moves "
+                                           f"it (tolerance {spec.tolerance['rtol']:g} of the largest output): build "
+                                           "without --quantize and report the model") from e
             if storage == "fp32":
                 raise
             raise ValidationError(e.what, where=e.where,
@@ -205,6 +233,8 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
                                        f"(tolerance {spec.tolerance['rtol']:g} of the largest output): build with "
                                        "--weights fp32; if that passes, the model is sensitive to rounding its "
                                        "weights") from e
+        if "accuracy" in result:
+            check_accuracy(result["accuracy"], str(tdir / v.library.file), v.name)
         validated.append(dataclasses.replace(v, validation=result))
     manifest = dataclasses.replace(manifest, variants=tuple(validated))
     write_manifest(tdir, manifest)

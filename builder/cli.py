@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from builder.errors import EdgebundleError
-from builder.options import STORAGES, BuildOptions
+from builder.options import QUANTIZE, STORAGES, BuildOptions
 from builder.progress import Progress
 
 # Where a failure that is edgebundle's own fault should be reported.
@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU targets: how matmul, conv and embedding weights are stored; fp16 and bf16 halve the "
                         "file and the memory traffic and are widened to fp32 inside the kernels, which compute in "
                         f"fp32 (default {BuildOptions.weights}: no slower than fp32, answers within ~1e-3 of it)")
+    b.add_argument("--quantize", choices=list(QUANTIZE), default=BuildOptions.quantize,
+                   help="CPU targets: int8 dense layers (per-column int8 weights, per-token int8 activations, "
+                        "int32 accumulation; VNNI / AVX2 / Arm dot-product kernels picked at load); the build "
+                        "checks the answers against fp32 on a shipped text set and fails below cosine 0.99")
     b.add_argument("--no-schedule", dest="schedule", action="store_false",
                    help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -208,7 +212,8 @@ def build_options(args) -> BuildOptions:
                         task=args.task, name=args.name, seq_len=args.seq_len, seq_buckets=args.seq_buckets,
                         python=(args.python or [None])[0], pythons=tuple(args.python or ()), cpu=tuple(args.cpu or ()), base_images=tuple(args.base_image or ()),
                         cuda_archs=tuple(a for group in args.cuda_arch or () for a in group), host=args.host,
-                        schedule=args.schedule, tuning_db=args.tuning_db, weights=args.weights)
+                        schedule=args.schedule, tuning_db=args.tuning_db, weights=args.weights,
+                        quantize=args.quantize)
 
 
 def cmd_build(args) -> int:

@@ -18,6 +18,8 @@ DEFAULT_CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
 # How weights may be stored (`build --weights`): builder/compiler/schedules/storage.py.
 STORAGES = ("fp32", "fp16", "bf16")
+# `build --quantize`: dense layers int8 (builder/compiler/schedules/int8.py).
+QUANTIZE = ("none", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,7 @@ class BuildOptions:
     # builder/compiler/schedules/storage.py. fp16 by measurement: half the file and the
     # memory, and no slower (BERT-base 5% faster, ResNet50 level; Zen 5, README).
     weights: str = "fp16"
+    quantize: str = "none"
 
     def __post_init__(self):
         # Lists from callers become tuples: options are hashable and cannot be mutated midway.
@@ -65,6 +68,11 @@ class BuildOptions:
 
             raise EdgebundleError(f"unknown weight storage {self.weights!r}", where="BuildOptions.weights",
                                   hint=f"one of {', '.join(STORAGES)}")
+        if self.quantize not in QUANTIZE:
+            from builder.errors import EdgebundleError
+
+            raise EdgebundleError(f"unknown quantization {self.quantize!r}", where="BuildOptions.quantize",
+                                  hint=f"one of {', '.join(QUANTIZE)}")
 
     def base_image(self, fmt: str, target: str) -> str | None:
         """The --base-image given for this format and target, most specific first."""

@@ -150,13 +150,16 @@ class WeightsFile:
     # How the GEMM and embedding weights are stored: fp32, fp16 or bf16 (its bits as uint16);
     # the kernels widen them to fp32. Each tensor's dtype is in the file's own table.
     storage: str = "fp32"
+    # `build --quantize int8`: {"scheme": "int8", how weights and activations are quantized,
+    # "layers", "int8_bytes"}; the kernels are the variants' (their schedule's "int8").
+    quantization: dict | None = None
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return _drop_none(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, d: dict) -> WeightsFile:
-        return cls(d["file"], int(d["count"]), int(d["bytes"]), str(d.get("storage", "fp32")))
+        return cls(d["file"], int(d["count"]), int(d["bytes"]), str(d.get("storage", "fp32")), d.get("quantization"))
 
 
 def _drop_none(d: dict) -> dict:

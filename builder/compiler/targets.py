@@ -25,8 +25,9 @@ from builder.platforms import PLATFORMS, CpuPlatform
 FAST_MATH = {"fast-math-reassoc": True, "fast-math-nnan": True, "fast-math-nsz": True}
 
 
-def llvm_target(plat: CpuPlatform, cpu: str | None = None) -> dict:
-    return {"kind": "llvm", "mtriple": plat.gnu_triplet, "mcpu": cpu or plat.default_cpu, **FAST_MATH}
+def llvm_target(plat: CpuPlatform, cpu: str | None = None, attrs: tuple = ()) -> dict:
+    return {"kind": "llvm", "mtriple": plat.gnu_triplet, "mcpu": cpu or plat.default_cpu,
+            **({"mattr": list(attrs)} if attrs else {}), **FAST_MATH}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class VariantSpec:
     name: str
     cpu: str
     suffix: str = ""
+    attrs: tuple = ()  # LLVM features beyond the CPU's (mattr)
 
     def library(self, seq: int | None, longest: int | None) -> str:
         stem = "model" if seq in (None, longest) else f"model-seq{seq}"
@@ -50,6 +52,13 @@ class VariantSpec:
 PLATFORM_VARIANTS = {
     "x86_64": (VariantSpec("avx2", "haswell"), VariantSpec("avx512", "x86-64-v4", ".avx512")),
     "arm64": (VariantSpec("neoverse-n1", "neoverse-n1"),),
+}
+# `--quantize int8` builds: the int8 kernels' instructions decide (schedules/int8.py). AVX-512
+# without VNNI (Skylake-SP) runs the AVX2 variant; Neoverse N1 has the Armv8.2 dot product.
+INT8_VARIANTS = {
+    "x86_64": (VariantSpec("avx2", "haswell"),
+               VariantSpec("avx512-vnni", "x86-64-v4", ".avx512vnni", ("+avx512vnni",))),
+    "arm64": PLATFORM_VARIANTS["arm64"],
 }
 
 
@@ -69,21 +78,21 @@ class TargetSpec:
     def elf_machine(self) -> int:
         return self.platform.elf_machine
 
-    def tvm_target_json(self, cpu: str | None = None, cuda_archs: tuple = ()) -> dict:
+    def tvm_target_json(self, cpu: str | None = None, cuda_archs: tuple = (), attrs: tuple = ()) -> dict:
         """The TVM target. For CUDA its arch is the oldest of `cuda_archs`: TVM generates one
         source for all of them (nvcc then compiles SASS for each), and nothing the oldest GPU
         lacks may be in it."""
-        host = llvm_target(self.platform, cpu)
+        host = llvm_target(self.platform, cpu, attrs)
         if self.device == "cpu":
             return host
         return {"kind": "cuda", "arch": check_cuda_archs(cuda_archs)[0], "host": host}
 
-    def variants(self, cpu: str | None = None) -> tuple:
+    def variants(self, cpu: str | None = None, quantize: str = "none") -> tuple:
         """What to compile: an explicit --cpu is one variant of its own ("cpu"); GPU targets
         compile their host code once, for the baseline."""
         if cpu:
             return (VariantSpec("cpu", cpu),)
-        known = PLATFORM_VARIANTS[self.platform.name]
+        known = (INT8_VARIANTS if quantize == "int8" else PLATFORM_VARIANTS)[self.platform.name]
         return known if self.device == "cpu" else known[:1]
 
     def host_can_run(self) -> bool:

@@ -48,7 +48,7 @@ def variant_params(target, vspec, options, db_target):
     from builder.compiler.schedules.cpu import params_from_env
     from builder.compiler.tuning_db import load_tuning_db
 
-    tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs)
+    tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs, vspec.attrs)
     params, db = params_from_env(vspec.name), None
     if db_target == tvm_target:
         params, db = load_tuning_db(options.tuning_db, tvm_target, params)
@@ -61,13 +61,22 @@ def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_ar
 
     from builder.compiler.library import compile_library
 
-    tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs)
+    tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs, vspec.attrs)
     params, schedule = variant_params(target, vspec, options, db_target) if target.device == "cpu" else (None, None)
+    if options.quantize == "int8":
+        import tvm
+
+        from builder.compiler.schedules.int8 import kernel_kind
+
+        kind = kernel_kind(tvm.target.Target(tvm_target))
+        schedule["int8"] = {"kernel": kind.name, "activation_levels": kind.levels, "activation_zero_point": kind.zero,
+                            "tile": [kind.rows, kind.vectors * kind.lanes]}
     out = Compiled(vspec.name, tvm_target, schedule, [], {}, {}, {})
     for seq, bucket in modules.items():
         lib = vspec.library(seq, max_seq)
         code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
-                                       cpu_params=params, cuda_archs=cuda_archs, storage=options.weights)
+                                       cpu_params=params, cuda_archs=cuda_archs, storage=options.weights,
+                                       quantize=options.quantize)
         if code is not None:
             out.codes[lib] = code
         keys = []
@@ -107,11 +116,11 @@ def compile_variants(modules: dict, target, vspecs: tuple, tdir: Path, options, 
     if not _parallel(target, vspecs, options):
         done = []
         for vspec in vspecs:
-            tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs)
+            tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs, vspec.attrs)
             with progress.step(f"compile + link {target.name} variant {vspec.name} ({json.dumps(tvm_target)})"):
                 done.append(_compile(vspec, *args))
         return done
-    names = " and ".join(f"{v.name} ({json.dumps(target.tvm_target_json(v.cpu))})" for v in vspecs)
+    names = " and ".join(f"{v.name} ({json.dumps(target.tvm_target_json(v.cpu, (), v.attrs))})" for v in vspecs)
     with progress.step(f"compile + link {target.name} variants {names}, in parallel"):
         with ThreadPoolExecutor(len(vspecs), thread_name_prefix="edgebundle-compile") as pool:
             futures = [pool.submit(_compile, vspec, *args) for vspec in vspecs]

@@ -43,6 +43,15 @@ def _variants(m, target_dir: Path) -> list[str]:
         if isinstance(db, dict):
             lines.append(f"             schedule from tuning database {db.get('file')} (sha256 {str(db.get('sha256'))[:16]})")
         lines.append(f"             validated {_validation(v.validation)}")
+        i8 = (v.schedule or {}).get("int8")
+        if i8:
+            lines.append(f"             int8 kernel {i8['kernel']} ({i8['tile'][0]}x{i8['tile'][1]} tiles, activations "
+                         f"{i8['activation_levels']} levels per sign)")
+        gate = (v.validation or {}).get("accuracy")
+        if gate:
+            from builder.validate.accuracy import summary
+
+            lines.append(f"             accuracy gate: {summary(gate)}")
     if m.target.device == "cpu" and m.target.arch == platform.machine():
         try:
             choice = cpu.choose(m.variants, where=str(Path(target_dir) / FILENAME))
@@ -94,6 +103,10 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
     if m.weights:
         lines.append(f"weights    {m.weights.file}: {m.weights.count} tensors, {m.weights.bytes / 1e6:.1f} MB "
                      f"({m.weights.storage}), mapped at load")
+        q = m.weights.quantization
+        if q:
+            lines.append(f"int8       {q.get('layers')} dense layers, {q.get('int8_bytes', 0) / 1e6:.1f} MB: weights "
+                         f"{q.get('weights')}; activations {q.get('activations')}")
     lines.append(f"glibc      {m.library.file} needs {m.glibc_required}")
     v = m.versions
     lines.append(f"versions   tvm {v.tvm}, tvm_ffi {v.tvm_ffi}, torch {v.torch}, "

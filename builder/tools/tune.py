@@ -93,7 +93,7 @@ def tune(model: str, *, target: str = "x86_64", out: Path, seq_len: int = DEFAUL
     if lacks:
         raise EdgebundleError(f"tune times code on this host, whose CPU lacks {', '.join(lacks)} (variant "
                               f"{chosen.name} needs them)", hint="tune on a machine that has them")
-    tvm_target = spec_t.tvm_target_json(chosen.cpu)
+    tvm_target = spec_t.tvm_target_json(chosen.cpu, (), chosen.attrs)
     has_conv = "conv2d" in mod.script(show_meta=False)
 
     tried = []

@@ -12,21 +12,23 @@ class Disagreement(ValidationError):
     """The compiled module ran and its outputs are off from PyTorch's beyond the tolerance."""
 
 
-def reference_outputs(spec: ModelSpec) -> list[list[np.ndarray]]:
+def reference_outputs(spec: ModelSpec, inputs: list[dict] | None = None) -> list[list[np.ndarray]]:
+    """PyTorch's outputs for each input set (default: the validation inputs)."""
     import torch
 
     refs = []
     with torch.no_grad():
-        for arrays in spec.validation_inputs:
+        for arrays in spec.validation_inputs if inputs is None else inputs:
             out = spec.module(*torch_inputs(arrays, spec))
             refs.append([o.detach().cpu().numpy() for o in out])
     return refs
 
 
-def run_in_process(model, spec: ModelSpec, where: str) -> list[dict]:
-    """Outputs of the compiled module (through runtime/) for every validation input set."""
+def run_in_process(model, spec: ModelSpec, where: str, inputs: list[dict] | None = None) -> list[dict]:
+    """Outputs of the compiled module (through runtime/) for every input set (default: the
+    validation inputs)."""
     outputs = []
-    for n, arrays in enumerate(spec.validation_inputs):
+    for n, arrays in enumerate(spec.validation_inputs if inputs is None else inputs):
         try:
             outputs.append({name: np.asarray(view) for name, view in model.run(arrays).items()})
         except Exception as e:

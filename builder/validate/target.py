@@ -18,11 +18,13 @@ GPU_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 
 
 def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progress: Progress, library: str,
-                    variant: str, timings: dict | None = None) -> dict:
+                    variant: str, timings: dict | None = None, gate: dict | None = None) -> dict:
     """Compare one variant with PyTorch; where the model runs in-process, also time it into
     `timings` (timing.json and build.json only: model.json and the bundles stay
     byte-identical across builds). A variant this machine's CPU cannot run is
-    {"unvalidated": why}: the runtime never picks it unless forced."""
+    {"unvalidated": why}: the runtime never picks it unless forced. `gate` (quantized builds:
+    {"inputs", "refs"}, builder/validate/accuracy.py) adds result["accuracy"] where the
+    variant ran."""
     import runtime
     from runtime import cpu
 
@@ -38,12 +40,20 @@ def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progr
             model = runtime.load(tdir, variant=variant)
             result = compare(spec, refs, run_in_process(model, spec, where), where)
         result["how"] = "in-process"
+        if gate is not None:
+            with progress.step(f"accuracy gate: {target.name} variant {variant} on {_rows(gate)} inputs"):
+                result["accuracy"] = _gate(spec, gate, run_in_process(model, spec, where, gate["inputs"]))
         if timings is not None:
             with progress.step(f"time {target.name} at batch 1 and {model.max_batch}"):
                 timings.update(time_model(model))
     elif can_emulate(target):
-        outputs = run_emulated(tdir, target, spec.validation_inputs, progress)
+        extra = gate["inputs"] if gate is not None else []
+        # one emulated run (one staged sandbox) for validation and the gate
+        outputs = run_emulated(tdir, target, spec.validation_inputs + extra, progress)
+        outputs, gated = outputs[:len(spec.validation_inputs)], outputs[len(spec.validation_inputs):]
         result = compare(spec, refs, outputs, where)
+        if gate is not None:
+            result["accuracy"] = _gate(spec, gate, gated)
         env = " ".join(f"{k}={v}" for k, v in sandbox.emulator_env(target.platform.name).items())
         result["how"] = f"emulated ({target.platform.emulator}{', ' + env if env else ''})"
     elif target.device == "cuda" and platform.machine() == target.arch:
@@ -64,7 +74,24 @@ def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progr
         progress.warn(f"{target.name}: not validated: {reason}")
         return {"skipped": reason}
     progress.info("    max|diff| vs PyTorch: " + ", ".join(f"{k} {v:.2e}" for k, v in result["max_abs_diff"].items()))
+    if "accuracy" in result:
+        from builder.validate.accuracy import summary
+
+        progress.info("    accuracy gate: " + summary(result["accuracy"]))
     return result
+
+
+def _rows(gate: dict) -> int:
+    return sum(len(next(iter(a.values()))) for a in gate["inputs"])
+
+
+def _gate(spec: ModelSpec, gate: dict, outputs: list[dict]) -> dict:
+    from builder.validate.accuracy import evaluate
+
+    name = spec.postprocessing.output
+    index = [o.name for o in spec.outputs].index(name)
+    return evaluate(spec.postprocessing.kind, [r[index] for r in gate["refs"]], [o[name] for o in outputs],
+                    gate.get("labels"))
 
 
 def time_model(model) -> dict:

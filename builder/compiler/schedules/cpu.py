@@ -447,6 +447,7 @@ VARIANT_PARAMS: dict[str, dict] = {
     "avx512": {**_SHARED, "vector": 16, "mr": 8, "nr": 48, "gemm_mr": 8, "gemm_nr": 32, "conv_mr": 7,
                "conv_nr": 32, "narrow_nr": 32, "spatial_nr": 32, "packed_pointwise": False},
 }
+VARIANT_PARAMS["avx512-vnni"] = VARIANT_PARAMS["avx512"]  # int8 builds: the same fp32 kernels besides
 
 
 def params_from_env(variant: str | None = None) -> CpuParams:
@@ -546,8 +547,11 @@ def _rewrite_pass(name: str, pattern, rewriter):
     return _pass
 
 
-def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32") -> list:
+def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32", quantize: str = "none") -> list:
+    import tvm
     from tvm import relax
+
+    from .int8 import kernel_kind, quantize_dense
 
     from .packed import use_packed_conv
     from .storage import store_weights
@@ -568,6 +572,8 @@ def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32") 
         *([use_winograd(params.winograd_min_width, params.gemm_mr, params.winograd_f4_min_width, storage)]
           if params.winograd else []),
         *([use_packed_conv(params.gemm_mr, params.packed_pointwise, storage)] if params.packed_conv else []),
+        # int8 first: the dense weights it takes are quantized from fp32, not from fp16
+        *([quantize_dense(kernel_kind(tvm.target.Target.current()))] if quantize == "int8" else []),
         *([store_weights(storage)] if storage != "fp32" else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
@@ -608,7 +614,8 @@ def split_weight_packing():
     return _split
 
 
-def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True, storage: str = "fp32"):
+def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True, storage: str = "fp32",
+                 quantize: str = "none"):
     """The Relax pipeline for llvm targets: TVM's CPU stages with our schedules after FuseTIR.
 
     Before legalization: BatchNorm is decomposed for inference (its scale/shift then fuses
@@ -629,7 +636,7 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True,
             # legalize at once ("nested op_tag is not allowed"). The rest runs in parallel.
             with TE_LOCK:
                 mod = tvm.transform.Sequential([
-                    *pre_legalize_passes(params, storage),
+                    *pre_legalize_passes(params, storage, quantize),
                     *cg.library_dispatch_passes(target),
                     *cg.legalize_passes(target),
                 ])(mod)

@@ -31,6 +31,10 @@ class ModelSpec:
     # Inputs with a "seq" dimension: one library per length here (ascending), all sharing
     # the weights; a request runs on the shortest that fits, padded with each input's pad.
     seq_buckets: list[int] | None = None
+    # The accuracy gate of quantized builds (builder/validate/accuracy.py): input batches
+    # and a name per row (the sentence).
+    accuracy_inputs: list[dict] | None = None
+    accuracy_labels: list[str] | None = None
 
 
 def default_buckets(seq_len: int) -> list[int]:

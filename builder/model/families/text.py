@@ -257,6 +257,9 @@ class TextFamily(Family):
         # Every compiled length is validated, on real text padded to it and on random ids
         # filling it; the text at its own length also checks runtime/'s padding to a bucket.
         validation = [fit_seq(a, inputs, n) for n in buckets for a in (texts, full)] + [texts]
+        from builder.validate import accuracy
+
+        gate_texts = accuracy.texts()
         return ModelSpec(
             family=self.name, task=task,
             architecture=(archs or [self.architectures[0]])[0],
@@ -270,6 +273,8 @@ class TextFamily(Family):
             files={"tokenizer.json": tok.to_str().encode()},
             notes=notes,
             seq_buckets=buckets,
+            accuracy_inputs=accuracy.batches(encode(tok, gate_texts, inputs)),
+            accuracy_labels=gate_texts,
         )
 
 
