@@ -182,6 +182,10 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
             # otherwise is stored again (a schedule rule choosing its own panel width).
             progress.warn(f"variant {compiled.name} stores {(writer.bytes - before) / 1e6:.1f} MB of weights the "
                           "baseline does not share")
+        if ((compiled.schedule or {}).get("int8") or {}).get("kernel") == "generic":
+            progress.warn(f"variant {compiled.name}: its CPU ({compiled.tvm_target.get('mcpu')}) has no int8 dot "
+                          "product this build knows (AVX2, AVX-512 VNNI, Armv8.2 dotprod): int8 runs as plain "
+                          "widening multiplies, likely slower than fp32; build without --quantize for it")
         variants.append(Variant(compiled.name, KINDS[compiled.name].features, compiled.tvm_target,
                                 tuple(Library(lib, seq, ()) for lib, seq in compiled.files), compiled.schedule))
         del compiled
@@ -192,12 +196,16 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
             from builder.compiler.schedules.int8 import manifest_record
 
             weights["quantization"] = manifest_record(writer.arrays)
-            progress.info(f"    int8: {weights['quantization']['layers']} dense layers, "
-                          f"{weights['quantization']['int8_bytes'] / 1e6:.1f} MB of int8 weights")
-        if storage != "fp32":
-            wide = sum(a.nbytes for a in writer.arrays if a.dtype.name == "float32")
-            progress.info(f"    weights: {(writer.bytes - wide) / 1e6:.1f} MB {storage}, {wide / 1e6:.1f} MB fp32 "
-                          "(biases, norms, folded tables, F(4x4) Winograd weights, tensors the narrow type cannot hold)")
+        if storage != "fp32" or options.quantize != "none":
+            names = {"uint16": "bf16", "float16": "fp16", "float32": "fp32"}
+            by_type: dict = {}
+            for a in writer.arrays:
+                key = names.get(a.dtype.name, a.dtype.name)
+                by_type[key] = by_type.get(key, 0) + a.nbytes
+            progress.info("    weights: " + ", ".join(f"{b / 1e6:.1f} MB {t}" for t, b in sorted(by_type.items(),
+                                                                                            key=lambda kv: -kv[1]))
+                          + " (fp32: biases, norms, folded tables, F(4x4) Winograd weights, tensors the narrow "
+                            "type cannot hold; int32: int8 column sums)")
     variants = [dataclasses.replace(v, libraries=tuple(Library(lib.file, lib.seq, tuple(writer.orders.get(lib.file, ())))
                                                        for lib in v.libraries)) for v in variants]
     device_code = None

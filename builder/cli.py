@@ -181,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
                                                    "(needed unless it came from the Hugging Face cache: builds do "
                                                    "not record local paths)")
     bn.add_argument("--batch", type=_at_least_one, default=1, help="rows per request for the warm timings (default 1)")
+    bn.add_argument("--also", type=Path, action="append", metavar="OUT",
+                    help="another build's OUT of the same model (other --weights / --quantize), timed in the same "
+                         "rounds (repeatable)")
+    bn.add_argument("--ort-int8", action="store_true",
+                    help="also time ONNX Runtime's quantize_dynamic model (per-channel int8 weights, dynamic u8 "
+                         "activations); on by default when the build is int8")
     bn.add_argument("--json", type=Path, help="write the results as JSON")
     bn.add_argument("--plot", type=Path, help="draw a bar chart (PNG)")
     bn.add_argument("--quiet", action="store_true")
@@ -320,7 +326,7 @@ def cmd_bench(args) -> int:
 
     bench(args.model, target=args.target, threads=args.threads, runs=args.runs, cold_runs=args.cold_runs,
           json_path=args.json, plot_path=args.plot, seq_len=args.seq_len, progress=Progress(quiet=args.quiet),
-          model_dir=args.model_dir, batch=args.batch)
+          model_dir=args.model_dir, batch=args.batch, also=tuple(args.also or ()), ort_int8=args.ort_int8)
     return 0
 
 

@@ -69,7 +69,7 @@ def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_ar
         from builder.compiler.schedules.int8 import kernel_kind
 
         kind = kernel_kind(tvm.target.Target(tvm_target))
-        schedule["int8"] = {"kernel": kind.name, "activation_levels": kind.levels, "activation_zero_point": kind.zero,
+        schedule["int8"] = {"kernel": kind.name, "activation_levels": kind.levels + 1,
                             "tile": [kind.rows, kind.vectors * kind.lanes]}
     out = Compiled(vspec.name, tvm_target, schedule, [], {}, {}, {})
     for seq, bucket in modules.items():

@@ -136,10 +136,12 @@ def built_from(manifest, model_dir: Path | None, tdir: Path) -> Path:
 def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = None, runs: int = 30,
           cold_runs: int = 3, json_path: Path | None = None, plot_path: Path | None = None,
           seq_len: int = DEFAULT_SEQ_LEN, progress: Progress | None = None, model_dir: Path | None = None,
-          batch: int = 1) -> dict:
+          batch: int = 1, also: tuple = (), ort_int8: bool = False) -> dict:
     """`model_dir`: with a build's OUT, the model directory it was built from (manifests do
     not record the build machine's paths: only a hub source is found without it). `batch`:
-    rows per request for the warm timings (the same request for every engine)."""
+    rows per request for the warm timings (the same request for every engine). `also`:
+    other builds' OUT of the same model, timed in the same rounds. `ort_int8`: ONNX
+    Runtime's quantize_dynamic model too (always for an int8 build)."""
     progress = progress or Progress()
     try:
         import onnxruntime as ort
@@ -151,12 +153,12 @@ def bench(model_or_out: str, *, target: str = "x86_64", threads: int | None = No
     with tempfile.TemporaryDirectory(prefix="edgebundle-bench-") as tmp:
         return _bench(Path(tmp), ort, model_or_out, target=target, threads=threads, runs=runs,
                       cold_runs=cold_runs, json_path=json_path, plot_path=plot_path, seq_len=seq_len,
-                      progress=progress, model_dir=model_dir, batch=batch)
+                      progress=progress, model_dir=model_dir, batch=batch, also=also, ort_int8=ort_int8)
 
 
 def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | None, runs: int, cold_runs: int,
            json_path: Path | None, plot_path: Path | None, seq_len: int, progress: Progress,
-           model_dir: Path | None = None, batch: int = 1) -> dict:
+           model_dir: Path | None = None, batch: int = 1, also: tuple = (), ort_int8: bool = False) -> dict:
     from builder.build import build
     from builder.model.families import FAMILIES
     from builder.model.families.base import one_request, read_json
@@ -227,8 +229,25 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
     for v in manifest.variants:
         if v.name != ours.variant.name and v.validated and not cpu.missing(cpu.KINDS[v.name], cpu.features()):
             others[f"edgebundle {v.name}"] = runtime.load(tdir, variant=v.name)
+    for other in also:
+        m = read_manifest(Path(other) / target)
+        if m.model.source != manifest.model.source or [t.name for t in m.inputs] != [t.name for t in manifest.inputs]:
+            raise EdgebundleError(f"--also {other}: a build of {m.model.source}, not of {manifest.model.source}",
+                                  hint="compare builds of one model")
+        for v in m.variants:  # every variant this CPU runs: int8 avx2 next to fp32 avx2
+            if v.validated and not cpu.missing(cpu.KINDS[v.name], cpu.features()):
+                others[f"edgebundle {_build_label(m)} {v.name}"] = runtime.load(Path(other) / target, variant=v.name)
     for name, model in others.items():
         candidates[name] = lambda model=model: np.asarray(next(iter(model.run(inputs).values())))
+    quantized = bool(manifest.weights and manifest.weights.quantization)
+    if ort_int8 or quantized:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with progress.step("ONNX Runtime int8: quantize_dynamic (per-channel QInt8 weights)"):
+            ort8_path = work / "model.int8.onnx"
+            quantize_dynamic(str(onnx_path), str(ort8_path), per_channel=True, weight_type=QuantType.QInt8)
+        sess8 = ort.InferenceSession(str(ort8_path), so, providers=["CPUExecutionProvider"])
+        candidates["ONNX Runtime int8"] = lambda: sess8.run(None, inputs)[0]
     ref = run_torch()
     agree = {name: float(np.max(np.abs(fn() - ref))) for name, fn in candidates.items()}
     with progress.step(f"warm latency: {runs} interleaved rounds, {threads} threads"):
@@ -284,6 +303,8 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
     # ONNX Runtime needs numpy beside it (ours does not).
     sizes["ONNX Runtime"] = {"runtime_bytes": tree_size(Path(ort.__file__).parent) + tree_size(Path(np.__file__).parent),
                              "model_bytes": onnx_path.stat().st_size}
+    if "ONNX Runtime int8" in candidates:
+        sizes["ONNX Runtime int8"] = {**sizes["ONNX Runtime"], "model_bytes": ort8_path.stat().st_size}
 
     result = {
         "model": dataclasses.asdict(manifest.model), "target": target, "threads": threads, "batch": batch,
@@ -315,6 +336,13 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
     return result
 
 
+def _build_label(m) -> str:
+    """What distinguishes builds of one model: the weights' storage or int8."""
+    if m.weights is None:
+        return "fp32"
+    return "int8" if m.weights.quantization else m.weights.storage
+
+
 def _cpu_name() -> str:
     """The model name, with the CPU family where it says more than the name (AMD's "AMD
     EPYC" is Zen 2 in family 23, Zen 4 in 25, Zen 5 in 26) and AVX-512 or not."""
@@ -339,16 +367,17 @@ def format_table(r: dict) -> str:
     lines = [f"{r['model']['name']} ({r['model']['task']}), inputs {r['input_shapes']}, {r['target']}, "
              f"{r['threads']} threads, {r['machine']['cpu']}, {r['date']}"
              + (f"; edgebundle (TVM) is variant {picked['picked']} ({picked['reason']})" if picked else ""),
-             f"{'':<18}{'median ms':>10}{'p90 ms':>9}{'vs torch':>9}{'cold s':>8}{'RSS MB':>8}"
-             f"{'runtime MB':>11}{'max|diff|':>11}"]
+             f"{'':<22}{'median ms':>10}{'p90 ms':>9}{'vs torch':>9}{'cold s':>8}{'RSS MB':>8}"
+             f"{'runtime MB':>11}{'model MB':>10}{'max|diff|':>11}"]
     for name, st in r["warm"].items():
         cold = r["cold_start"].get(name)
         size = r["sizes"].get(name)
         cold_s = f"{cold['median_s']:.2f}" if cold else "-"
         rss = f"{cold['peak_rss_mb']:.0f}" if cold else "-"
         runtime_mb = f"{size['runtime_bytes'] / 2**20:.1f}" if size else "-"
-        lines.append(f"{name:<18}{st['median_ms']:>10.1f}{st['p90_ms']:>9.1f}{st['speedup_vs_torch']:>8.2f}x"
-                     f"{cold_s:>8}{rss:>8}{runtime_mb:>11}{r['max_abs_diff_vs_torch'][name]:>11.1e}")
+        model_mb = f"{size['model_bytes'] / 2**20:.1f}" if size else "-"
+        lines.append(f"{name:<22}{st['median_ms']:>10.1f}{st['p90_ms']:>9.1f}{st['speedup_vs_torch']:>8.2f}x"
+                     f"{cold_s:>8}{rss:>8}{runtime_mb:>11}{model_mb:>10}{r['max_abs_diff_vs_torch'][name]:>11.1e}")
     for tokens, row in (r.get("warm_by_length") or {}).items():
         lines.append(f"  at {tokens} tokens: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in row.items()))
     return "\n".join(lines)

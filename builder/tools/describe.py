@@ -46,7 +46,7 @@ def _variants(m, target_dir: Path) -> list[str]:
         i8 = (v.schedule or {}).get("int8")
         if i8:
             lines.append(f"             int8 kernel {i8['kernel']} ({i8['tile'][0]}x{i8['tile'][1]} tiles, activations "
-                         f"{i8['activation_levels']} levels per sign)")
+                         f"{i8['activation_levels']} levels per row)")
         gate = (v.validation or {}).get("accuracy")
         if gate:
             from builder.validate.accuracy import summary
@@ -105,8 +105,8 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
                      f"({m.weights.storage}), mapped at load")
         q = m.weights.quantization
         if q:
-            lines.append(f"int8       {q.get('layers')} dense layers, {q.get('int8_bytes', 0) / 1e6:.1f} MB: weights "
-                         f"{q.get('weights')}; activations {q.get('activations')}")
+            lines.append(f"int8       {q.get('tensors')} tensors, {q.get('int8_bytes', 0) / 1e6:.1f} MB: dense weights "
+                         f"{q.get('weights')}; activations {q.get('activations')}; embeddings int8 per row")
     lines.append(f"glibc      {m.library.file} needs {m.glibc_required}")
     v = m.versions
     lines.append(f"versions   tvm {v.tvm}, tvm_ffi {v.tvm_ffi}, torch {v.torch}, "

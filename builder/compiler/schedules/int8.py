@@ -3,22 +3,24 @@
 A matmul with a constant weight W [K, N] becomes, on every CPU target:
 - weights, at build: per output column symmetric int8 (scale max|W[:, n]| / 127), packed
   [N/16, K/4, 16, 4] (16 columns x 4 reduction steps = 64 bytes, the operand of one
-  vpdpbusd), with the column sums of the int8 values (for the activations' zero point);
-- activations, per call: per row (token) symmetric quantization to Q levels, plus a zero
-  point where the instruction wants unsigned bytes, four bytes packed in an int32 so a
-  row's four reduction steps are one broadcast;
-- the product: int32 accumulators in registers, then y = (acc - zp * colsum) * sx * sw.
+  vpdpbusd), with the column sums of the int8 values (for the activations' offset);
+- activations, per call: per row (token) asymmetric quantization over the row's own range
+  (quantize_rows_func), four bytes packed in an int32 so a row's four reduction steps are
+  one broadcast; quantized once for every matmul reading the same rows (Q, K and V);
+- the product: int32 accumulators in registers, then per row and column
+  y = (s_row * acc + c_row * colsum) * s_col.
 The bias and whatever follows (GELU, residual) stay Relax ops: FuseOps puts them into the
 elementwise kernel that follows anyway (bias + GELU, bias + residual + LayerNorm).
 
 The kernels are written loop by loop (TIR through the IR builder), not scheduled: TVM 0.27's
 tensorize segfaults, and LLVM never forms vpdpbusd from a plain int8 multiply-reduce. Their
 inner step, by what the variant's TVM target has (`kernel_kind`):
-- vnni (AVX-512 VNNI): vpdpbusd, u8 activations (Q 127, zero point 128) x s8 weights;
+- vnni (AVX-512 VNNI): vpdpbusd, u8 activations (256 levels) x s8 weights;
 - avx2: vpmaddubsw + vpmaddwd, u8 x s8 whose pair sums are int16 and saturate above 32767:
-  activations get 7 bits (Q 63, zero point 64: 2 x 126 x 127 = 32004), weights keep 8, so
-  every variant reads the same weights file;
-- sdot (Armv8.2 dot product, Graviton2 / Neoverse N1): s8 x s8, Q 127, no zero point;
+  activations get 7 bits (128 levels: 2 x 127 x 127 = 32258), weights keep 8, so every
+  variant reads the same weights file;
+- sdot (Armv8.2 dot product, Graviton2 / Neoverse N1): s8 x s8, activations 256 levels
+  stored less 128;
 - generic: the same arithmetic in plain int32 (any other --cpu).
 """
 from __future__ import annotations
@@ -37,27 +39,30 @@ TOLERANCE = 8e-2
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
-    """An int8 kernel's arithmetic: levels per sign of the activations, their zero point,
-    (rows, vectors) of the register tile, int32 lanes per vector."""
+    """An int8 kernel's arithmetic: the activations' largest level (they are 0..levels,
+    stored as the byte level - offset: signed for sdot), (rows, vectors) of the register
+    tile, int32 lanes per vector."""
 
     name: str
     levels: int
-    zero: int
+    offset: int
     rows: int
     vectors: int
     lanes: int
 
 
 KINDS = {
-    # 8 rows x 3 zmm = 24 accumulators of 32 registers; 128x768x768 in 0.18 ms vs 0.70 fp32
-    # (2 threads, Zen 5).
-    "vnni": Kind("vnni", 127, 128, 8, 3, 16),
-    # 4 rows x 4 ymm (two panels) = 16 ... too many of 16: 4 x 2 ymm = 8 accumulators, two
-    # weight vectors, a broadcast, the ones and a product.
-    "avx2": Kind("avx2", 63, 64, 4, 2, 8),
-    # 6 rows x 4 q-registers (one panel) = 24 accumulators of 32.
-    "sdot": Kind("sdot", 127, 0, 6, 4, 4),
-    "generic": Kind("generic", 127, 0, 4, 4, 4),
+    # u8 x s8. 8 rows x 3 zmm = 24 accumulators of 32 registers; 128x768x768 in 0.17 ms vs
+    # 0.70 fp32 (2 threads, Zen 5).
+    "vnni": Kind("vnni", 255, 0, 8, 3, 16),
+    # u7 x s8: vpmaddubsw's pair sums saturate at 32767, 2 x 127 x 127 = 32258 does not.
+    # 4 rows x 2 ymm = 8 accumulators, two weight vectors, a broadcast, the ones and a
+    # product of 16 registers (4x2 0.65 ms, 5x2 0.65, 6x2 0.67-0.74 on 128x768x768).
+    "avx2": Kind("avx2", 127, 0, 4, 2, 8),
+    # s8 x s8 (levels 0..255 less 128). 6 rows x 4 q-registers = 24 accumulators of 32.
+    "sdot": Kind("sdot", 255, 128, 6, 4, 4),
+    # 2 rows x 2 x (4 columns x 4 partial sums): 16 int32x4 registers on NEON.
+    "generic": Kind("generic", 255, 128, 2, 2, 4),
 }
 
 
@@ -92,13 +97,40 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.ascontiguousarray(packed).reshape(-1), scale, q.astype(np.int32).sum(axis=0).astype(np.int32)
 
 
+def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table [V, D] float32 -> (int8 [V, D], scale float32 [V]), symmetric per
+    row: a token's vector is what is read, so each gets its own scale."""
+    top = np.abs(table).max(axis=1).astype(np.float32)
+    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def _take(bb, call):
+    """take(table, ids) of a large constant table: an int8 table and its row scales. The
+    embeddings are most of a small model's file (all-MiniLM-L6-v2: 11.7 M of 22.7 M
+    parameters)."""
+    from tvm import relax
+
+    from .storage import INJECTIVE, big_const, take_te, with_pattern
+
+    table = big_const(call.args[0])
+    ids = call.args[1].ty
+    if (table is None or table.ndim != 2 or not isinstance(ids, relax.TensorType)
+            or not str(ids.dtype).startswith(("int", "uint"))):
+        return None
+    q, scale = quantize_rows(table)
+    return with_pattern(bb, bb.call_te(take_te, relax.const(q), call.args[1], relax.const(scale),
+                                       primfunc_name_hint="take"), INJECTIVE)
+
+
 def manifest_record(arrays) -> dict:
     """What model.json says of an int8 build's weights (the writer's distinct arrays)."""
     packed = [a for a in arrays if a.dtype == np.int8]
-    return {"scheme": "int8", "layers": len(packed), "int8_bytes": int(sum(a.nbytes for a in packed)),
+    return {"scheme": "int8", "tensors": len(packed), "int8_bytes": int(sum(a.nbytes for a in packed)),
             "weights": f"symmetric per output column, int8 [-127, 127], packed [N/{PANEL}, K/{STEP}, {PANEL}, {STEP}]",
             "activations": "symmetric per row (token), quantized at run time",
-            "accumulation": "int32", "covers": "matmuls with a constant weight (dense layers)"}
+            "accumulation": "int32",
+            "covers": "matmuls with a constant weight (dense layers); embedding tables int8 per row"}
 
 
 def eligible(k: int, n: int) -> bool:
@@ -117,12 +149,20 @@ def _i64(v):
 
 
 def quantize_rows_func(kind: Kind, k: int):
-    """x float32 [m, K] -> (packed quantized rows int32 [m, K/4], row scales float32 [m])."""
+    """x float32 [m, K] -> (packed quantized rows int32 [m, K/4], row parameters float32
+    [m, 2]). Asymmetric per row: u = round((x - min) / s) in [0, levels], s = (max - min) /
+    levels, stored as the byte u - offset; (s, s * offset + min) are the row's parameters,
+    so that sum_k x w ~ s * sum_k byte w + (s * offset + min) * sum_k w. A row's range is
+    used whole: GELU outputs (FFN inputs) are almost all >= -0.17, and a symmetric scale
+    would spend half the levels on values that never occur (all-MiniLM-L6-v2, AVX2's 7
+    bits: worst cosine over the accuracy set 0.9879 symmetric, 0.9926 asymmetric; VNNI's 8
+    bits 0.9927 and 0.9974)."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
     k4 = k // STEP
+    levels = float(kind.levels)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(f"q8_quantize_rows_{k}")
@@ -130,31 +170,35 @@ def quantize_rows_func(kind: Kind, k: int):
             m = tirx.Var("m", "int64")
             x = T.match_buffer(T.arg("x", T.handle()), (m, k), "float32")
             xq = T.match_buffer(T.arg("xq", T.handle()), (m, k4), "int32")
-            xs = T.match_buffer(T.arg("xs", T.handle()), (m,), "float32")
+            xp = T.match_buffer(T.arg("xp", T.handle()), (m, 2), "float32")
             with T.sblock("root"), T.parallel(_i64(0), m) as r:
-                # a one-element buffer: TIR has no mutable scalars (global scope: in a parallel
+                # two-element buffer: TIR has no mutable scalars (global scope: in a parallel
                 # body TVM 0.27 puts "local" allocations on the heap, one malloc per row)
-                top = T.alloc_buffer((1,), "float32", scope="global")
-                T.buffer_store(top, tirx.const(0.0, "float32"), [0])
+                ext = T.alloc_buffer((2,), "float32", scope="global")
+                T.buffer_store(ext, x[r, 0], [0])
+                T.buffer_store(ext, x[r, 0], [1])
                 with T.serial(_i64(0), _i64(k)) as c:
-                    T.buffer_store(top, tirx.max(top[0], tirx.abs(x[r, c])), [0])
-                T.buffer_store(xs, tirx.Select(top[0] > 0, top[0] / float(kind.levels), tirx.const(1.0, "float32")),
-                               [r])
-                inv = tirx.Select(top[0] > 0, float(kind.levels) / top[0], tirx.const(0.0, "float32"))
+                    T.buffer_store(ext, tirx.min(ext[0], x[r, c]), [0])
+                    T.buffer_store(ext, tirx.max(ext[1], x[r, c]), [1])
+                lo, span = ext[0], ext[1] - ext[0]
+                scale = tirx.Select(span > 0, span / levels, tirx.const(1.0, "float32"))
+                T.buffer_store(xp, scale, [r, 0])
+                T.buffer_store(xp, scale * float(kind.offset) + lo, [r, 1])
+                inv = tirx.Select(span > 0, levels / span, tirx.const(0.0, "float32"))
                 with T.serial(_i64(0), _i64(k4)) as c:
                     word = tirx.const(0, "int32")
                     for t in range(STEP):
-                        q = tirx.nearbyint(x[r, c * STEP + t] * inv)
-                        q = tirx.max(tirx.min(q, float(kind.levels)), -float(kind.levels))
-                        byte = (q.astype("int32") + kind.zero) & 255
+                        u = tirx.nearbyint((x[r, c * STEP + t] - lo) * inv)
+                        u = tirx.max(tirx.min(u, levels), 0.0)
+                        byte = (u.astype("int32") - kind.offset) & 255
                         word = word | (byte << (8 * t))
                     T.buffer_store(xq, word, [r, c])
     return ib.get()
 
 
 def matmul_func(kind: Kind, k: int, n: int):
-    """(packed rows int32 [m, K/4], row scales [m], packed weights, column scales [N],
-    column sums [N]) -> float32 [m, N]. Tiles of `rows` x (vectors x lanes) outputs, in
+    """(packed rows int32 [m, K/4], row parameters [m, 2], packed weights, column scales
+    [N], column sums [N]) -> float32 [m, N]. Tiles of `rows` x (vectors x lanes) outputs, in
     parallel; the last rows of a partial tile read the matrix's last row again (no padding
     pass) and are not stored."""
     from tvm import tirx
@@ -179,7 +223,13 @@ def matmul_func(kind: Kind, k: int, n: int):
         panel, within = col0 // PANEL, col0 % PANEL
         return (panel * k4 + kk) * (PANEL * STEP) + within * STEP
 
-    def step(acc, xa, wv):
+    # generic: 4 partial sums per column (lanes c*4 + t), summed in the epilogue: plain
+    # widening multiply-adds LLVM vectorises anywhere (NEON smlal, SSE/AVX pmulld).
+    partials = STEP if kind.name == "generic" else 1
+    acc_t = f"int32x{lanes * partials}"
+
+    def step(acc, word, wv):
+        xa = tirx.reinterpret(i8v, tirx.Broadcast(word, lanes))  # the row's 4 bytes, once per column
         if kind.name == "vnni":
             return tirx.call_llvm_pure_intrin(i32v, "llvm.x86.avx512.vpdpbusd.512", acc, xa, wv)
         if kind.name == "avx2":
@@ -188,7 +238,7 @@ def matmul_func(kind: Kind, k: int, n: int):
             return acc + tirx.call_llvm_pure_intrin(i32v, "llvm.x86.avx2.pmadd.wd", pairs, ones)
         if kind.name == "sdot":
             return tirx.call_llvm_pure_intrin(i32v, "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, wv, xa)
-        raise AssertionError(kind.name)
+        return acc + xa.astype(acc_t) * wv.astype(acc_t)
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -196,7 +246,7 @@ def matmul_func(kind: Kind, k: int, n: int):
             T.func_attr(_ATTRS)
             m = tirx.Var("m", "int64")
             xq = T.match_buffer(T.arg("xq", T.handle()), (m, k4), "int32")
-            xs = T.match_buffer(T.arg("xs", T.handle()), (m,), "float32")
+            xp = T.match_buffer(T.arg("xp", T.handle()), (m, 2), "float32")
             w = T.match_buffer(T.arg("w", T.handle()), (panels * k4 * PANEL * STEP,), "int8")
             ws = T.match_buffer(T.arg("ws", T.handle()), (n,), "float32")
             wc = T.match_buffer(T.arg("wc", T.handle()), (n,), "int32")
@@ -208,109 +258,43 @@ def matmul_func(kind: Kind, k: int, n: int):
                 # One buffer per row, in global scope: TVM 0.27 turns "local" allocations in a
                 # parallel body into heap workspaces, whose loads and stores LLVM keeps; these
                 # become allocas it promotes to registers.
-                accs = [T.alloc_buffer((width,), "int32", scope="global") for _ in range(rows)]
+                size = lanes * partials
+                accs = [T.alloc_buffer((width * partials,), "int32", scope="global") for _ in range(rows)]
                 for acc in accs:
                     for v in range(vectors):
-                        T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), lanes),
-                                       [tirx.Ramp(v * lanes, 1, lanes)])
+                        T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), size),
+                                       [tirx.Ramp(v * size, 1, size)])
                 with T.serial(_i64(0), _i64(k4)) as kk:
-                    if kind.name == "generic":
-                        _generic_step(T, tirx, accs, xq, w, m, it, jt, kk, rows, width, weight_offset)
-                    else:
-                        wvs = [w.vload([weight_offset(jt * width + v * lanes, kk)], i8v) for v in range(vectors)]
-                        for r, acc in enumerate(accs):
-                            row = tirx.min(it * rows + r, m - 1)
-                            xa = tirx.reinterpret(i8v, tirx.Broadcast(xq[row, kk], lanes))
-                            for v in range(vectors):
-                                cur = acc.vload([v * lanes], i32v)
-                                T.buffer_store(acc, step(cur, xa, wvs[v]), [tirx.Ramp(v * lanes, 1, lanes)])
+                    wvs = [w.vload([weight_offset(jt * width + v * lanes, kk)], i8v) for v in range(vectors)]
+                    for r, acc in enumerate(accs):
+                        word = xq[tirx.min(it * rows + r, m - 1), kk]
+                        for v in range(vectors):
+                            cur = acc.vload([v * size], acc_t)
+                            T.buffer_store(acc, step(cur, word, wvs[v]), [tirx.Ramp(v * size, 1, size)])
                 for r, acc in enumerate(accs):
                     row = it * rows + r
                     with T.If(row < m):
                         with T.Then():
-                            for v in range(vectors):
-                                col = jt * width + v * lanes
-                                total = acc.vload([v * lanes], i32v)
-                                if kind.zero:
-                                    total = total - wc.vload([col], i32v) * tirx.const(kind.zero, "int32")
-                                out = (total.astype(f"float32x{lanes}") * tirx.Broadcast(xs[row], lanes)
-                                       * ws.vload([col], f"float32x{lanes}"))
-                                T.buffer_store(y, out, [row, tirx.Ramp(col, 1, lanes)])
+                            _epilogue(T, tirx, acc, xp, ws, wc, y, row, jt * width, vectors, lanes, partials)
     return ib.get()
 
 
-def _generic_step(T, tirx, accs, xq, w, m, it, jt, kk, rows, width, weight_offset):
-    """One reduction step of the plain-int32 kernel: s8 x s8 from their bytes."""
-    for r, acc in enumerate(accs):
-        row = tirx.min(it * rows + r, m - 1)
-        word = xq[row, kk]
-        xs = [((word << (24 - 8 * t)) >> 24) for t in range(STEP)]  # sign-extended bytes
-        for c in range(width):
-            base = weight_offset(jt * width + (c // 4) * 4, kk) + (c % 4) * STEP
-            total = acc[c]
-            for t in range(STEP):
-                total = total + xs[t] * w[base + t].astype("int32")
-            T.buffer_store(acc, total, [c])
-
-
-def quantize_dense(kind: Kind):
-    """Relax pass (before legalization, before store_weights): matmul(x, W) with x float32
-    [..., K] and W a constant float32 [K, N] -> reshape, quantize_rows, q8_matmul, reshape.
-    A row set quantized once serves every matmul reading it (BERT's Q, K and V)."""
-    import tvm
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgebundleQuantizeDense")
-    def _pass(mod, _ctx):
-        from .gemm import op_rewrite_pass
-
-        return op_rewrite_pass("EdgebundleQuantizeDenseCalls", _rewriter(kind))(mod)
-
-    return _pass
-
-
-def _rewriter(kind: Kind):
-    """The call rewrite of quantize_dense, with this module's functions and quantized rows."""
-    from tvm import relax
-
-    from .storage import _big_const
-
-    funcs: dict = {}
-    rows_of: dict = {}
-
-    def func(bb, name, make):
-        if name not in funcs:
-            funcs[name] = bb.add_func(make(), name)
-        return funcs[name]
-
-    def rewrite(bb, call):
-        if call.op.name != "relax.matmul" or len(call.args) != 2:
-            return None
-        w = _big_const(call.args[1])
-        x = call.args[0]
-        xt = x.ty
-        if (w is None or w.ndim != 2 or not eligible(*w.shape) or not isinstance(xt, relax.TensorType)
-                or str(xt.dtype) != "float32" or xt.ndim < 1 or xt.shape is None):
-            return None
-        k, n = (int(d) for d in w.shape)
-        lead = list(xt.shape.values[:-1])
-        m = 1
-        for d in lead:
-            m = m * d
-        flat = (m, k)
-        key = (x, k)
-        if key not in rows_of:
-            x2 = bb.emit(relax.op.reshape(x, flat)) if len(lead) != 1 else x
-            gq = func(bb, f"q8_quantize_rows_{k}", lambda: quantize_rows_func(kind, k))
-            q = bb.emit(relax.call_tir(gq, [x2], out_ty=[relax.TensorType((m, k // STEP), "int32"),
-                                                             relax.TensorType((m,), "float32")]))
-            rows_of[key] = (bb.emit(relax.TupleGetItem(q, 0)), bb.emit(relax.TupleGetItem(q, 1)))
-        xq, xs = rows_of[key]
-        packed, scale, sums = quantize_weight(w)
-        gm = func(bb, f"q8_matmul_{k}x{n}", lambda: matmul_func(kind, k, n))
-        y = relax.call_tir(gm, [xq, xs, relax.const(packed), relax.const(scale), relax.const(sums)],
-                           out_ty=relax.TensorType((m, n), "float32"))
-        if len(lead) == 1:
-            return y
-        return relax.op.reshape(bb.emit(y), (*lead, n))
-
-    return rewrite
+def _epilogue(T, tirx, acc, xp, ws, wc, y, row, col0, vectors, lanes, partials):
+    """A tile row's outputs: (s_row * acc + c_row * colsum) * s_col, a vector at a time (the
+    generic kernel's partial sums added first, column by column)."""
+    if partials == 1:
+        f32, i32v = f"float32x{lanes}", f"int32x{lanes}"
+        for v in range(vectors):
+            col = col0 + v * lanes
+            total = acc.vload([v * lanes], i32v).astype(f32)
+            sums = wc.vload([col], i32v).astype(f32)
+            out = (total * tirx.Broadcast(xp[row, 0], lanes) + sums * tirx.Broadcast(xp[row, 1], lanes)) \
+                * ws.vload([col], f32)
+            T.buffer_store(y, out, [row, tirx.Ramp(col, 1, lanes)])
+        return
+    for c in range(vectors * lanes):
+        total = acc[c * partials]
+        for t in range(1, partials):
+            total = total + acc[c * partials + t]
+        out = (total.astype("float32") * xp[row, 0] + wc[col0 + c].astype("float32") * xp[row, 1]) * ws[col0 + c]
+        T.buffer_store(y, out, [row, col0 + c])

@@ -95,21 +95,24 @@ def conv2d_nhwc_te(x, w, strides, padding):
                       name="conv2d_nhwc")
 
 
-def take_te(table, ids):
+def take_te(table, ids, scales=None):
     """Rows of a narrow [V, D] table (an embedding) as float32: only the rows asked for are
-    widened. Ids out of range are clamped (take's "clip" mode)."""
+    widened (int8 tables: times their row's scale). Ids out of range are clamped (take's
+    "clip" mode)."""
     from tvm import te, tirx
 
     vocab = table.shape[0]
 
     def row(*i):
         idx = tirx.max(tirx.min(ids[i[:-1]].astype("int64"), vocab - 1), 0)
+        if scales is not None:
+            return table[idx, i[-1]].astype("float32") * scales[idx]
         return widen(table[idx, i[-1]])
 
     return te.compute((*ids.shape, table.shape[1]), row, name="take")
 
 
-def _big_const(expr):
+def big_const(expr):
     """The float32 numpy value of a large constant, else None."""
     if type(expr).__name__ != "GenericConst" or not hasattr(expr.value, "shape"):
         return None
@@ -122,10 +125,18 @@ def _big_const(expr):
 # relax.transform.AnnotateTIROpPattern's kinds. It reads a bfloat16 widening (a reinterpret
 # call) as injective, and FuseOps then fused BERT's GELU into the next matmul as a producer,
 # recomputed per weight tile (150 ms of 228); so the computes here state their kind.
-_OUT_EWISE_FUSABLE, _INJECTIVE = 4, 2
+OUT_EWISE_FUSABLE, INJECTIVE = 4, 2
 
 
-def _with_pattern(bb, call, kind: int):
+def plain_take(call) -> bool:
+    """take along axis 0 in "fast" or "clip" mode: what take_te computes. TVM's default take
+    ("fast") reads out-of-range ids unchecked; clamping is what "clip" does and a safe
+    "fast". "wrap" and "nan" keep their own legalization."""
+    return (call.attrs.axis is not None and int(call.attrs.axis) == 0
+            and str(getattr(call.attrs, "mode", "fast")) in ("fast", "clip"))
+
+
+def with_pattern(bb, call, kind: int):
     gv = call.args[0]
     bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", kind))
     return call
@@ -142,7 +153,7 @@ def store_weights(storage: str):
     def rewrite(bb, call):
         name = call.op.name
         if name == "relax.matmul" and len(call.args) == 2:
-            w = _big_const(call.args[1])
+            w = big_const(call.args[1])
             x = call.args[0].ty
             if (w is None or w.ndim != 2 or not isinstance(x, relax.TensorType) or str(x.dtype) != "float32"
                     or x.ndim < 1):
@@ -150,8 +161,8 @@ def store_weights(storage: str):
             narrowed = narrow(w, storage)
             if narrowed is w:
                 return None
-            return _with_pattern(bb, bb.call_te(matmul_te, call.args[0], relax.const(narrowed),
-                                                primfunc_name_hint="matmul"), _OUT_EWISE_FUSABLE)
+            return with_pattern(bb, bb.call_te(matmul_te, call.args[0], relax.const(narrowed),
+                                                primfunc_name_hint="matmul"), OUT_EWISE_FUSABLE)
         if name == "relax.nn.conv2d":
             info = static_conv(call)
             if info is None:
@@ -160,13 +171,10 @@ def store_weights(storage: str):
             narrowed = narrow(w, storage)
             if narrowed is w:
                 return None
-            return _with_pattern(bb, bb.call_te(conv2d_nhwc_te, call.args[0], relax.const(narrowed), tuple(strides),
-                                                tuple(padding), primfunc_name_hint="conv2d"), _OUT_EWISE_FUSABLE)
-        # TVM's default take ("fast") reads out-of-range ids unchecked; clamping is what
-        # "clip" does and a safe "fast". "wrap" and "nan" keep their own legalization.
-        if (name == "relax.take" and call.attrs.axis is not None and int(call.attrs.axis) == 0
-                and str(getattr(call.attrs, "mode", "fast")) in ("fast", "clip")):
-            w = _big_const(call.args[0])
+            return with_pattern(bb, bb.call_te(conv2d_nhwc_te, call.args[0], relax.const(narrowed), tuple(strides),
+                                                tuple(padding), primfunc_name_hint="conv2d"), OUT_EWISE_FUSABLE)
+        if name == "relax.take" and plain_take(call):
+            w = big_const(call.args[0])
             ids = call.args[1].ty
             if (w is None or w.ndim != 2 or not isinstance(ids, relax.TensorType)
                     or not str(ids.dtype).startswith(("int", "uint"))):
@@ -174,8 +182,8 @@ def store_weights(storage: str):
             narrowed = narrow(w, storage)
             if narrowed is w:
                 return None
-            return _with_pattern(bb, bb.call_te(take_te, relax.const(narrowed), call.args[1], primfunc_name_hint="take"),
-                                 _INJECTIVE)
+            return with_pattern(bb, bb.call_te(take_te, relax.const(narrowed), call.args[1], primfunc_name_hint="take"),
+                                 INJECTIVE)
         return None
 
     return op_rewrite_pass("EdgebundleStoreWeights", rewrite)
