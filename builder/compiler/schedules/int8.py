@@ -298,3 +298,68 @@ def _epilogue(T, tirx, acc, xp, ws, wc, y, row, col0, vectors, lanes, partials):
             total = total + acc[c * partials + t]
         out = (total.astype("float32") * xp[row, 0] + wc[col0 + c].astype("float32") * xp[row, 1]) * ws[col0 + c]
         T.buffer_store(y, out, [row, col0 + c])
+
+
+def quantize_dense(kind: Kind):
+    """Relax pass (before legalization, before store_weights): matmul(x, W) with x float32
+    [..., K] and W a constant float32 [K, N] -> reshape, quantize_rows, q8_matmul, reshape.
+    A row set quantized once serves every matmul reading it (BERT's Q, K and V)."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgebundleQuantizeDense")
+    def _pass(mod, _ctx):
+        from .gemm import op_rewrite_pass
+
+        return op_rewrite_pass("EdgebundleQuantizeDenseCalls", _rewriter(kind))(mod)
+
+    return _pass
+
+
+def _rewriter(kind: Kind):
+    """The call rewrite of quantize_dense, with this module's functions and quantized rows."""
+    from tvm import relax
+
+    from .storage import big_const, plain_take
+
+    funcs: dict = {}
+    rows_of: dict = {}
+
+    def func(bb, name, make):
+        if name not in funcs:
+            funcs[name] = bb.add_func(make(), name)
+        return funcs[name]
+
+    def rewrite(bb, call):
+        if call.op.name == "relax.take" and plain_take(call):
+            return _take(bb, call)
+        if call.op.name != "relax.matmul" or len(call.args) != 2:
+            return None
+        w = big_const(call.args[1])
+        x = call.args[0]
+        xt = x.ty
+        if (w is None or w.ndim != 2 or not eligible(*w.shape) or not isinstance(xt, relax.TensorType)
+                or str(xt.dtype) != "float32" or xt.ndim < 1 or xt.shape is None):
+            return None
+        k, n = (int(d) for d in w.shape)
+        lead = list(xt.shape.values[:-1])
+        m = 1
+        for d in lead:
+            m = m * d
+        flat = (m, k)
+        key = (x, k)
+        if key not in rows_of:
+            x2 = bb.emit(relax.op.reshape(x, flat)) if len(lead) != 1 else x
+            gq = func(bb, f"q8_quantize_rows_{k}", lambda: quantize_rows_func(kind, k))
+            q = bb.emit(relax.call_tir(gq, [x2], out_ty=[relax.TensorType((m, k // STEP), "int32"),
+                                                          relax.TensorType((m, 2), "float32")]))
+            rows_of[key] = (bb.emit(relax.TupleGetItem(q, 0)), bb.emit(relax.TupleGetItem(q, 1)))
+        xq, xp = rows_of[key]
+        packed, scale, sums = quantize_weight(w)
+        gm = func(bb, f"q8_matmul_{k}x{n}", lambda: matmul_func(kind, k, n))
+        y = relax.call_tir(gm, [xq, xp, relax.const(packed), relax.const(scale), relax.const(sums)],
+                           out_ty=relax.TensorType((m, n), "float32"))
+        if len(lead) == 1:
+            return y
+        return relax.op.reshape(bb.emit(y), (*lead, n))
+
+    return rewrite
