@@ -138,7 +138,6 @@ def build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir:
 def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir: Path, cpu: str | None,
                   name: str, source: dict, options: BuildOptions, progress: Progress, gate: dict | None) -> dict:
     from builder.compiler.weights import Writer as WeightsWriter
-    from builder.validate.accuracy import check as check_accuracy
     from builder.validate.compare import Disagreement
     from builder.validate.target import validate_target
 
@@ -241,8 +240,6 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
                                        f"(tolerance {spec.tolerance['rtol']:g} of the largest output): build with "
                                        "--weights fp32; if that passes, the model is sensitive to rounding its "
                                        "weights") from e
-        if "accuracy" in result:
-            check_accuracy(result["accuracy"], str(tdir / v.library.file), v.name)
         validated.append(dataclasses.replace(v, validation=result))
     manifest = dataclasses.replace(manifest, variants=tuple(validated))
     write_manifest(tdir, manifest)

@@ -3,6 +3,7 @@ checkpoint directory) built for x86_64: measures build time and sizes, and shows
 build reports Lambda's size limits.
 
     python3 examples/full_size.py bert-base   [--model DIR] [--out out/bert-base] [--weights fp32]
+                                              [--quantize int8]
     python3 examples/full_size.py resnet50    [--model DIR] [--out out/resnet50]
 
 With fp16 weights (the default) BERT-base fits a Lambda zip (228 MiB of 250 unzipped); with
@@ -64,6 +65,7 @@ def main() -> int:
     p.add_argument("--model", type=Path, help="a real checkpoint directory instead of random weights")
     p.add_argument("--out", type=Path)
     p.add_argument("--weights", choices=["fp32", "fp16", "bf16"], default=BuildOptions.weights)
+    p.add_argument("--quantize", choices=["none", "int8"], default=BuildOptions.quantize)
     args = p.parse_args()
     out = args.out or Path("out") / args.which
     model = args.model
@@ -73,7 +75,7 @@ def main() -> int:
             model.mkdir(parents=True, exist_ok=True)
             (make_bert_base if args.which == "bert-base" else make_resnet50)(model)
     start = time.perf_counter()
-    record = build(str(model), out, BuildOptions(name=args.which, weights=args.weights))
+    record = build(str(model), out, BuildOptions(name=args.which, weights=args.weights, quantize=args.quantize))
     built = time.perf_counter()
     t = record["targets"]["x86_64"]
     summary = {"model": args.which, "build_seconds_incl_validation": round(built - start, 1),

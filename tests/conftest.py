@@ -28,15 +28,17 @@ def _build(model_dir: Path, out: Path, formats=("lambda",), targets=("x86_64",),
 
 
 def variant_target(variant: str) -> dict:
-    """The x86_64 TVM target of a CPU variant (avx2, avx512); the test is skipped on a CPU
-    that cannot run its code."""
+    """The x86_64 TVM target of a CPU variant (avx2, avx512, avx512-vnni); the test is skipped
+    on a CPU that cannot run its code."""
     from builder.compiler.targets import TARGETS
     from runtime import cpu
 
     lacks = cpu.missing(cpu.KINDS[variant], cpu.features())
     if lacks:
         pytest.skip(f"this CPU lacks {', '.join(lacks)}")
-    return TARGETS["x86_64"].tvm_target_json(next(v.cpu for v in TARGETS["x86_64"].variants() if v.name == variant))
+    x86 = TARGETS["x86_64"]
+    spec = next(v for v in (*x86.variants(), *x86.variants(quantize="int8")) if v.name == variant)
+    return x86.tvm_target_json(spec.cpu, (), spec.attrs)
 
 
 @pytest.fixture(scope="session")

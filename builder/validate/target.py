@@ -38,11 +38,15 @@ def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progr
             return {"unvalidated": reason}
         with progress.step(f"validate {target.name} variant {variant} against PyTorch"):
             model = runtime.load(tdir, variant=variant)
-            result = compare(spec, refs, run_in_process(model, spec, where), where)
-        result["how"] = "in-process"
-        if gate is not None:
+            outputs = run_in_process(model, spec, where)
+        accuracy = None
+        if gate is not None:  # first: its table says more than the largest difference
             with progress.step(f"accuracy gate: {target.name} variant {variant} on {_rows(gate)} inputs"):
-                result["accuracy"] = _gate(spec, gate, run_in_process(model, spec, where, gate["inputs"]))
+                accuracy = _gate(spec, gate, run_in_process(model, spec, where, gate["inputs"]), where, variant)
+        result = compare(spec, refs, outputs, where)
+        result["how"] = "in-process"
+        if accuracy is not None:
+            result["accuracy"] = accuracy
         if timings is not None:
             with progress.step(f"time {target.name} at batch 1 and {model.max_batch}"):
                 timings.update(time_model(model))
@@ -51,9 +55,10 @@ def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progr
         # one emulated run (one staged sandbox) for validation and the gate
         outputs = run_emulated(tdir, target, spec.validation_inputs + extra, progress)
         outputs, gated = outputs[:len(spec.validation_inputs)], outputs[len(spec.validation_inputs):]
+        accuracy = _gate(spec, gate, gated, where, variant) if gate is not None else None
         result = compare(spec, refs, outputs, where)
-        if gate is not None:
-            result["accuracy"] = _gate(spec, gate, gated)
+        if accuracy is not None:
+            result["accuracy"] = accuracy
         env = " ".join(f"{k}={v}" for k, v in sandbox.emulator_env(target.platform.name).items())
         result["how"] = f"emulated ({target.platform.emulator}{', ' + env if env else ''})"
     elif target.device == "cuda" and platform.machine() == target.arch:
@@ -85,13 +90,16 @@ def _rows(gate: dict) -> int:
     return sum(len(next(iter(a.values()))) for a in gate["inputs"])
 
 
-def _gate(spec: ModelSpec, gate: dict, outputs: list[dict]) -> dict:
-    from builder.validate.accuracy import evaluate
+def _gate(spec: ModelSpec, gate: dict, outputs: list[dict], where: str, variant: str) -> dict:
+    """The gate's record for one variant; AccuracyError where it fails and means something."""
+    from builder.validate.accuracy import check, evaluate
 
     name = spec.postprocessing.output
     index = [o.name for o in spec.outputs].index(name)
-    return evaluate(spec.postprocessing.kind, [r[index] for r in gate["refs"]], [o[name] for o in outputs],
-                    gate.get("labels"))
+    record = evaluate(spec.postprocessing.kind, [r[index] for r in gate["refs"]], [o[name] for o in outputs],
+                      gate.get("labels"))
+    check(record, where, variant)
+    return record
 
 
 def time_model(model) -> dict:

@@ -9,8 +9,9 @@ A matmul with a constant weight W [K, N] becomes, on every CPU target:
   one broadcast; quantized once for every matmul reading the same rows (Q, K and V);
 - the product: int32 accumulators in registers, then per row and column
   y = (s_row * acc + c_row * colsum) * s_col.
-The bias and whatever follows (GELU, residual) stay Relax ops: FuseOps puts them into the
-elementwise kernel that follows anyway (bias + GELU, bias + residual + LayerNorm).
+The bias and what follows stay Relax ops: FuseOps joins bias + GELU into one elementwise
+kernel; the other bias adds are a pass of their own (BERT-base seq 128: 0.5 ms of 21, and the
+activations' quantization 0.7 ms, Zen 5).
 
 The kernels are written loop by loop (TIR through the IR builder), not scheduled: TVM 0.27's
 tensorize segfaults, and LLVM never forms vpdpbusd from a plain int8 multiply-reduce. Their
