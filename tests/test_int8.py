@@ -302,3 +302,40 @@ def test_bench_times_int8_next_to_other_builds_and_onnx_runtime_int8(int8_bert, 
     proc = subprocess.run([*args, "--also", str(tiny_resnet_build.parent)], cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 1 and "--also" in proc.stderr and "compare builds of one model" in proc.stderr
+
+
+def test_the_bias_add_goes_into_the_int8_kernel_and_rows_are_quantized_once():
+    """Linear layers (matmul + bias) on one input: one row quantization for the three, each
+    product a q8_matmul with the bias in its epilogue, no separate add left; and the module
+    answers as PyTorch does within quantization error."""
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from builder.compiler.schedules.int8 import KINDS, quantize_dense
+
+    class Three(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(128, 64) for _ in range(3))
+
+        def forward(self, x):
+            return self.q(x) + self.k(x) * self.v(x)
+
+    torch.manual_seed(0)
+    model = Three().eval()
+    x = torch.randn(2, 5, 128)
+    mod = from_exported_program(torch.export.export(model, (x,)), keep_params_as_input=False)
+    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), quantize_dense(KINDS["avx2"]),
+                                    relax.transform.DeadCodeElimination()])(mod)
+    text = mod["main"].script()
+    assert text.count("q8_quantize_rows_128") == 1 and text.count("q8_matmul_128x64_bias") == 3
+    assert "R.add" in text and text.count("R.add") == 1  # q + k * v: the model's own add, not the biases
+    from conftest import variant_target
+
+    ex = tvm.compile(mod, target=tvm.target.Target(variant_target("avx2")))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()  # main returns a 1-tuple
+    want = model(x).detach().numpy()
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()

@@ -9,9 +9,10 @@ A matmul with a constant weight W [K, N] becomes, on every CPU target:
   one broadcast; quantized once for every matmul reading the same rows (Q, K and V);
 - the product: int32 accumulators in registers, then per row and column
   y = (s_row * acc + c_row * colsum) * s_col.
-The bias and what follows stay Relax ops: FuseOps joins bias + GELU into one elementwise
-kernel; the other bias adds are a pass of their own (BERT-base seq 128: 0.5 ms of 21, and the
-activations' quantization 0.7 ms, Zen 5).
+A bias added to the product is added in the kernel's epilogue (the dequantization); GELU
+and the residual stay Relax ops. The activations' quantization is a kernel of its own, one
+pass over rows the producer (LayerNorm, GELU) just wrote: BERT-base seq 128, 0.7 ms of 21
+(Zen 5).
 
 The kernels are written loop by loop (TIR through the IR builder), not scheduled: TVM 0.27's
 tensorize segfaults, and LLVM never forms vpdpbusd from a plain int8 multiply-reduce. Their
@@ -197,9 +198,9 @@ def quantize_rows_func(kind: Kind, k: int):
     return ib.get()
 
 
-def matmul_func(kind: Kind, k: int, n: int):
+def matmul_func(kind: Kind, k: int, n: int, bias: bool = False):
     """(packed rows int32 [m, K/4], row parameters [m, 2], packed weights, column scales
-    [N], column sums [N]) -> float32 [m, N]. Tiles of `rows` x (vectors x lanes) outputs, in
+    [N], column sums [N][, bias [N]]) -> float32 [m, N]. Tiles of `rows` x (vectors x lanes) outputs, in
     parallel; the last rows of a partial tile read the matrix's last row again (no padding
     pass) and are not stored."""
     from tvm import tirx
@@ -243,7 +244,7 @@ def matmul_func(kind: Kind, k: int, n: int):
 
     with IRBuilder() as ib:
         with T.prim_func():
-            T.func_name(f"q8_matmul_{k}x{n}")
+            T.func_name(f"q8_matmul_{k}x{n}" + ("_bias" if bias else ""))
             T.func_attr(_ATTRS)
             m = tirx.Var("m", "int64")
             xq = T.match_buffer(T.arg("xq", T.handle()), (m, k4), "int32")
@@ -251,6 +252,7 @@ def matmul_func(kind: Kind, k: int, n: int):
             w = T.match_buffer(T.arg("w", T.handle()), (panels * k4 * PANEL * STEP,), "int8")
             ws = T.match_buffer(T.arg("ws", T.handle()), (n,), "float32")
             wc = T.match_buffer(T.arg("wc", T.handle()), (n,), "int32")
+            b = T.match_buffer(T.arg("b", T.handle()), (n,), "float32") if bias else None
             y = T.match_buffer(T.arg("y", T.handle()), (m, n), "float32")
             tiles_m = (m + rows - 1) // rows
             with T.sblock("root"), T.parallel(_i64(0), _i64(tiles_n) * tiles_m) as t:
@@ -276,13 +278,13 @@ def matmul_func(kind: Kind, k: int, n: int):
                     row = it * rows + r
                     with T.If(row < m):
                         with T.Then():
-                            _epilogue(T, tirx, acc, xp, ws, wc, y, row, jt * width, vectors, lanes, partials)
+                            _epilogue(T, tirx, acc, xp, ws, wc, b, y, row, jt * width, vectors, lanes, partials)
     return ib.get()
 
 
-def _epilogue(T, tirx, acc, xp, ws, wc, y, row, col0, vectors, lanes, partials):
-    """A tile row's outputs: (s_row * acc + c_row * colsum) * s_col, a vector at a time (the
-    generic kernel's partial sums added first, column by column)."""
+def _epilogue(T, tirx, acc, xp, ws, wc, b, y, row, col0, vectors, lanes, partials):
+    """A tile row's outputs: (s_row * acc + c_row * colsum) * s_col (+ bias), a vector at a
+    time (the generic kernel's partial sums added first, column by column)."""
     if partials == 1:
         f32, i32v = f"float32x{lanes}", f"int32x{lanes}"
         for v in range(vectors):
@@ -291,6 +293,8 @@ def _epilogue(T, tirx, acc, xp, ws, wc, y, row, col0, vectors, lanes, partials):
             sums = wc.vload([col], i32v).astype(f32)
             out = (total * tirx.Broadcast(xp[row, 0], lanes) + sums * tirx.Broadcast(xp[row, 1], lanes)) \
                 * ws.vload([col], f32)
+            if b is not None:
+                out = out + b.vload([col], f32)
             T.buffer_store(y, out, [row, tirx.Ramp(col, 1, lanes)])
         return
     for c in range(vectors * lanes):
@@ -298,6 +302,8 @@ def _epilogue(T, tirx, acc, xp, ws, wc, y, row, col0, vectors, lanes, partials):
         for t in range(1, partials):
             total = total + acc[c * partials + t]
         out = (total.astype("float32") * xp[row, 0] + wc[col0 + c].astype("float32") * xp[row, 1]) * ws[col0 + c]
+        if b is not None:
+            out = out + b[col0 + c]
         T.buffer_store(y, out, [row, col0 + c])
 
 
@@ -316,6 +322,13 @@ def quantize_dense(kind: Kind):
     return _pass
 
 
+def _static(dim):
+    try:
+        return int(dim)
+    except TypeError:
+        return None
+
+
 def _rewriter(kind: Kind):
     """The call rewrite of quantize_dense, with this module's functions and quantized rows."""
     from tvm import relax
@@ -324,15 +337,47 @@ def _rewriter(kind: Kind):
 
     funcs: dict = {}
     rows_of: dict = {}
+    made: dict = {}  # var of a q8_matmul call -> (its arguments, k, n)
 
     def func(bb, name, make):
         if name not in funcs:
             funcs[name] = bb.add_func(make(), name)
         return funcs[name]
 
+    def product(bb, expr):
+        """The q8_matmul call var behind expr, through reshapes and aliases, else None."""
+        for _ in range(4):
+            if not isinstance(expr, relax.Var):
+                return None
+            if expr in made:
+                return expr
+            value = bb.lookup_binding(expr)
+            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.reshape":
+                value = value.args[0]
+            expr = value
+        return None
+
+    def add_bias(bb, call):
+        """add(q8 product, bias [N]) -> one q8_matmul that adds the bias in its epilogue (the
+        product's own call is then dead and goes)."""
+        for a, c in (call.args, call.args[::-1]):
+            var = product(bb, a)
+            if var is None or type(c).__name__ != "GenericConst" or not hasattr(c.value, "shape"):
+                continue
+            args, k, n = made[var]
+            if str(c.ty.dtype) != "float32" or [int(d) for d in c.value.shape] != [n]:
+                continue
+            gm = func(bb, f"q8_matmul_{k}x{n}_bias", lambda: matmul_func(kind, k, n, bias=True))
+            y = bb.emit(relax.call_tir(gm, [*args, c], out_ty=relax.TensorType((args[0].ty.shape.values[0], n),
+                                                                                   "float32")))
+            return relax.op.reshape(y, call.ty.shape) if call.ty.ndim != 2 else y
+        return None
+
     def rewrite(bb, call):
         if call.op.name == "relax.take" and plain_take(call):
             return _take(bb, call)
+        if call.op.name == "relax.add" and len(call.args) == 2 and made:
+            return add_bias(bb, call)
         if call.op.name != "relax.matmul" or len(call.args) != 2:
             return None
         w = big_const(call.args[1])
@@ -347,7 +392,14 @@ def _rewriter(kind: Kind):
         for d in lead:
             m = m * d
         flat = (m, k)
+        # rows are rows however they were flattened: torch.export writes a reshape to 2-D
+        # before each Linear on a 3-D input, one per Linear, all of the same tensor
         key = (x, k)
+        source = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if (isinstance(source, relax.Call) and getattr(source.op, "name", "") == "relax.reshape"
+                and isinstance(source.args[0].ty, relax.TensorType) and source.args[0].ty.shape is not None
+                and _static(source.args[0].ty.shape.values[-1]) == k):
+            key = (source.args[0], k)
         if key not in rows_of:
             x2 = bb.emit(relax.op.reshape(x, flat)) if len(lead) != 1 else x
             gq = func(bb, f"q8_quantize_rows_{k}", lambda: quantize_rows_func(kind, k))
@@ -357,10 +409,9 @@ def _rewriter(kind: Kind):
         xq, xp = rows_of[key]
         packed, scale, sums = quantize_weight(w)
         gm = func(bb, f"q8_matmul_{k}x{n}", lambda: matmul_func(kind, k, n))
-        y = relax.call_tir(gm, [xq, xp, relax.const(packed), relax.const(scale), relax.const(sums)],
-                           out_ty=relax.TensorType((m, n), "float32"))
-        if len(lead) == 1:
-            return y
-        return relax.op.reshape(bb.emit(y), (*lead, n))
+        args = [xq, xp, relax.const(packed), relax.const(scale), relax.const(sums)]
+        y = bb.emit(relax.call_tir(gm, args, out_ty=relax.TensorType((m, n), "float32")))
+        made[y] = (args, k, n)
+        return y if len(lead) == 1 else relax.op.reshape(y, (*lead, n))
 
     return rewrite
