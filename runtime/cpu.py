@@ -49,8 +49,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     # int8 builds: vpdpbusd (Ice Lake, Cascade Lake, Sapphire Rapids, Zen 4, Zen 5)
     Kind("avx512-vnni", "x86_64", (*_X86_V4, "avx512_vnni"), 30, "x86-64-v4 with AVX-512 VNNI, int8 dot products"),
     # Graviton2 (Neoverse N1) is Lambda's arm64 and the oldest arm64 we build for.
-    # LLVM's neoverse-n1 includes the Armv8.2 dot product, which int8 builds use explicitly.
-    Kind("neoverse-n1", "aarch64", ("fp", "asimd", "asimddp"), 10, "Armv8.2 (Neoverse N1 / Graviton2) NEON"),
+    Kind("neoverse-n1", "aarch64", ("fp", "asimd"), 10, "Armv8.2 (Neoverse N1 / Graviton2) NEON"),
+    # int8 builds: their kernels use the Armv8.2 dot product (sdot) explicitly.
+    Kind("neoverse-n1-dotprod", "aarch64", ("fp", "asimd", "asimddp"), 10,
+         "Armv8.2 with the dot product (Neoverse N1 / Graviton2), int8 dot products"),
     # `build --cpu NAME`: the user's own choice of LLVM CPU, one variant, not checked here
     # (as before variants existed): it runs where that CPU's instructions exist.
     Kind("cpu", "", (), 0, "an explicit --cpu choice: its features are not checked at load"),

@@ -151,7 +151,8 @@ class WeightsFile:
     # the kernels widen them to fp32. Each tensor's dtype is in the file's own table.
     storage: str = "fp32"
     # `build --quantize int8`: {"scheme": "int8", how weights and activations are quantized,
-    # "layers", "int8_bytes"}; the kernels are the variants' (their schedule's "int8").
+    # "tensors", "dense_layers", "embedding_tables", "int8_bytes"}; the kernels are the
+    # variants' (their schedule's "int8").
     quantization: dict | None = None
 
     def to_json(self) -> dict:

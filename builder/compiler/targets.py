@@ -58,7 +58,7 @@ PLATFORM_VARIANTS = {
 INT8_VARIANTS = {
     "x86_64": (VariantSpec("avx2", "haswell"),
                VariantSpec("avx512-vnni", "x86-64-v4", ".avx512vnni", ("+avx512vnni",))),
-    "arm64": PLATFORM_VARIANTS["arm64"],
+    "arm64": (VariantSpec("neoverse-n1-dotprod", "neoverse-n1"),),
 }
 
 

@@ -234,6 +234,10 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
         if m.model.source != manifest.model.source or [t.name for t in m.inputs] != [t.name for t in manifest.inputs]:
             raise EdgebundleError(f"--also {other}: a build of {m.model.source}, not of {manifest.model.source}",
                                   hint="compare builds of one model")
+        if m.max_batch < batch or (m.seq_lengths or [0])[-1] < (manifest.seq_lengths or [0])[-1]:
+            raise EdgebundleError(f"--also {other}: built for {m.max_batch} rows and up to "
+                                  f"{(m.seq_lengths or ['-'])[-1]} tokens, fewer than this request's",
+                                  hint="build both with the same --seq-len")
         for v in m.variants:  # every variant this CPU runs: int8 avx2 next to fp32 avx2
             if v.validated and not cpu.missing(cpu.KINDS[v.name], cpu.features()):
                 others[f"edgebundle {_build_label(m)} {v.name}"] = runtime.load(Path(other) / target, variant=v.name)
@@ -241,7 +245,11 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
         candidates[name] = lambda model=model: np.asarray(next(iter(model.run(inputs).values())))
     quantized = bool(manifest.weights and manifest.weights.quantization)
     if ort_int8 or quantized:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        try:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+        except ImportError as e:
+            raise ToolMissingError(f"ONNX Runtime's quantization tools cannot load ({e})",
+                                   hint="pip install -e '.[bench]' (onnx beside onnxruntime)") from None
 
         with progress.step("ONNX Runtime int8: quantize_dynamic (per-channel QInt8 weights)"):
             ort8_path = work / "model.int8.onnx"

@@ -105,8 +105,9 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
                      f"({m.weights.storage}), mapped at load")
         q = m.weights.quantization
         if q:
-            lines.append(f"int8       {q.get('tensors')} tensors, {q.get('int8_bytes', 0) / 1e6:.1f} MB: dense weights "
-                         f"{q.get('weights')}; activations {q.get('activations')}; embeddings int8 per row")
+            lines.append(f"int8       {q.get('dense_layers', '?')} dense layers, {q.get('embedding_tables', '?')} "
+                         f"embedding tables, {q.get('int8_bytes', 0) / 1e6:.1f} MB; weights {q.get('weights')}; "
+                         f"activations {q.get('activations')}")
     lines.append(f"glibc      {m.library.file} needs {m.glibc_required}")
     v = m.versions
     lines.append(f"versions   tvm {v.tvm}, tvm_ffi {v.tvm_ffi}, torch {v.torch}, "

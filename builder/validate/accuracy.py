@@ -6,7 +6,8 @@ answer a little, so the gate asks what users see, over a sentence set shipped he
 - embedding models: the cosine of each sentence's embedding with PyTorch's; the build fails
   when the worst is below MIN_COSINE, with a table of the worst sentences;
 - classifiers: top-1 agreement (fails below MIN_AGREEMENT) and the largest logit error;
-- image models: the same as classifiers, on the validation inputs (no image set is shipped).
+- image models: the same as classifiers, on the validation inputs (random pixels: no image
+  set ships), so reported as not meaningful.
 A model whose fp32 answers barely differ between sentences (random weights: the tests' tiny
 models, examples/full_size.py) gets its numbers reported and the verdict "not meaningful".
 """
@@ -45,9 +46,10 @@ def batches(arrays: dict, size: int = BATCH) -> list[dict]:
     return [{k: np.ascontiguousarray(v[i:i + size]) for k, v in arrays.items()} for i in range(0, n, size)]
 
 
-def evaluate(kind: str, refs: list, outputs: list, labels: list[str] | None) -> dict:
+def evaluate(kind: str, refs: list, outputs: list, labels: list[str] | None, unjudged: str | None = None) -> dict:
     """The gate's numbers and verdict. kind: "embedding" or "classification"; refs and
-    outputs: per batch, the model's one output array; labels: a name per row (sentence)."""
+    outputs: per batch, the model's one output array; labels: a name per row (sentence);
+    unjudged: why these inputs cannot judge the model (the numbers are still reported)."""
     ref = np.concatenate([np.asarray(r, dtype=np.float64) for r in refs])
     ours = np.concatenate([np.asarray(o, dtype=np.float64) for o in outputs])
     names = labels or [f"input {i}" for i in range(len(ref))]
@@ -78,6 +80,8 @@ def evaluate(kind: str, refs: list, outputs: list, labels: list[str] | None) -> 
         order = sorted(range(len(ref)), key=lambda i: (bool(agree[i]), -err[i]))[:WORST_ROWS]
         table = [f"  {'same' if agree[i] else 'FLIP'}  logit error {err[i]:.4f}  {names[i][:70]}" for i in order]
         reason = "the fp32 model gives every input the same class, as random weights do"
+    if unjudged:
+        meaningful, reason = False, unjudged
     record["passed"] = passed
     record["meaningful"] = meaningful
     if not meaningful:

@@ -129,10 +129,13 @@ def manifest_record(arrays) -> dict:
     """What model.json says of an int8 build's weights (the writer's distinct arrays)."""
     packed = [a for a in arrays if a.dtype == np.int8]
     return {"scheme": "int8", "tensors": len(packed), "int8_bytes": int(sum(a.nbytes for a in packed)),
-            "weights": f"symmetric per output column, int8 [-127, 127], packed [N/{PANEL}, K/{STEP}, {PANEL}, {STEP}]",
-            "activations": "symmetric per row (token), quantized at run time",
+            "dense_layers": sum(a.ndim == 1 for a in packed), "embedding_tables": sum(a.ndim == 2 for a in packed),
+            "weights": f"dense: symmetric per output column, int8 [-127, 127], packed [N/{PANEL}, K/{STEP}, {PANEL}, "
+                       f"{STEP}]; embeddings: symmetric per row",
+            "activations": "asymmetric per row (token), over the row's range, quantized at run time",
             "accumulation": "int32",
-            "covers": "matmuls with a constant weight (dense layers); embedding tables int8 per row"}
+            "covers": f"matmuls with a constant weight of at least 4096 elements, K a multiple of {STEP}, N of "
+                      f"{PANEL}; take() of a constant table along its rows"}
 
 
 def eligible(k: int, n: int) -> bool:
@@ -330,7 +333,10 @@ def _static(dim):
 
 
 def _rewriter(kind: Kind):
-    """The call rewrite of quantize_dense, with this module's functions and quantized rows."""
+    """The call rewrite of quantize_dense, with this module's functions and quantized rows.
+    Rows are reused by var, which holds within one dataflow block: the torch frontend writes
+    one per function."""
+    import tvm_ffi
     from tvm import relax
 
     from .storage import big_const, plain_take
@@ -359,13 +365,16 @@ def _rewriter(kind: Kind):
 
     def add_bias(bb, call):
         """add(q8 product, bias [N]) -> one q8_matmul that adds the bias in its epilogue (the
-        product's own call is then dead and goes)."""
+        product's own call is then dead and goes; a Linear's product has no other use)."""
         for a, c in (call.args, call.args[::-1]):
             var = product(bb, a)
             if var is None or type(c).__name__ != "GenericConst" or not hasattr(c.value, "shape"):
                 continue
             args, k, n = made[var]
-            if str(c.ty.dtype) != "float32" or [int(d) for d in c.value.shape] != [n]:
+            # a bias along the product's columns, the sum shaped as the product (no broadcast)
+            if (str(c.ty.dtype) != "float32" or [int(d) for d in c.value.shape] != [n]
+                    or not isinstance(a.ty, relax.TensorType) or not isinstance(call.ty, relax.TensorType)
+                    or not tvm_ffi.structural_equal(a.ty.shape, call.ty.shape)):
                 continue
             gm = func(bb, f"q8_matmul_{k}x{n}_bias", lambda: matmul_func(kind, k, n, bias=True))
             y = bb.emit(relax.call_tir(gm, [*args, c], out_ty=relax.TensorType((args[0].ty.shape.values[0], n),
@@ -384,7 +393,7 @@ def _rewriter(kind: Kind):
         x = call.args[0]
         xt = x.ty
         if (w is None or w.ndim != 2 or not eligible(*w.shape) or not isinstance(xt, relax.TensorType)
-                or str(xt.dtype) != "float32" or xt.ndim < 1 or xt.shape is None):
+                or str(xt.dtype) != "float32" or xt.ndim < 1 or not isinstance(xt.shape, relax.ShapeExpr)):
             return None
         k, n = (int(d) for d in w.shape)
         lead = list(xt.shape.values[:-1])
