@@ -55,11 +55,12 @@ class Kind:
 
 KINDS = {
     # u8 x s8. 8 rows x 3 zmm = 24 accumulators of 32 registers; 128x768x768 in 0.17 ms vs
-    # 0.70 fp32 (2 threads, Zen 5).
+    # 0.63 for our fp32 AVX-512 kernel (2 threads, Zen 5).
     "vnni": Kind("vnni", 255, 0, 8, 3, 16),
     # u7 x s8: vpmaddubsw's pair sums saturate at 32767, 2 x 127 x 127 = 32258 does not.
     # 4 rows x 2 ymm = 8 accumulators, two weight vectors, a broadcast, the ones and a
-    # product of 16 registers (4x2 0.65 ms, 5x2 0.65, 6x2 0.67-0.74 on 128x768x768).
+    # product of 16 registers (4x2 0.65 ms, 5x2 0.65, 6x2 0.67-0.74 on 128x768x768; our fp32
+    # AVX2 kernel 1.23).
     "avx2": Kind("avx2", 127, 0, 4, 2, 8),
     # s8 x s8 (levels 0..255 less 128). 6 rows x 4 q-registers = 24 accumulators of 32.
     "sdot": Kind("sdot", 255, 128, 6, 4, 4),
@@ -160,8 +161,8 @@ def quantize_rows_func(kind: Kind, k: int):
     so that sum_k x w ~ s * sum_k byte w + (s * offset + min) * sum_k w. A row's range is
     used whole: GELU outputs (FFN inputs) are almost all >= -0.17, and a symmetric scale
     would spend half the levels on values that never occur (all-MiniLM-L6-v2, AVX2's 7
-    bits: worst cosine over the accuracy set 0.9879 symmetric, 0.9926 asymmetric; VNNI's 8
-    bits 0.9927 and 0.9974)."""
+    bits: worst cosine over the accuracy set 0.9879 symmetric, 0.9925 asymmetric; VNNI's 8
+    bits 0.9927 and 0.9969)."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
