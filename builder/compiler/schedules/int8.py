@@ -33,10 +33,12 @@ import numpy as np
 
 PANEL = 16  # output columns per weight panel (one 64-byte vector of 16 x 4 bytes)
 STEP = 4  # reduction steps per packed int32
-# Validation against PyTorch fp32 (|ours - torch| <= atol + rtol * max|torch|). Quantizing
-# both operands moves tiny random BERTs' outputs by 1-3% of the largest one; the accuracy
-# gate (builder/validate/accuracy.py) is the real check.
-TOLERANCE = 8e-2
+# Validation against PyTorch fp32 (|ours - torch| <= atol + rtol * max|torch|): the rtol of
+# int8 builds. Quantizing both operands moves tiny random BERTs' outputs by 1-3% of the
+# largest one, all-MiniLM-L6-v2's normalised embeddings by up to 0.023 where the largest
+# element is ~0.2 (AVX2's 7-bit activations, 11%); the accuracy gate
+# (builder/validate/accuracy.py) is the real check, this one catches a broken kernel.
+TOLERANCE = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
