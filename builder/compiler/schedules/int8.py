@@ -91,13 +91,19 @@ def kernel_kind(tvm_target) -> Kind:
     return KINDS["generic"]
 
 
+def _symmetric(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 q, float32 scale per slice along `axis`): q = round(w / s), s = max|w| / 127
+    over the slice (1 for an all-zero slice)."""
+    top = np.abs(w).max(axis=axis, keepdims=True).astype(np.float32)
+    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.reshape(-1)
+
+
 def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """W [K, N] float32 -> (packed int8 [N/16 * K/4 * 64], scale float32 [N], column sums
     int32 [N]). Symmetric per output column: q = round(W / s), s = max|W[:, n]| / 127."""
     k, n = w.shape
-    top = np.abs(w).max(axis=0).astype(np.float32)
-    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    q, scale = _symmetric(w, axis=0)
     packed = q.reshape(k // STEP, STEP, n // PANEL, PANEL).transpose(2, 0, 3, 1)
     return np.ascontiguousarray(packed).reshape(-1), scale, q.astype(np.int32).sum(axis=0).astype(np.int32)
 
@@ -105,9 +111,7 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An embedding table [V, D] float32 -> (int8 [V, D], scale float32 [V]), symmetric per
     row: a token's vector is what is read, so each gets its own scale."""
-    top = np.abs(table).max(axis=1).astype(np.float32)
-    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-    return np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8), scale
+    return _symmetric(table, axis=1)
 
 
 def _take(bb, call):
@@ -328,13 +332,6 @@ def quantize_dense(kind: Kind):
     return _pass
 
 
-def _static(dim):
-    try:
-        return int(dim)
-    except TypeError:
-        return None
-
-
 def _rewriter(kind: Kind):
     """The call rewrite of quantize_dense, with this module's functions and quantized rows.
     Rows are reused by var, which holds within one dataflow block: the torch frontend writes
@@ -342,6 +339,7 @@ def _rewriter(kind: Kind):
     import tvm_ffi
     from tvm import relax
 
+    from .cpu import _const_int
     from .storage import big_const, plain_take
 
     funcs: dict = {}
@@ -410,7 +408,7 @@ def _rewriter(kind: Kind):
         source = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
         if (isinstance(source, relax.Call) and getattr(source.op, "name", "") == "relax.reshape"
                 and isinstance(source.args[0].ty, relax.TensorType) and source.args[0].ty.shape is not None
-                and _static(source.args[0].ty.shape.values[-1]) == k):
+                and _const_int(source.args[0].ty.shape.values[-1]) == k):
             key = (source.args[0], k)
         if key not in rows_of:
             x2 = bb.emit(relax.op.reshape(x, flat)) if len(lead) != 1 else x
