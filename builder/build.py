@@ -47,13 +47,15 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
         for f in options.formats:
             FORMATS[f].precheck(resolved[t], options)
     cpus = cpu_per_target(options.cpu, resolved)
-    if options.quantize != "none":
+    for flag, value, off in (("--quantize", options.quantize, "none"), ("--compute", options.compute, "fp32")):
+        if value == off:
+            continue
         for t, target in resolved.items():
             if target.device != "cpu" or not options.schedule:
                 raise UnsupportedModelError(
-                    f"--quantize {options.quantize} is for CPU targets compiled with edgebundle's schedules; "
+                    f"{flag} {value} is for CPU targets compiled with edgebundle's schedules; "
                     f"{t} is not" + ("" if target.device != "cpu" else " (--no-schedule)"),
-                    hint="build that target in a separate build without --quantize")
+                    hint=f"build that target in a separate build without {flag}")
 
     model_dir = resolve_model(model)
     # Where the model came from, as every manifest records it: nothing of this machine (its
@@ -84,7 +86,7 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
     with progress.step("PyTorch reference outputs"):
         refs = reference_outputs(spec)
     gate = None
-    if options.quantize != "none":
+    if options.quantize != "none" or options.compute != "fp32":
         inputs = spec.accuracy_inputs or spec.validation_inputs
         with progress.step(f"PyTorch fp32 answers for the accuracy gate ({len(inputs)} batches)"):
             gate = {"inputs": inputs, "refs": reference_outputs(spec, inputs), "labels": spec.accuracy_labels,
@@ -146,7 +148,8 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
 
     cuda_archs = check_cuda_archs(options.cuda_archs) if target.device == "cuda" else ()
     max_seq = spec.seq_buckets[-1] if spec.seq_buckets else None
-    vspecs = target.variants(cpu, options.quantize)
+    vspecs = target.variants(cpu, options.quantize, options.compute)
+    computes = {v.name: v.compute for v in vspecs}
     db_target = None
     if target.device == "cpu" and options.tuning_db:
         from builder.compiler.tuning_db import mismatch, read_target
@@ -179,7 +182,10 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
         for lib, seq in compiled.files:
             writer.add(lib, compiled.weights(lib))  # keeps only tensors not seen in an earlier length or variant
         codes.update(compiled.codes)
-        if variants and writer.bytes > before:
+        if variants and writer.bytes > before and computes[compiled.name] != "fp32":
+            progress.info(f"    variant {compiled.name}: {(writer.bytes - before) / 1e6:.1f} MB of "
+                          f"{computes[compiled.name]} weights beside the fp32 variants'")
+        elif variants and writer.bytes > before:
             # Each variant reads the weights packed as the baseline's kernels do; a tensor packed
             # otherwise is stored again (a schedule rule choosing its own panel width).
             progress.warn(f"variant {compiled.name} stores {(writer.bytes - before) / 1e6:.1f} MB of weights the "
@@ -192,8 +198,17 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
                                 tuple(Library(lib, seq, ()) for lib, seq in compiled.files), compiled.schedule))
         del compiled
     weights = writer.write(tdir / WEIGHTS) if writer.arrays else None
+    bf16 = [v for v in vspecs if v.compute == "bf16"]
     if weights is not None:
-        weights["storage"] = storage
+        # what the fp32 variants read; a bf16 variant reads bf16 whatever this says
+        weights["storage"] = "bf16" if len(bf16) == len(vspecs) else storage
+        if bf16:
+            from builder.compiler.schedules.bf16 import manifest_record as bf16_record
+
+            weights["compute"] = bf16_record(writer.arrays)
+            if not weights["compute"]["dense_layers"]:
+                progress.info(f"    --compute {options.compute}: no dense layer of {spec.architecture} qualifies "
+                              f"({weights['compute']['covers']}); the bf16 variant differs in its bf16 weights only")
         if options.quantize == "int8":
             from builder.compiler.schedules.int8 import manifest_record
 
@@ -201,7 +216,7 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
             if not weights["quantization"]["tensors"]:
                 progress.warn(f"--quantize int8: nothing in {spec.architecture} qualifies ({weights['quantization']['covers']}); "
                               "it runs as without --quantize")
-        if storage != "fp32" or options.quantize != "none":
+        if storage != "fp32" or options.quantize != "none" or bf16:
             names = {"uint16": "bf16", "float16": "fp16", "float32": "fp32"}
             by_type: dict = {}
             for a in writer.arrays:
@@ -210,7 +225,7 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
             progress.info("    weights: " + ", ".join(f"{b / 1e6:.1f} MB {t}" for t, b in sorted(by_type.items(),
                                                                                             key=lambda kv: -kv[1]))
                           + " (fp32: biases, norms, folded tables, F(4x4) Winograd weights, tensors the narrow "
-                            "type cannot hold; int32: int8 column sums)")
+                            "type cannot hold; int32: int8 column sums, bf16 dense panels)")
     variants = [dataclasses.replace(v, libraries=tuple(Library(lib.file, lib.seq, tuple(writer.orders.get(lib.file, ())))
                                                        for lib in v.libraries)) for v in variants]
     device_code = None
@@ -230,10 +245,25 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
     validated = []
     for v in manifest.variants:
         # The baseline is timed: deploy sizes timeouts for the slowest host the bundle may land on.
+        vspec, vgate = spec, gate
+        if computes.get(v.name) == "bf16":
+            from builder.compiler.schedules.bf16 import TOLERANCE as BF16_TOLERANCE
+            from builder.compiler.schedules.storage import tolerance
+
+            wide = tolerance(spec.tolerance, "bf16")  # its convolutions and embeddings read bf16 weights
+            vspec = dataclasses.replace(spec, tolerance={**wide, "rtol": max(wide["rtol"], BF16_TOLERANCE)})
+            vgate = {**gate, "scheme": "bf16"}
+        elif options.quantize == "none":
+            vgate = None  # the fp32 variants of a --compute auto build
         try:
-            result = validate_target(tdir, target, spec, refs, progress, v.library.file, v.name,
-                                     timings if v is manifest.baseline else None, gate)
+            result = validate_target(tdir, target, vspec, refs, progress, v.library.file, v.name,
+                                     timings if v is manifest.baseline else None, vgate)
         except Disagreement as e:
+            if computes.get(v.name) == "bf16":
+                raise ValidationError(e.what, where=e.where,
+                                      hint="the bf16 variant is further from PyTorch than bf16 usually moves it "
+                                           f"(tolerance {vspec.tolerance['rtol']:g} of the largest output): build "
+                                           "with --compute fp32 and report the model") from e
             if options.quantize != "none":
                 raise ValidationError(e.what, where=e.where,
                                       hint="the int8 model is further from PyTorch than quantization usually moves "

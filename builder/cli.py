@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from builder.errors import EdgebundleError
-from builder.options import QUANTIZE, STORAGES, BuildOptions
+from builder.options import COMPUTE, QUANTIZE, STORAGES, BuildOptions
 from builder.progress import Progress
 
 # Where a failure that is edgebundle's own fault should be reported.
@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU targets: int8 dense layers (per-column int8 weights, per-token int8 activations, "
                         "int32 accumulation; VNNI / AVX2 / Arm dot-product kernels picked at load); the build "
                         "checks the answers against fp32 on a shipped text set and fails below cosine 0.99")
+    b.add_argument("--compute", choices=list(COMPUTE), default=BuildOptions.compute,
+                   help="CPU targets: what dense layers multiply in. bf16: bfloat16 operands, fp32 accumulation "
+                        "(AVX512_BF16: Zen 4/5, Sapphire Rapids; Arm BF16: Graviton3), weights stored bf16; the "
+                        "bundle then needs such a CPU. auto: the bf16 variant beside the fp32 ones, picked at load "
+                        "where the CPU has it. The build checks bf16 answers against fp32 on a shipped text set "
+                        f"(fails below cosine 0.998). Default {BuildOptions.compute}")
     b.add_argument("--no-schedule", dest="schedule", action="store_false",
                    help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
     b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
@@ -219,7 +225,7 @@ def build_options(args) -> BuildOptions:
                         python=(args.python or [None])[0], pythons=tuple(args.python or ()), cpu=tuple(args.cpu or ()), base_images=tuple(args.base_image or ()),
                         cuda_archs=tuple(a for group in args.cuda_arch or () for a in group), host=args.host,
                         schedule=args.schedule, tuning_db=args.tuning_db, weights=args.weights,
-                        quantize=args.quantize)
+                        quantize=args.quantize, compute=args.compute)
 
 
 def cmd_build(args) -> int:

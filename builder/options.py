@@ -20,6 +20,10 @@ DEFAULT_CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 STORAGES = ("fp32", "fp16", "bf16")
 # `build --quantize`: dense layers int8 (builder/compiler/schedules/int8.py).
 QUANTIZE = ("none", "int8")
+# `build --compute`: what CPU targets' dense layers multiply in. bf16: only the bf16 variant
+# (AVX512_BF16 / Armv8.6 BF16: the bundle needs such a CPU); auto: it beside the fp32 variants,
+# picked at load where the CPU has the instructions (builder/compiler/schedules/bf16.py).
+COMPUTE = ("fp32", "bf16", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,7 @@ class BuildOptions:
     # memory, and no slower (BERT-base 5% faster, ResNet50 level; Zen 5, README).
     weights: str = "fp16"
     quantize: str = "none"
+    compute: str = "fp32"
 
     def __post_init__(self):
         # Lists from callers become tuples: options are hashable and cannot be mutated midway.
@@ -73,6 +78,17 @@ class BuildOptions:
 
             raise EdgebundleError(f"unknown quantization {self.quantize!r}", where="BuildOptions.quantize",
                                   hint=f"one of {', '.join(QUANTIZE)}")
+        if self.compute not in COMPUTE:
+            from builder.errors import EdgebundleError
+
+            raise EdgebundleError(f"unknown compute {self.compute!r}", where="BuildOptions.compute",
+                                  hint=f"one of {', '.join(COMPUTE)}")
+        if self.compute != "fp32" and self.quantize != "none":
+            from builder.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(f"--compute {self.compute} and --quantize {self.quantize} are two ways to "
+                                        "multiply the dense layers; choose one",
+                                        hint="int8 is smaller and, with VNNI, faster; bf16 is closer to fp32")
 
     def base_image(self, fmt: str, target: str) -> str | None:
         """The --base-image given for this format and target, most specific first."""

@@ -48,11 +48,17 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("avx512", "x86_64", _X86_V4, 20, "x86-64-v4 (AVX-512 F/BW/DQ/VL), 16-lane tiles"),
     # int8 builds: vpdpbusd (Ice Lake, Cascade Lake, Sapphire Rapids, Zen 4, Zen 5)
     Kind("avx512-vnni", "x86_64", (*_X86_V4, "avx512_vnni"), 30, "x86-64-v4 with AVX-512 VNNI, int8 dot products"),
+    # `--compute bf16|auto`: vdpbf16ps (Cooper Lake, Sapphire Rapids onward, Zen 4, Zen 5)
+    Kind("avx512-bf16", "x86_64", (*_X86_V4, "avx512_bf16"), 40,
+         "x86-64-v4 with AVX512_BF16, bfloat16 dot products (fp32 accumulation)"),
     # Graviton2 (Neoverse N1) is Lambda's arm64 and the oldest arm64 we build for.
     Kind("neoverse-n1", "aarch64", ("fp", "asimd"), 10, "Armv8.2 (Neoverse N1 / Graviton2) NEON"),
     # int8 builds: their kernels use the Armv8.2 dot product (sdot) explicitly.
     Kind("neoverse-n1-dotprod", "aarch64", ("fp", "asimd", "asimddp"), 10,
          "Armv8.2 with the dot product (Neoverse N1 / Graviton2), int8 dot products"),
+    # `--compute bf16|auto`: bfdot (Armv8.6 BF16: Graviton3 / Neoverse V1 onward)
+    Kind("arm64-bf16", "aarch64", ("fp", "asimd", "bf16"), 20,
+         "Armv8.2 NEON with BF16 (Graviton3 onward), bfloat16 dot products (fp32 accumulation)"),
     # `build --cpu NAME`: the user's own choice of LLVM CPU, one variant, not checked here
     # (as before variants existed): it runs where that CPU's instructions exist.
     Kind("cpu", "", (), 0, "an explicit --cpu choice: its features are not checked at load"),

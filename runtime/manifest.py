@@ -154,13 +154,18 @@ class WeightsFile:
     # "tensors", "dense_layers", "embedding_tables", "int8_bytes"}; the kernels are the
     # variants' (their schedule's "int8").
     quantization: dict | None = None
+    # `build --compute bf16|auto`: {"scheme": "bf16", how weights and activations are rounded,
+    # "dense_layers", "bf16_bytes"}; the bf16 variants read these (their schedule's "bf16"),
+    # the fp32 variants of an auto build what `storage` says.
+    compute: dict | None = None
 
     def to_json(self) -> dict:
         return _drop_none(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, d: dict) -> WeightsFile:
-        return cls(d["file"], int(d["count"]), int(d["bytes"]), str(d.get("storage", "fp32")), d.get("quantization"))
+        return cls(d["file"], int(d["count"]), int(d["bytes"]), str(d.get("storage", "fp32")), d.get("quantization"),
+                   d.get("compute"))
 
 
 def _drop_none(d: dict) -> dict:

@@ -37,7 +37,8 @@ def variant_target(variant: str) -> dict:
     if lacks:
         pytest.skip(f"this CPU lacks {', '.join(lacks)}")
     x86 = TARGETS["x86_64"]
-    spec = next(v for v in (*x86.variants(), *x86.variants(quantize="int8")) if v.name == variant)
+    spec = next(v for v in (*x86.variants(), *x86.variants(quantize="int8"), *x86.variants(compute="bf16"))
+                if v.name == variant)
     return x86.tvm_target_json(spec.cpu, (), spec.attrs)
 
 

@@ -72,7 +72,7 @@ def test_kernels_compute_the_integer_arithmetic(name):
         x[0, :] = 0.25  # a constant row: no range, exact
         xq = tvm.runtime.tensor(np.zeros((m, k // 4), np.int32))
         xp = tvm.runtime.tensor(np.zeros((m, 2), np.float32))
-        lib[f"q8_quantize_rows_{k}"](tvm.runtime.tensor(x), xq, xp)
+        lib[f"q8_rows_{k}"](tvm.runtime.tensor(x), xq, xp)
         byte, want = _emulate(kind, x, w)
         got_bytes = xq.numpy().view(np.uint8 if kind.offset == 0 else np.int8).reshape(m, k)
         assert np.array_equal(got_bytes, byte), (name, m)
@@ -338,7 +338,7 @@ def test_the_bias_add_goes_into_the_int8_kernel_and_rows_are_quantized_once():
     mod = tvm.transform.Sequential([relax.transform.FoldConstant(), quantize_dense(KINDS["avx2"]),
                                     relax.transform.DeadCodeElimination()])(mod)
     text = mod["main"].script()
-    assert text.count("q8_quantize_rows_128") == 1 and text.count("q8_matmul_128x64_bias") == 3
+    assert text.count("q8_rows_128") == 1 and text.count("q8_matmul_128x64_bias") == 3
     assert "R.add" in text and text.count("R.add") == 1  # q + k * v: the model's own add, not the biases
     from conftest import variant_target
 

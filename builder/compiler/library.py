@@ -67,12 +67,13 @@ def sort_shape_funcs_pass():
 
 def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, schedule: bool = True,
                     cpu_params=None, cuda_archs: tuple = (), storage: str = "fp32",
-                    quantize: str = "none") -> tuple[dict | None, list]:
+                    quantize: str = "none", compute: str = "fp32") -> tuple[dict | None, list]:
     """tvm.compile for one target and export the code as one .so; main's large constants,
     packed as the kernels read them, become trailing parameters (builder/compiler/weights.py
     says why); GPU kernels become a fatbin for `cuda_archs` (builder/compiler/cuda.py). CPU
     targets store their GEMM weights as `storage` (builder/compiler/schedules/storage.py), their
-    dense layers int8 with quantize="int8" (builder/compiler/schedules/int8.py).
+    dense layers int8 with quantize="int8" (builder/compiler/schedules/int8.py), bf16 with
+    compute="bf16" (builder/compiler/schedules/bf16.py).
     Returns (the device code's description for GPU targets, those constants in order)."""
     import tvm
     from tvm import relax
@@ -83,7 +84,7 @@ def compile_library(mod, target: TargetSpec, tvm_target: dict, out_so: Path, sch
     if target.device == "cpu" and schedule:
         from builder.compiler.schedules.cpu import cpu_pipeline
 
-        pipeline = cpu_pipeline(tvm_t, cpu_params, storage=storage, quantize=quantize)
+        pipeline = cpu_pipeline(tvm_t, cpu_params, storage=storage, quantize=quantize, compute=compute)
     else:
         pipeline = relax.get_default_pipeline(tvm_t)
     lifted: list = []

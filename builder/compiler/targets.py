@@ -40,6 +40,7 @@ class VariantSpec:
     cpu: str
     suffix: str = ""
     attrs: tuple = ()  # LLVM features beyond the CPU's (mattr)
+    compute: str = "fp32"  # what its dense layers multiply in: fp32, or bf16 (schedules/bf16.py)
 
     def library(self, seq: int | None, longest: int | None) -> str:
         stem = "model" if seq in (None, longest) else f"model-seq{seq}"
@@ -59,6 +60,14 @@ INT8_VARIANTS = {
     "x86_64": (VariantSpec("avx2", "haswell"),
                VariantSpec("avx512-vnni", "x86-64-v4", ".avx512vnni", ("+avx512vnni",))),
     "arm64": (VariantSpec("neoverse-n1-dotprod", "neoverse-n1"),),
+}
+
+# `--compute bf16|auto`: the bf16 dot product. AVX512_BF16: Cooper Lake, Sapphire Rapids and
+# later Xeons, Zen 4, Zen 5. Armv8.6 BF16: Graviton3 (Neoverse V1) and later, not Lambda's
+# Graviton2; compiled for N1 plus the feature, so nothing else of V1 (SVE) is assumed.
+BF16_VARIANTS = {
+    "x86_64": VariantSpec("avx512-bf16", "x86-64-v4", ".avx512bf16", ("+avx512bf16",), "bf16"),
+    "arm64": VariantSpec("arm64-bf16", "neoverse-n1", ".bf16", ("+bf16",), "bf16"),
 }
 
 
@@ -87,13 +96,18 @@ class TargetSpec:
             return host
         return {"kind": "cuda", "arch": check_cuda_archs(cuda_archs)[0], "host": host}
 
-    def variants(self, cpu: str | None = None, quantize: str = "none") -> tuple:
-        """What to compile: an explicit --cpu is one variant of its own ("cpu"); GPU targets
-        compile their host code once, for the baseline."""
+    def variants(self, cpu: str | None = None, quantize: str = "none", compute: str = "fp32") -> tuple:
+        """What to compile: an explicit --cpu is one variant of its own ("cpu", bf16 with
+        --compute bf16 or auto); GPU targets compile their host code once, for the baseline."""
         if cpu:
-            return (VariantSpec("cpu", cpu),)
-        known = (INT8_VARIANTS if quantize == "int8" else PLATFORM_VARIANTS)[self.platform.name]
-        return known if self.device == "cpu" else known[:1]
+            return (VariantSpec("cpu", cpu, compute="fp32" if compute == "fp32" else "bf16"),)
+        if self.device != "cpu":
+            return PLATFORM_VARIANTS[self.platform.name][:1]
+        if quantize == "int8":
+            return INT8_VARIANTS[self.platform.name]
+        bf16 = (BF16_VARIANTS[self.platform.name],)
+        return {"fp32": PLATFORM_VARIANTS[self.platform.name], "bf16": bf16,
+                "auto": PLATFORM_VARIANTS[self.platform.name] + bf16}[compute]
 
     def host_can_run(self) -> bool:
         return self.device == "cpu" and platform.machine() == self.arch

@@ -63,6 +63,7 @@ def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_ar
 
     tvm_target = target.tvm_target_json(vspec.cpu, options.cuda_archs, vspec.attrs)
     params, schedule = variant_params(target, vspec, options, db_target) if target.device == "cpu" else (None, None)
+    storage = options.weights
     if options.quantize == "int8":
         import tvm
 
@@ -71,12 +72,27 @@ def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_ar
         kind = kernel_kind(tvm.target.Target(tvm_target))
         schedule["int8"] = {"kernel": kind.name, "activation_levels": kind.levels + 1,
                             "tile": [kind.rows, kind.vectors * kind.lanes]}
+    if vspec.compute == "bf16":
+        import tvm
+
+        from builder.compiler.schedules.bf16 import kernel_kind as bf16_kind
+
+        kind = bf16_kind(tvm.target.Target(tvm_target))
+        if kind is None:
+            from builder.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(f"--compute bf16: the CPU {vspec.cpu} has no bfloat16 dot product",
+                                        where=f"variant {vspec.name}",
+                                        hint="choose a --cpu with AVX512_BF16 (sapphirerapids, znver4) or BF16 "
+                                             "(neoverse-v1), or leave --cpu out")
+        schedule["bf16"] = {"kernel": kind.name, "tile": [kind.tile.rows, kind.tile.vectors * kind.tile.lanes]}
+        storage = "bf16"  # what the dense kernels do not cover (convolutions, embeddings) too
     out = Compiled(vspec.name, tvm_target, schedule, [], {}, {}, {})
     for seq, bucket in modules.items():
         lib = vspec.library(seq, max_seq)
         code, lifted = compile_library(bucket, target, tvm_target, tdir / lib, schedule=options.schedule,
-                                       cpu_params=params, cuda_archs=cuda_archs, storage=options.weights,
-                                       quantize=options.quantize)
+                                       cpu_params=params, cuda_archs=cuda_archs, storage=storage,
+                                       quantize=options.quantize, compute=vspec.compute)
         if code is not None:
             out.codes[lib] = code
         keys = []

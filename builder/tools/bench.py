@@ -221,6 +221,8 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
         return sess.run(None, inputs)[0]
 
     candidates = {"edgebundle (TVM)": run_ours, "PyTorch eager": run_torch, "ONNX Runtime": run_ort}
+    openvino = _openvino(onnx_path, threads, inputs, progress)
+    candidates.update(openvino.candidates)
     # The other variants this CPU runs, each timed in the same rounds (the row above is the
     # one the runtime picks here).
     from runtime import cpu
@@ -313,6 +315,9 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
                              "model_bytes": onnx_path.stat().st_size}
     if "ONNX Runtime int8" in candidates:
         sizes["ONNX Runtime int8"] = {**sizes["ONNX Runtime"], "model_bytes": ort8_path.stat().st_size}
+    for name in openvino.candidates:
+        sizes[name] = {"runtime_bytes": openvino.runtime_bytes + tree_size(Path(np.__file__).parent),
+                       "model_bytes": onnx_path.stat().st_size}
 
     result = {
         "model": dataclasses.asdict(manifest.model), "target": target, "threads": threads, "batch": batch,
@@ -331,7 +336,8 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
                        for name, runs_ in cold.items()},
         "sizes": sizes,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
-                     "tvm": manifest.versions.tvm},
+                     "tvm": manifest.versions.tvm, **({"openvino": openvino.version} if openvino.version else {})},
+        "notes": [openvino.note] if openvino.note else [],
     }
     torch_ms = result["warm"]["PyTorch eager"]["median_ms"]
     for name, st in result["warm"].items():
@@ -342,6 +348,40 @@ def _bench(work: Path, ort, model_or_out: str, *, target: str, threads: int | No
     if plot_path:
         plot(result, Path(plot_path))
     return result
+
+
+@dataclasses.dataclass
+class _OpenVino:
+    candidates: dict
+    version: str | None = None
+    runtime_bytes: int = 0
+    note: str | None = None
+
+
+def _openvino(onnx_path: Path, threads: int, inputs: dict, progress: Progress) -> _OpenVino:
+    """OpenVINO's CPU plugin on the ONNX file ONNX Runtime runs, in its default precision
+    (bf16 where the CPU has AVX512_BF16 or AMX, f16 on some Arm cores: its
+    INFERENCE_PRECISION_HINT) and with f32 forced; no rows where it is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        note = "OpenVINO is not installed, so it has no rows (pip install openvino, or the bench extra)"
+        progress.info(f"    note: {note}")
+        return _OpenVino({}, note=note)
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    out = _OpenVino({}, version=ov.get_version(), runtime_bytes=tree_size(Path(ov.__file__).parent))
+    for forced in (None, "f32"):
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        if forced:
+            config["INFERENCE_PRECISION_HINT"] = forced
+        with progress.step("OpenVINO: compile the ONNX model for CPU" + (f", precision {forced}" if forced else "")):
+            compiled = core.compile_model(model, "CPU", config)
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16", "f32"
+        request = compiled.create_infer_request()
+        label = f"OpenVINO {precision}" + ("" if forced else " (default)")
+        out.candidates[label] = lambda request=request: np.asarray(request.infer(inputs)[0])
+    return out
 
 
 def _build_label(m) -> str:
@@ -375,7 +415,7 @@ def format_table(r: dict) -> str:
     lines = [f"{r['model']['name']} ({r['model']['task']}), inputs {r['input_shapes']}, {r['target']}, "
              f"{r['threads']} threads, {r['machine']['cpu']}, {r['date']}"
              + (f"; edgebundle (TVM) is variant {picked['picked']} ({picked['reason']})" if picked else ""),
-             f"{'':<22}{'median ms':>10}{'p90 ms':>9}{'vs torch':>9}{'cold s':>8}{'RSS MB':>8}"
+             f"{'':<26}{'median ms':>10}{'p90 ms':>9}{'vs torch':>9}{'cold s':>8}{'RSS MB':>8}"
              f"{'runtime MB':>11}{'model MB':>10}{'max|diff|':>11}"]
     for name, st in r["warm"].items():
         cold = r["cold_start"].get(name)
@@ -384,10 +424,11 @@ def format_table(r: dict) -> str:
         rss = f"{cold['peak_rss_mb']:.0f}" if cold else "-"
         runtime_mb = f"{size['runtime_bytes'] / 2**20:.1f}" if size else "-"
         model_mb = f"{size['model_bytes'] / 2**20:.1f}" if size else "-"
-        lines.append(f"{name:<22}{st['median_ms']:>10.1f}{st['p90_ms']:>9.1f}{st['speedup_vs_torch']:>8.2f}x"
+        lines.append(f"{name:<26}{st['median_ms']:>10.1f}{st['p90_ms']:>9.1f}{st['speedup_vs_torch']:>8.2f}x"
                      f"{cold_s:>8}{rss:>8}{runtime_mb:>11}{model_mb:>10}{r['max_abs_diff_vs_torch'][name]:>11.1e}")
     for tokens, row in (r.get("warm_by_length") or {}).items():
         lines.append(f"  at {tokens} tokens: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in row.items()))
+    lines += [f"  note: {note}" for note in r.get("notes", ())]
     return "\n".join(lines)
 
 

@@ -47,6 +47,10 @@ def _variants(m, target_dir: Path) -> list[str]:
         if i8:
             lines.append(f"             int8 kernel {i8['kernel']} ({i8['tile'][0]}x{i8['tile'][1]} tiles, activations "
                          f"{i8['activation_levels']} levels per row)")
+        b16 = (v.schedule or {}).get("bf16")
+        if b16:
+            lines.append(f"             bf16 kernel {b16['kernel']} ({b16['tile'][0]}x{b16['tile'][1]} tiles, fp32 "
+                         "accumulation)")
         gate = (v.validation or {}).get("accuracy")
         if gate:
             from builder.validate.accuracy import summary
@@ -108,6 +112,10 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
             lines.append(f"int8       {q.get('dense_layers', '?')} dense layers, {q.get('embedding_tables', '?')} "
                          f"embedding tables, {q.get('int8_bytes', 0) / 1e6:.1f} MB; weights {q.get('weights')}; "
                          f"activations {q.get('activations')}")
+        c = m.weights.compute
+        if c:
+            lines.append(f"bf16       {c.get('dense_layers', '?')} dense layers, {c.get('bf16_bytes', 0) / 1e6:.1f} MB "
+                         f"for the bf16 variants; weights {c.get('weights')}; activations {c.get('activations')}")
     lines.append(f"glibc      {m.library.file} needs {m.glibc_required}")
     v = m.versions
     lines.append(f"versions   tvm {v.tvm}, tvm_ffi {v.tvm_ffi}, torch {v.torch}, "

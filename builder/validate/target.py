@@ -97,7 +97,7 @@ def _gate(spec: ModelSpec, gate: dict, outputs: list[dict], where: str, variant:
     name = spec.postprocessing.output
     index = [o.name for o in spec.outputs].index(name)
     record = evaluate(spec.postprocessing.kind, [r[index] for r in gate["refs"]], [o[name] for o in outputs],
-                      gate.get("labels"), gate.get("unjudged"))
+                      gate.get("labels"), gate.get("unjudged"), gate.get("scheme", "int8"))
     check(record, where, variant)
     return record
 

@@ -448,6 +448,7 @@ VARIANT_PARAMS: dict[str, dict] = {
                "conv_nr": 32, "narrow_nr": 32, "spatial_nr": 32, "packed_pointwise": False},
 }
 VARIANT_PARAMS["avx512-vnni"] = VARIANT_PARAMS["avx512"]  # int8 builds: the same fp32 kernels besides
+VARIANT_PARAMS["avx512-bf16"] = VARIANT_PARAMS["avx512"]  # bf16 builds: convs and the rest as AVX-512
 
 
 def params_from_env(variant: str | None = None) -> CpuParams:
@@ -547,10 +548,13 @@ def _rewrite_pass(name: str, pattern, rewriter):
     return _pass
 
 
-def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32", quantize: str = "none") -> list:
+def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32", quantize: str = "none",
+                        compute: str = "fp32") -> list:
     import tvm
     from tvm import relax
 
+    from .bf16 import bf16_dense
+    from .bf16 import kernel_kind as bf16_kind
     from .int8 import kernel_kind, quantize_dense
 
     from .packed import use_packed_conv
@@ -574,6 +578,7 @@ def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32", 
         *([use_packed_conv(params.gemm_mr, params.packed_pointwise, storage)] if params.packed_conv else []),
         # int8 first: the dense weights it takes are quantized from fp32, not from fp16
         *([quantize_dense(kernel_kind(tvm.target.Target.current()))] if quantize == "int8" else []),
+        *([bf16_dense(bf16_kind(tvm.target.Target.current()))] if compute == "bf16" else []),
         *([store_weights(storage)] if storage != "fp32" else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),
@@ -615,7 +620,7 @@ def split_weight_packing():
 
 
 def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True, storage: str = "fp32",
-                 quantize: str = "none"):
+                 quantize: str = "none", compute: str = "fp32"):
     """The Relax pipeline for llvm targets: TVM's CPU stages with our schedules after FuseTIR.
 
     Before legalization: BatchNorm is decomposed for inference (its scale/shift then fuses
@@ -636,7 +641,7 @@ def cpu_pipeline(target, params: CpuParams | None = None, schedule: bool = True,
             # legalize at once ("nested op_tag is not allowed"). The rest runs in parallel.
             with TE_LOCK:
                 mod = tvm.transform.Sequential([
-                    *pre_legalize_passes(params, storage, quantize),
+                    *pre_legalize_passes(params, storage, quantize, compute),
                     *cg.library_dispatch_passes(target),
                     *cg.legalize_passes(target),
                 ])(mod)

@@ -31,7 +31,9 @@ import dataclasses
 
 import numpy as np
 
-PANEL = 16  # output columns per weight panel (one 64-byte vector of 16 x 4 bytes)
+from .dot import ATTRS as _ATTRS
+from .dot import PANEL, Kernel, Scheme, Tile, dense_pass, i64 as _i64, tiled_matmul
+
 STEP = 4  # reduction steps per packed int32
 # Validation against PyTorch fp32 (|ours - torch| <= atol + rtol * max|torch|): the rtol of
 # int8 builds. Quantizing both operands moves tiny random BERTs' outputs by 1-3% of the
@@ -149,17 +151,6 @@ def eligible(k: int, n: int) -> bool:
     return k % STEP == 0 and n % PANEL == 0 and k >= 16
 
 
-# op_pattern 8 (kOpaque): FuseOps leaves the kernels alone, and AnnotateTIROpPattern, which
-# expects a root block, does not read them. tir.is_scheduled: dlight skips them.
-_ATTRS = {"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8}
-
-
-def _i64(v):
-    from tvm import tirx
-
-    return tirx.const(v, "int64")
-
-
 def quantize_rows_func(kind: Kind, k: int):
     """x float32 [m, K] -> (packed quantized rows int32 [m, K/4], row parameters float32
     [m, 2]). Asymmetric per row: u = round((x - min) / s) in [0, levels], s = (max - min) /
@@ -177,7 +168,7 @@ def quantize_rows_func(kind: Kind, k: int):
     levels = float(kind.levels)
     with IRBuilder() as ib:
         with T.prim_func():
-            T.func_name(f"q8_quantize_rows_{k}")
+            T.func_name(f"q8_rows_{k}")
             T.func_attr(_ATTRS)
             m = tirx.Var("m", "int64")
             x = T.match_buffer(T.arg("x", T.handle()), (m, k), "float32")
@@ -210,31 +201,11 @@ def quantize_rows_func(kind: Kind, k: int):
 
 def matmul_func(kind: Kind, k: int, n: int, bias: bool = False):
     """(packed rows int32 [m, K/4], row parameters [m, 2], packed weights, column scales
-    [N], column sums [N][, bias [N]]) -> float32 [m, N]. Tiles of `rows` x (vectors x lanes) outputs, in
-    parallel; the last rows of a partial tile read the matrix's last row again (no padding
-    pass) and are not stored."""
+    [N], column sums [N][, bias [N]]) -> float32 [m, N] (schedules/dot.py's loop nest)."""
     from tvm import tirx
-    from tvm.script.ir_builder import IRBuilder
-    from tvm.script.ir_builder import tirx as T
 
-    k4, panels = k // STEP, n // PANEL
-    lanes, rows = kind.lanes, kind.rows
-    width = kind.vectors * lanes  # columns per tile
-    if width % PANEL and PANEL % width:
-        raise ValueError(f"int8 tile of {width} columns does not read {PANEL}-column panels")
-    vectors = kind.vectors
-    while n % (vectors * lanes):
-        vectors -= 1
-    width = vectors * lanes
-    tiles_n = n // width
-    vbytes = lanes * STEP  # bytes of weights per vector: 16 x 4 (zmm), 8 x 4 (ymm), 4 x 4 (q)
-    i32v, i8v = f"int32x{lanes}", f"int8x{vbytes}"
-
-    def weight_offset(col0, kk):
-        # column col0 (a multiple of lanes) of panel col0 // 16, step kk
-        panel, within = col0 // PANEL, col0 % PANEL
-        return (panel * k4 + kk) * (PANEL * STEP) + within * STEP
-
+    lanes = kind.lanes
+    i32v, i8v = f"int32x{lanes}", f"int8x{lanes * STEP}"
     # generic: 4 partial sums per column (lanes c*4 + t), summed in the epilogue: plain
     # widening multiply-adds LLVM vectorises anywhere (NEON smlal, SSE/AVX pmulld).
     partials = STEP if kind.name == "generic" else 1
@@ -252,49 +223,21 @@ def matmul_func(kind: Kind, k: int, n: int, bias: bool = False):
             return tirx.call_llvm_pure_intrin(i32v, "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, wv, xa)
         return acc + xa.astype(acc_t) * wv.astype(acc_t)
 
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name(f"q8_matmul_{k}x{n}" + ("_bias" if bias else ""))
-            T.func_attr(_ATTRS)
-            m = tirx.Var("m", "int64")
-            xq = T.match_buffer(T.arg("xq", T.handle()), (m, k4), "int32")
-            xp = T.match_buffer(T.arg("xp", T.handle()), (m, 2), "float32")
-            w = T.match_buffer(T.arg("w", T.handle()), (panels * k4 * PANEL * STEP,), "int8")
-            ws = T.match_buffer(T.arg("ws", T.handle()), (n,), "float32")
-            wc = T.match_buffer(T.arg("wc", T.handle()), (n,), "int32")
-            b = T.match_buffer(T.arg("b", T.handle()), (n,), "float32") if bias else None
-            y = T.match_buffer(T.arg("y", T.handle()), (m, n), "float32")
-            tiles_m = (m + rows - 1) // rows
-            with T.sblock("root"), T.parallel(_i64(0), _i64(tiles_n) * tiles_m) as t:
-                # column tiles outside row tiles: a thread's consecutive tiles share a weight panel
-                jt, it = t // tiles_m, t % tiles_m
-                # One buffer per row, in global scope: TVM 0.27 turns "local" allocations in a
-                # parallel body into heap workspaces, whose loads and stores LLVM keeps; these
-                # become allocas it promotes to registers.
-                size = lanes * partials
-                accs = [T.alloc_buffer((width * partials,), "int32", scope="global") for _ in range(rows)]
-                for acc in accs:
-                    for v in range(vectors):
-                        T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), size),
-                                       [tirx.Ramp(v * size, 1, size)])
-                with T.serial(_i64(0), _i64(k4)) as kk:
-                    wvs = [w.vload([weight_offset(jt * width + v * lanes, kk)], i8v) for v in range(vectors)]
-                    for r, acc in enumerate(accs):
-                        word = xq[tirx.min(it * rows + r, m - 1), kk]
-                        for v in range(vectors):
-                            cur = acc.vload([v * size], acc_t)
-                            T.buffer_store(acc, step(cur, word, wvs[v]), [tirx.Ramp(v * size, 1, size)])
-                for r, acc in enumerate(accs):
-                    row = it * rows + r
-                    with T.If(row < m):
-                        with T.Then():
-                            _epilogue(T, tirx, acc, xp, ws, wc, b, y, row, jt * width, vectors, lanes, partials)
-    return ib.get()
+    def epilogue(T, bufs, acc, row, col0, vectors):
+        _epilogue(T, tirx, acc, bufs, row, col0, vectors, lanes, partials)
+
+    col = lambda m: (n,)  # noqa: E731
+    inputs = (("xp", lambda m: (m, 2), "float32"), ("w", lambda m: (n // PANEL * (k // STEP) * PANEL * STEP,), "int8"),
+              ("ws", col, "float32"), ("wc", col, "int32"), *((("b", col, "float32"),) if bias else ()))
+    kernel = Kernel(f"q8_matmul_{k}x{n}" + ("_bias" if bias else ""), "int32", inputs,
+                    lambda w, word: w.vload([word * STEP], i8v), step, epilogue)
+    return tiled_matmul(kernel, Tile(kind.rows, kind.vectors, lanes, partials), k // STEP, n)
 
 
-def _epilogue(T, tirx, acc, xp, ws, wc, b, y, row, col0, vectors, lanes, partials):
+def _epilogue(T, tirx, acc, bufs, row, col0, vectors, lanes, partials):
     """A tile row's outputs: (s_row * acc + c_row * colsum) * s_col (+ bias), a vector at a
     time (the generic kernel's partial sums added first, column by column)."""
+    xp, ws, wc, b, y = bufs["xp"], bufs["ws"], bufs["wc"], bufs.get("b"), bufs["y"]
     if partials == 1:
         f32, i32v = f"float32x{lanes}", f"int32x{lanes}"
         for v in range(vectors):
@@ -319,109 +262,11 @@ def _epilogue(T, tirx, acc, xp, ws, wc, b, y, row, col0, vectors, lanes, partial
 
 def quantize_dense(kind: Kind):
     """Relax pass (before legalization, before store_weights): matmul(x, W) with x float32
-    [..., K] and W a constant float32 [K, N] -> reshape, quantize_rows, q8_matmul, reshape.
-    A row set quantized once serves every matmul reading it (BERT's Q, K and V)."""
-    import tvm
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgebundleQuantizeDense")
-    def _pass(mod, _ctx):
-        from .gemm import op_rewrite_pass
-
-        return op_rewrite_pass("EdgebundleQuantizeDenseCalls", _rewriter(kind))(mod)
-
-    return _pass
-
-
-def _rewriter(kind: Kind):
-    """The call rewrite of quantize_dense, with this module's functions and quantized rows.
-    Rows are reused by var, which holds within one dataflow block: the torch frontend writes
-    one per function."""
-    import tvm_ffi
+    [..., K] and W a constant float32 [K, N] -> reshape, quantize_rows, q8_matmul, reshape
+    (schedules/dot.py); take() of a large table -> an int8 table."""
     from tvm import relax
 
-    from .cpu import _const_int
-    from .storage import big_const, plain_take
-
-    funcs: dict = {}
-    rows_of: dict = {}
-    made: dict = {}  # var of a q8_matmul call -> (its arguments, k, n)
-
-    def func(bb, name, make):
-        if name not in funcs:
-            funcs[name] = bb.add_func(make(), name)
-        return funcs[name]
-
-    def product(bb, expr):
-        """The q8_matmul call var behind expr, through reshapes and aliases, else None."""
-        for _ in range(4):
-            if not isinstance(expr, relax.Var):
-                return None
-            if expr in made:
-                return expr
-            value = bb.lookup_binding(expr)
-            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.reshape":
-                value = value.args[0]
-            expr = value
-        return None
-
-    def add_bias(bb, call):
-        """add(q8 product, bias [N]) -> one q8_matmul that adds the bias in its epilogue (the
-        product's own call is then dead and goes; a Linear's product has no other use)."""
-        for a, c in (call.args, call.args[::-1]):
-            var = product(bb, a)
-            if var is None or type(c).__name__ != "GenericConst" or not hasattr(c.value, "shape"):
-                continue
-            args, k, n = made[var]
-            # a bias along the product's columns, the sum shaped as the product (no broadcast)
-            if (str(c.ty.dtype) != "float32" or [int(d) for d in c.value.shape] != [n]
-                    or not isinstance(a.ty, relax.TensorType) or not isinstance(call.ty, relax.TensorType)
-                    or not tvm_ffi.structural_equal(a.ty.shape, call.ty.shape)):
-                continue
-            gm = func(bb, f"q8_matmul_{k}x{n}_bias", lambda: matmul_func(kind, k, n, bias=True))
-            y = bb.emit(relax.call_tir(gm, [*args, c], out_ty=relax.TensorType((args[0].ty.shape.values[0], n),
-                                                                                   "float32")))
-            return relax.op.reshape(y, call.ty.shape) if call.ty.ndim != 2 else y
-        return None
-
-    def rewrite(bb, call):
-        if call.op.name == "relax.take" and plain_take(call):
-            return _take(bb, call)
-        if call.op.name == "relax.add" and len(call.args) == 2 and made:
-            return add_bias(bb, call)
-        if call.op.name != "relax.matmul" or len(call.args) != 2:
-            return None
-        w = big_const(call.args[1])
-        x = call.args[0]
-        xt = x.ty
-        if (w is None or w.ndim != 2 or not eligible(*w.shape) or not isinstance(xt, relax.TensorType)
-                or str(xt.dtype) != "float32" or xt.ndim < 1 or not isinstance(xt.shape, relax.ShapeExpr)):
-            return None
-        k, n = (int(d) for d in w.shape)
-        lead = list(xt.shape.values[:-1])
-        m = 1
-        for d in lead:
-            m = m * d
-        flat = (m, k)
-        # rows are rows however they were flattened: torch.export writes a reshape to 2-D
-        # before each Linear on a 3-D input, one per Linear, all of the same tensor
-        key = (x, k)
-        source = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
-        if (isinstance(source, relax.Call) and getattr(source.op, "name", "") == "relax.reshape"
-                and isinstance(source.args[0].ty, relax.TensorType) and source.args[0].ty.shape is not None
-                and _const_int(source.args[0].ty.shape.values[-1]) == k):
-            key = (source.args[0], k)
-        if key not in rows_of:
-            x2 = bb.emit(relax.op.reshape(x, flat)) if len(lead) != 1 else x
-            gq = func(bb, f"q8_quantize_rows_{k}", lambda: quantize_rows_func(kind, k))
-            q = bb.emit(relax.call_tir(gq, [x2], out_ty=[relax.TensorType((m, k // STEP), "int32"),
-                                                          relax.TensorType((m, 2), "float32")]))
-            rows_of[key] = (bb.emit(relax.TupleGetItem(q, 0)), bb.emit(relax.TupleGetItem(q, 1)))
-        xq, xp = rows_of[key]
-        packed, scale, sums = quantize_weight(w)
-        gm = func(bb, f"q8_matmul_{k}x{n}", lambda: matmul_func(kind, k, n))
-        args = [xq, xp, relax.const(packed), relax.const(scale), relax.const(sums)]
-        y = bb.emit(relax.call_tir(gm, args, out_ty=relax.TensorType((m, n), "float32")))
-        made[y] = (args, k, n)
-        return y if len(lead) == 1 else relax.op.reshape(y, (*lead, n))
-
-    return rewrite
+    scheme = Scheme("q8", lambda k: quantize_rows_func(kind, k),
+                    lambda m, k: [relax.TensorType((m, k // STEP), "int32"), relax.TensorType((m, 2), "float32")],
+                    lambda k, n, bias: matmul_func(kind, k, n, bias), quantize_weight, eligible, _take)
+    return dense_pass(scheme, "EdgebundleQuantizeDense")

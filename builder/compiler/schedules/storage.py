@@ -51,10 +51,15 @@ def narrow(array: np.ndarray, storage: str) -> np.ndarray:
             return array
         return half
     if storage == "bf16":
-        bits = np.ascontiguousarray(array).view(np.uint32)
-        rounded = (bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return rounded.astype(np.uint16)
+        return bf16_bits(array)
     raise ValueError(f"unknown weight storage {storage!r} (one of {', '.join(STORAGES)})")
+
+
+def bf16_bits(array: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits as uint16, rounded to nearest even (numpy has no bfloat16)."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = (bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
 
 
 def widen(value):

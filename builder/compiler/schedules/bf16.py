@@ -1,0 +1,194 @@
+"""bfloat16 dense layers (`build --compute bf16|auto`: the bf16 variant's kernels).
+
+A matmul with a constant weight W [K, N] becomes (schedules/dot.py's loop nest):
+- weights, at build: bfloat16 (round to nearest even), packed [N/16, K/2, 16, 2]: 16
+  columns x 2 reduction steps = 64 bytes, the operand of one vdpbf16ps;
+- activations, per call: each row (token) rounded to bfloat16 pairs, two in a 32-bit word
+  (rows_func), so one broadcast feeds two reduction steps; once for every matmul reading the
+  same rows (Q, K and V);
+- the product: fp32 accumulators in registers (vdpbf16ps on AVX512_BF16, bfdot on Armv8.6
+  BF16), the bias added in the epilogue. LayerNorm, softmax, GELU, residuals, attention's
+  score matmuls and the logits stay fp32.
+
+TVM 0.27 legalizes every bfloat16 value of an llvm target to float32 or uint16, so TIR can
+write no <32 x bfloat> operand: the kernels call a two-line LLVM IR function (imported with
+pragma_import_llvm, inlined by LLVM) that bitcasts the 32-bit words to bfloat vectors and
+calls the instruction. 128x768x768, 2 threads, Zen 5: 0.16 ms, against 0.63 ms for our fp32
+AVX-512 kernel and 0.17 ms for int8 VNNI (the bf16 instruction does half the multiply-adds
+of vpdpbusd but needs no dequantization).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .dot import PANEL, Kernel, Scheme, Tile, dense_pass, i64, tiled_matmul
+from .storage import bf16_bits, narrow
+
+STEP = 2  # reduction steps per 32-bit word
+# Validation against PyTorch fp32 (|ours - torch| <= atol + rtol * max|torch|): bf16 keeps 8
+# bits of mantissa for both operands, so a K-long dot product moves by ~2^-9 * sqrt(K) of
+# its terms' scale: tiny random BERTs 0.4-1.2% of the largest output. The accuracy gate
+# (builder/validate/accuracy.py) is the real check, this one catches a broken kernel.
+TOLERANCE = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A bf16 kernel: the instruction (`name`), its register tile, the LLVM function the
+    kernel calls (`call`) and its IR."""
+
+    name: str
+    tile: Tile
+    call: str
+    llvm: str
+
+
+_X86 = """
+define <16 x float> @edgebundle_dpbf16ps(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) {
+  %x = bitcast <16 x i32> %a to <32 x bfloat>
+  %y = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x, <32 x bfloat> %y)
+  ret <16 x float> %r
+}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+"""
+_ARM = """
+define <4 x float> @edgebundle_bfdot(<4 x float> %acc, <4 x i32> %a, <4 x i32> %b) {
+  %x = bitcast <4 x i32> %a to <8 x bfloat>
+  %y = bitcast <4 x i32> %b to <8 x bfloat>
+  %r = call <4 x float> @llvm.aarch64.neon.bfdot.v4f32.v8bf16(<4 x float> %acc, <8 x bfloat> %x, <8 x bfloat> %y)
+  ret <4 x float> %r
+}
+declare <4 x float> @llvm.aarch64.neon.bfdot.v4f32.v8bf16(<4 x float>, <8 x bfloat>, <8 x bfloat>)
+"""
+
+KINDS = {
+    # 8 rows x 3 zmm = 24 accumulators of 32 registers; 128x768x768 in 0.16 ms (Zen 5, 2
+    # threads), ~95% of vdpbf16ps's peak there.
+    "avx512bf16": Kind("avx512bf16", Tile(8, 3, 16), "edgebundle_dpbf16ps", _X86),
+    # Armv8.6 BF16 (Graviton3 / Neoverse V1 onward): 6 rows x 4 q-registers = 24 of 32.
+    "bfdot": Kind("bfdot", Tile(6, 4, 4), "edgebundle_bfdot", _ARM),
+}
+
+
+def kernel_kind(tvm_target) -> Kind | None:
+    """The bf16 kernel a TVM target can run, None where it has no bf16 dot product."""
+    from tvm.target import codegen
+
+    def has(feature):
+        try:
+            return bool(codegen.target_has_features(feature, tvm_target))
+        except Exception:
+            return False
+
+    triple = str(tvm_target.attrs.get("mtriple", ""))
+    if triple.startswith("aarch64"):
+        return KINDS["bfdot"] if has("bf16") else None
+    return KINDS["avx512bf16"] if has("avx512bf16") else None
+
+
+def eligible(k: int, n: int) -> bool:
+    return k % STEP == 0 and n % PANEL == 0 and k >= 16
+
+
+def pack_weight(w: np.ndarray) -> tuple[np.ndarray]:
+    """W [K, N] float32 -> bfloat16 bits packed [N/16, K/2, 16, 2], as int32 words [N/16 *
+    K/2 * 16] (one word: a column's two reduction steps, the lower one in the low half)."""
+    k, n = w.shape
+    bits = bf16_bits(w)
+    packed = bits.reshape(k // STEP, STEP, n // PANEL, PANEL).transpose(2, 0, 3, 1)
+    return (np.ascontiguousarray(packed).reshape(-1).view(np.int32),)
+
+
+def rows_func(k: int):
+    """x float32 [m, K] -> int32 [m, K/2]: each pair of a row rounded to bfloat16 (to nearest
+    even, as narrow() rounds the weights), the lower index in the low half."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    from .dot import ATTRS
+
+    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+
+    def bf16(v):
+        bits = tirx.reinterpret("uint32", v)
+        return (bits + u32(0x7FFF) + ((bits >> u32(16)) & u32(1))) >> u32(16)
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(f"bf16_rows_{k}")
+            T.func_attr(ATTRS)
+            m = tirx.Var("m", "int64")
+            x = T.match_buffer(T.arg("x", T.handle()), (m, k), "float32")
+            xq = T.match_buffer(T.arg("xq", T.handle()), (m, k // STEP), "int32")
+            with T.sblock("root"), T.parallel(i64(0), m) as r, T.vectorized(i64(0), i64(k // STEP)) as c:
+                word = bf16(x[r, c * STEP]) | (bf16(x[r, c * STEP + 1]) << u32(16))
+                T.buffer_store(xq, word.astype("int32"), [r, c])
+    return ib.get()
+
+
+def matmul_func(kind: Kind, k: int, n: int, bias: bool = False):
+    """(rows int32 [m, K/2], packed weights int32[, bias [N]]) -> float32 [m, N]."""
+    from tvm import tirx
+
+    lanes = kind.tile.lanes
+    f32, i32v = f"float32x{lanes}", f"int32x{lanes}"
+
+    def step(acc, word, wv):
+        return tirx.call_pure_extern(f32, kind.call, acc, tirx.Broadcast(word, lanes), wv)
+
+    def epilogue(T, bufs, acc, row, col0, vectors):
+        for v in range(vectors):
+            col = col0 + v * lanes
+            out = acc.vload([v * lanes], f32)
+            if "b" in bufs:
+                out = out + bufs["b"].vload([col], f32)
+            T.buffer_store(bufs["y"], out, [row, tirx.Ramp(col, 1, lanes)])
+
+    inputs = (("w", lambda m: (n // PANEL * (k // STEP) * PANEL,), "int32"),
+              *((("b", lambda m: (n,), "float32"),) if bias else ()))
+    kernel = Kernel(f"bf16_matmul_{k}x{n}" + ("_bias" if bias else ""), "float32", inputs,
+                    lambda w, word: w.vload([word], i32v), step, epilogue, kind.llvm)
+    return tiled_matmul(kernel, kind.tile, k // STEP, n)
+
+
+def _take(bb, call):
+    """take(table, ids) of a large constant table, the table stored bfloat16 (widened as read)."""
+    from tvm import relax
+
+    from .storage import INJECTIVE, big_const, take_te, with_pattern
+
+    table = big_const(call.args[0])
+    ids = call.args[1].ty
+    if (table is None or table.ndim != 2 or not isinstance(ids, relax.TensorType)
+            or not str(ids.dtype).startswith(("int", "uint"))):
+        return None
+    return with_pattern(bb, bb.call_te(take_te, relax.const(narrow(table, "bf16")), call.args[1],
+                                       primfunc_name_hint="take"), INJECTIVE)
+
+
+def bf16_dense(kind: Kind):
+    """Relax pass (before legalization, before store_weights): dense layers with a constant
+    weight -> bf16 rows and the bf16 matmul kernel (schedules/dot.py); embedding tables
+    stored bfloat16."""
+    from tvm import relax
+
+    scheme = Scheme("bf16", rows_func, lambda m, k: [relax.TensorType((m, k // STEP), "int32")],
+                    lambda k, n, bias: matmul_func(kind, k, n, bias), pack_weight, eligible, _take)
+    return dense_pass(scheme, "EdgebundleBf16Dense")
+
+
+def manifest_record(arrays) -> dict:
+    """What model.json says of the bf16 kernels' weights (the writer's distinct arrays: the
+    packed dense weights are its int32 ones)."""
+    packed = [a for a in arrays if a.dtype == np.int32 and a.ndim == 1]
+    return {"scheme": "bf16", "dense_layers": len(packed), "bf16_bytes": int(sum(a.nbytes for a in packed)),
+            "weights": f"dense: bfloat16 (round to nearest even), packed [N/{PANEL}, K/{STEP}, {PANEL}, {STEP}]; "
+                       "other large weights (convolutions, embeddings) stored bfloat16, widened as read",
+            "activations": "rounded to bfloat16 per call (round to nearest even)",
+            "accumulation": "float32",
+            "covers": f"matmuls with a constant weight of at least 4096 elements, K a multiple of {STEP}, N of "
+                      f"{PANEL}"}

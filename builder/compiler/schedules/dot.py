@@ -1,0 +1,251 @@
+"""Dense layers as dot-product kernels over packed weights: what the int8 (schedules/int8.py)
+and bf16 (schedules/bf16.py) computes share.
+
+A matmul with a constant weight W [K, N] becomes:
+- rows: x [m, K] float32 made into [m, K/step] 32-bit words by a kernel of the scheme's, each
+  word `step` reduction elements (four int8 bytes, two bfloat16 halves), so one broadcast of
+  a word feeds `step` reduction steps; made once for every matmul reading the same rows
+  (BERT's Q, K and V), however torch.export flattened them;
+- weights, at build: [N/16, K/step, 16, step] panels, 64 bytes per reduction word, the
+  operand of one vpdpbusd / vdpbf16ps;
+- the product: a register tile of `rows` x (vectors x lanes) accumulators per thread task,
+  then the scheme's epilogue, into which a following bias add is folded.
+
+The kernels are written loop by loop (TIR through the IR builder), not scheduled: TVM 0.27's
+tensorize segfaults, and LLVM forms neither vpdpbusd nor vdpbf16ps from plain TIR.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable
+
+PANEL = 16  # output columns per weight panel (one 64-byte vector of 16 x 32-bit words)
+
+# op_pattern 8 (kOpaque): FuseOps leaves the kernels alone, and AnnotateTIROpPattern, which
+# expects a root block, does not read them. tir.is_scheduled: dlight skips them.
+ATTRS = {"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8}
+
+
+def i64(v):
+    from tvm import tirx
+
+    return tirx.const(v, "int64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """The register tile: `rows` x `vectors` accumulator vectors of `lanes` 32-bit lanes;
+    `partials` lanes per output column (a kernel summing them in its epilogue)."""
+
+    rows: int
+    vectors: int
+    lanes: int
+    partials: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """What a scheme's matmul adds to the shared loop nest.
+
+    inputs: (name, shape given m, dtype) of every argument after the rows and before the
+    output, the packed weights named "w"; wload(w, word offset) -> the weight vector there;
+    step(acc, word, weights) -> acc after one reduction word; epilogue(T, bufs, acc, row,
+    col0, vectors) stores a tile row; llvm: LLVM IR the kernel calls into (pragma_import_llvm:
+    functions whose types TVM cannot write, such as bfloat vectors)."""
+
+    name: str
+    acc_dtype: str
+    inputs: tuple
+    wload: Callable
+    step: Callable
+    epilogue: Callable
+    llvm: str | None = None
+
+
+def tiled_matmul(kernel: Kernel, tile: Tile, k_words: int, n: int, rows_dtype: str = "int32"):
+    """(rows [m, K/step] words, *kernel.inputs) -> float32 [m, N]. Tiles of `rows` x (vectors x
+    lanes) outputs, in parallel, column tiles outside row tiles (a thread's consecutive tiles
+    share a weight panel); the last rows of a partial tile read the matrix's last row again
+    (no padding pass) and are not stored."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    lanes, rows, partials = tile.lanes, tile.rows, tile.partials
+    width = tile.vectors * lanes
+    if width % PANEL and PANEL % width:
+        raise ValueError(f"tile of {width} columns does not read {PANEL}-column panels")
+    vectors = tile.vectors
+    while n % (vectors * lanes):
+        vectors -= 1
+    width = vectors * lanes
+    tiles_n = n // width
+    size = lanes * partials
+    acc_t = f"{kernel.acc_dtype}x{size}"
+
+    def weight_word(col0, kk):
+        # column col0 (a multiple of lanes) of panel col0 // 16, reduction word kk
+        panel, within = col0 // PANEL, col0 % PANEL
+        return (panel * k_words + kk) * PANEL + within
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(kernel.name)
+            T.func_attr(ATTRS)
+            m = tirx.Var("m", "int64")
+            xq = T.match_buffer(T.arg("xq", T.handle()), (m, k_words), rows_dtype)
+            bufs = {name: T.match_buffer(T.arg(name, T.handle()), shape(m), dtype)
+                    for name, shape, dtype in kernel.inputs}
+            y = T.match_buffer(T.arg("y", T.handle()), (m, n), "float32")
+            bufs["y"] = y
+            tiles_m = (m + rows - 1) // rows
+            with T.sblock("root"), contextlib.ExitStack() as scope:
+                if kernel.llvm:
+                    scope.enter_context(T.attr(tirx.const(0, "int32"), "pragma_import_llvm", kernel.llvm))
+                with T.parallel(i64(0), i64(tiles_n) * tiles_m) as t:
+                    jt, it = t // tiles_m, t % tiles_m
+                    # One buffer per row, in global scope: TVM 0.27 turns "local" allocations in a
+                    # parallel body into heap workspaces, whose loads and stores LLVM keeps; these
+                    # become allocas it promotes to registers (int8 128x768x768: 0.98 -> 0.17 ms).
+                    accs = [T.alloc_buffer((width * partials,), kernel.acc_dtype, scope="global")
+                            for _ in range(rows)]
+                    for acc in accs:
+                        for v in range(vectors):
+                            T.buffer_store(acc, tirx.Broadcast(tirx.const(0, kernel.acc_dtype), size),
+                                           [tirx.Ramp(v * size, 1, size)])
+                    with T.serial(i64(0), i64(k_words)) as kk:
+                        wvs = [kernel.wload(bufs["w"], weight_word(jt * width + v * lanes, kk)) for v in range(vectors)]
+                        for r, acc in enumerate(accs):
+                            word = xq[tirx.min(it * rows + r, m - 1), kk]
+                            for v in range(vectors):
+                                cur = acc.vload([v * size], acc_t)
+                                T.buffer_store(acc, kernel.step(cur, word, wvs[v]), [tirx.Ramp(v * size, 1, size)])
+                    for r, acc in enumerate(accs):
+                        row = it * rows + r
+                        with T.If(row < m):
+                            with T.Then():
+                                kernel.epilogue(T, bufs, acc, row, jt * width, vectors)
+    return ib.get()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """A dense compute the rewrite below applies: `prefix` of its functions' names;
+    rows_func(k) -> PrimFunc x [m, K] -> rows_outputs(m, k) (the words first);
+    matmul_func(k, n, bias) -> PrimFunc; weights(W) -> the matmul's constant arguments after
+    the rows outputs; eligible(k, n); take(bb, call) -> a rewritten embedding lookup or None."""
+
+    prefix: str
+    rows_func: Callable
+    rows_outputs: Callable
+    matmul_func: Callable
+    weights: Callable
+    eligible: Callable
+    take: Callable
+
+
+def dense_pass(scheme: Scheme, name: str):
+    """Relax pass (before legalization, before store_weights): matmul(x, W) with x float32
+    [..., K] and W a constant float32 [K, N] -> reshape, rows, matmul kernel, reshape; a
+    following add of a bias [N] goes into the kernel's epilogue."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod, _ctx):
+        from .gemm import op_rewrite_pass
+
+        return op_rewrite_pass(name + "Calls", _rewriter(scheme))(mod)
+
+    return _pass
+
+
+def _rewriter(scheme: Scheme):
+    """The call rewrite of dense_pass. Rows are reused by var, which holds within one dataflow
+    block: the torch frontend writes one per function."""
+    import tvm_ffi
+    from tvm import relax
+
+    from .cpu import _const_int
+    from .storage import big_const, plain_take
+
+    funcs: dict = {}
+    rows_of: dict = {}
+    made: dict = {}  # var of a matmul kernel call -> (its arguments, k, n)
+
+    def func(bb, name, make):
+        if name not in funcs:
+            funcs[name] = bb.add_func(make(), name)
+        return funcs[name]
+
+    def product(bb, expr):
+        """The matmul kernel's call var behind expr, through reshapes and aliases, else None."""
+        for _ in range(4):
+            if not isinstance(expr, relax.Var):
+                return None
+            if expr in made:
+                return expr
+            value = bb.lookup_binding(expr)
+            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.reshape":
+                value = value.args[0]
+            expr = value
+        return None
+
+    def add_bias(bb, call):
+        """add(product, bias [N]) -> one matmul call that adds the bias in its epilogue (the
+        product's own call is then dead and goes; a Linear's product has no other use)."""
+        for a, c in (call.args, call.args[::-1]):
+            var = product(bb, a)
+            if var is None or type(c).__name__ != "GenericConst" or not hasattr(c.value, "shape"):
+                continue
+            args, k, n = made[var]
+            # a bias along the product's columns, the sum shaped as the product (no broadcast)
+            if (str(c.ty.dtype) != "float32" or [int(d) for d in c.value.shape] != [n]
+                    or not isinstance(a.ty, relax.TensorType) or not isinstance(call.ty, relax.TensorType)
+                    or not tvm_ffi.structural_equal(a.ty.shape, call.ty.shape)):
+                continue
+            gm = func(bb, f"{scheme.prefix}_matmul_{k}x{n}_bias", lambda: scheme.matmul_func(k, n, True))
+            y = bb.emit(relax.call_tir(gm, [*args, c], out_ty=relax.TensorType((args[0].ty.shape.values[0], n),
+                                                                                   "float32")))
+            return relax.op.reshape(y, call.ty.shape) if call.ty.ndim != 2 else y
+        return None
+
+    def rewrite(bb, call):
+        if call.op.name == "relax.take" and plain_take(call):
+            return scheme.take(bb, call)
+        if call.op.name == "relax.add" and len(call.args) == 2 and made:
+            return add_bias(bb, call)
+        if call.op.name != "relax.matmul" or len(call.args) != 2:
+            return None
+        w = big_const(call.args[1])
+        x = call.args[0]
+        xt = x.ty
+        if (w is None or w.ndim != 2 or not scheme.eligible(*w.shape) or not isinstance(xt, relax.TensorType)
+                or str(xt.dtype) != "float32" or xt.ndim < 1 or not isinstance(xt.shape, relax.ShapeExpr)):
+            return None
+        k, n = (int(d) for d in w.shape)
+        lead = list(xt.shape.values[:-1])
+        m = 1
+        for d in lead:
+            m = m * d
+        # rows are rows however they were flattened: torch.export writes a reshape to 2-D
+        # before each Linear on a 3-D input, one per Linear, all of the same tensor
+        key = (x, k)
+        source = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if (isinstance(source, relax.Call) and getattr(source.op, "name", "") == "relax.reshape"
+                and isinstance(source.args[0].ty, relax.TensorType) and source.args[0].ty.shape is not None
+                and _const_int(source.args[0].ty.shape.values[-1]) == k):
+            key = (source.args[0], k)
+        if key not in rows_of:
+            x2 = bb.emit(relax.op.reshape(x, (m, k))) if len(lead) != 1 else x
+            gq = func(bb, f"{scheme.prefix}_rows_{k}", lambda: scheme.rows_func(k))
+            outs = scheme.rows_outputs(m, k)
+            q = bb.emit(relax.call_tir(gq, [x2], out_ty=outs if len(outs) > 1 else outs[0]))
+            rows_of[key] = tuple(bb.emit(relax.TupleGetItem(q, i)) for i in range(len(outs))) if len(outs) > 1 else (q,)
+        gm = func(bb, f"{scheme.prefix}_matmul_{k}x{n}", lambda: scheme.matmul_func(k, n, False))
+        args = [*rows_of[key], *(relax.const(a) for a in scheme.weights(w))]
+        y = bb.emit(relax.call_tir(gm, args, out_ty=relax.TensorType((m, n), "float32")))
+        made[y] = (args, k, n)
+        return y if len(lead) == 1 else relax.op.reshape(y, (*lead, n))
+
+    return rewrite
