@@ -77,6 +77,7 @@ def test_kernels_use_the_bf16_dot_product(arch):
     import tvm
 
     from builder.compiler.schedules import bf16
+    from builder.compiler.schedules.dot import Epilogue
     from builder.compiler.targets import TARGETS
 
     target = TARGETS[arch]
@@ -86,7 +87,7 @@ def test_kernels_use_the_bf16_dot_product(arch):
     assert kind is not None and kind.name == {"x86_64": "avx512bf16", "arm64": "bfdot"}[arch]
     base = TARGETS[arch].variants()[0]
     assert bf16.kernel_kind(tvm.target.Target(target.tvm_target_json(base.cpu, (), base.attrs))) is None
-    lib = tvm.tirx.build(bf16.matmul_func(kind, 64, 48, bias=True), target=tvm_target)
+    lib = tvm.tirx.build(bf16.matmul_func(kind, 64, 48, Epilogue(bias=True)), target=tvm_target)
     asm = lib.inspect_source("asm")
     assert ("vdpbf16ps" if arch == "x86_64" else "bfdot") in asm
 
@@ -98,12 +99,13 @@ def test_kernels_compute_bf16_products_in_fp32():
     import tvm
 
     from builder.compiler.schedules import bf16
+    from builder.compiler.schedules.dot import Epilogue
     from conftest import variant_target
 
     target = variant_target("avx512-bf16")
     kind = bf16.kernel_kind(tvm.target.Target(target))
     k, n = 64, 96
-    lib = tvm.compile(tvm.IRModule({"r": bf16.rows_func(k), "mm": bf16.matmul_func(kind, k, n, bias=True)}),
+    lib = tvm.compile(tvm.IRModule({"r": bf16.rows_func(k), "mm": bf16.matmul_func(kind, k, n, Epilogue(bias=True))}),
                       target=target)
     rng = np.random.default_rng(1)
     w = rng.standard_normal((k, n)).astype(np.float32)

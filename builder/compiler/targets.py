@@ -105,9 +105,10 @@ class TargetSpec:
             return PLATFORM_VARIANTS[self.platform.name][:1]
         if quantize == "int8":
             return INT8_VARIANTS[self.platform.name]
-        bf16 = (BF16_VARIANTS[self.platform.name],)
-        return {"fp32": PLATFORM_VARIANTS[self.platform.name], "bf16": bf16,
-                "auto": PLATFORM_VARIANTS[self.platform.name] + bf16}[compute]
+        bf16 = BF16_VARIANTS[self.platform.name]
+        if compute == "bf16":  # the bundle's only variant: its baseline, plain model.so
+            return (dataclasses.replace(bf16, suffix=""),)
+        return PLATFORM_VARIANTS[self.platform.name] + ((bf16,) if compute == "auto" else ())
 
     def host_can_run(self) -> bool:
         return self.device == "cpu" and platform.machine() == self.arch

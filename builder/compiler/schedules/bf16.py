@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from .dot import PANEL, Kernel, Scheme, Tile, dense_pass, i64, tiled_matmul
+from .dot import PANEL, Epilogue, Kernel, Scheme, Tile, dense_pass, i64, tiled_matmul
 from .storage import bf16_bits, narrow
 
 STEP = 2  # reduction steps per 32-bit word
@@ -135,8 +135,10 @@ def rows_func(k: int):
     return ib.get()
 
 
-def matmul_func(kind: Kind, k: int, n: int, bias: bool = False):
-    """(rows int32 [m, K/2], packed weights int32[, bias [N]]) -> float32 [m, N]."""
+def matmul_func(kind: Kind, k: int, n: int, epi: Epilogue = Epilogue()):
+    """(rows int32 [m, K/2], packed weights int32[, bias [N]][, residual [m, N]]) -> float32
+    [m, N], the epilogue's bias, residual and ReLU applied as a tile row is stored (a conv's
+    BatchNorm, folded into the weights and the bias, and ReLU; BERT's bias and residual)."""
     from tvm import tirx
 
     lanes = kind.tile.lanes
@@ -149,13 +151,18 @@ def matmul_func(kind: Kind, k: int, n: int, bias: bool = False):
         for v in range(vectors):
             col = col0 + v * lanes
             out = acc.vload([v * lanes], f32)
-            if "b" in bufs:
+            if epi.bias:
                 out = out + bufs["b"].vload([col], f32)
+            if epi.residual:
+                out = out + bufs["r"].vload([row, col], f32)
+            if epi.relu:
+                out = tirx.max(out, tirx.Broadcast(tirx.const(0.0, "float32"), lanes))
             T.buffer_store(bufs["y"], out, [row, tirx.Ramp(col, 1, lanes)])
 
     inputs = (("w", lambda m: (n // PANEL * (k // STEP) * PANEL,), "int32"),
-              *((("b", lambda m: (n,), "float32"),) if bias else ()))
-    kernel = Kernel(f"bf16_matmul_{k}x{n}" + ("_bias" if bias else ""), "float32", inputs,
+              *((("b", lambda m: (n,), "float32"),) if epi.bias else ()),
+              *((("r", lambda m: (m, n), "float32"),) if epi.residual else ()))
+    kernel = Kernel(f"bf16_matmul_{k}x{n}{epi.suffix}", "float32", inputs,
                     lambda w, word: w.vload([word], i32v), step, epilogue, kind.llvm)
     return tiled_matmul(kernel, kind.tile, k // STEP, n)
 
@@ -176,13 +183,14 @@ def _take(bb, call):
 
 
 def bf16_dense(kind: Kind):
-    """Relax pass (before legalization, before store_weights): dense layers with a constant
-    weight -> bf16 rows and the bf16 matmul kernel (schedules/dot.py); embedding tables
-    stored bfloat16."""
+    """Relax pass (before the conv rewrites, legalization and store_weights): dense layers
+    with a constant weight and 1x1 convolutions -> bf16 rows and the bf16 matmul kernel
+    (schedules/dot.py); embedding tables stored bfloat16."""
     from tvm import relax
 
     scheme = Scheme("bf16", rows_func, lambda m, k: [relax.TensorType((m, k // STEP), "int32")],
-                    lambda k, n, bias: matmul_func(kind, k, n, bias), pack_weight, eligible, _take)
+                    lambda k, n, epi: matmul_func(kind, k, n, epi), pack_weight, eligible, _take,
+                    epilogues=("bias", "residual", "relu"), convs=True)
     return dense_pass(scheme, "EdgebundleBf16Dense")
 
 

@@ -573,12 +573,13 @@ def pre_legalize_passes(params: CpuParams | None = None, storage: str = "fp32", 
         relax.transform.DeadCodeElimination(),
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.FoldConstant(),
+        # bf16 first: its kernels take the 1x1 convs the packed-conv rewrite would
+        *([bf16_dense(bf16_kind(tvm.target.Target.current()))] if compute == "bf16" else []),
         *([use_winograd(params.winograd_min_width, params.gemm_mr, params.winograd_f4_min_width, storage)]
           if params.winograd else []),
         *([use_packed_conv(params.gemm_mr, params.packed_pointwise, storage)] if params.packed_conv else []),
         # int8 first: the dense weights it takes are quantized from fp32, not from fp16
         *([quantize_dense(kernel_kind(tvm.target.Target.current()))] if quantize == "int8" else []),
-        *([bf16_dense(bf16_kind(tvm.target.Target.current()))] if compute == "bf16" else []),
         *([store_weights(storage)] if storage != "fp32" else []),
         # erf (GELU), tanh, exp as vectorisable polynomials instead of scalar libm calls.
         decompose_gelu(),

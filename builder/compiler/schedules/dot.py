@@ -130,11 +130,27 @@ def tiled_matmul(kernel: Kernel, tile: Tile, k_words: int, n: int, rows_dtype: s
 
 
 @dataclasses.dataclass(frozen=True)
+class Epilogue:
+    """What a matmul kernel does to its sums before storing them: + bias [N], + residual
+    [m, N] (the tensor the layer's output is added to), then max(., 0)."""
+
+    bias: bool = False
+    residual: bool = False
+    relu: bool = False
+
+    @property
+    def suffix(self) -> str:
+        return "".join(f"_{n}" for n, on in (("bias", self.bias), ("res", self.residual), ("relu", self.relu)) if on)
+
+
+@dataclasses.dataclass(frozen=True)
 class Scheme:
     """A dense compute the rewrite below applies: `prefix` of its functions' names;
     rows_func(k) -> PrimFunc x [m, K] -> rows_outputs(m, k) (the words first);
-    matmul_func(k, n, bias) -> PrimFunc; weights(W) -> the matmul's constant arguments after
-    the rows outputs; eligible(k, n); take(bb, call) -> a rewritten embedding lookup or None."""
+    matmul_func(k, n, Epilogue) -> PrimFunc; weights(W) -> the matmul's constant arguments
+    after the rows outputs; eligible(k, n); take(bb, call) -> a rewritten embedding lookup
+    or None; epilogues: which of Epilogue's fields its kernels do; convs: whether 1x1
+    convolutions become its matmuls."""
 
     prefix: str
     rows_func: Callable
@@ -143,35 +159,74 @@ class Scheme:
     weights: Callable
     eligible: Callable
     take: Callable
+    epilogues: tuple = ("bias",)
+    convs: bool = False
 
 
 def dense_pass(scheme: Scheme, name: str):
     """Relax pass (before legalization, before store_weights): matmul(x, W) with x float32
-    [..., K] and W a constant float32 [K, N] -> reshape, rows, matmul kernel, reshape; a
-    following add of a bias [N] goes into the kernel's epilogue."""
+    [..., K] and W a constant float32 [K, N] (and, with scheme.convs, 1x1 conv2d NHWC x HWIO)
+    -> reshape, rows, matmul kernel, reshape; what follows the product is folded into the
+    kernel where the scheme's epilogue does it: per-column affine constants (a bias, a
+    BatchNorm's subtract / divide / multiply / add: into the weights and the bias), a
+    residual add, a ReLU. Products left unused are dropped."""
     import tvm
+    from tvm import relax
 
     @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
         from .gemm import op_rewrite_pass
 
-        return op_rewrite_pass(name + "Calls", _rewriter(scheme))(mod)
+        mod = op_rewrite_pass(name + "Calls", _rewriter(scheme))(mod)
+        return relax.transform.DeadCodeElimination()(mod)
 
     return _pass
+
+
+@dataclasses.dataclass
+class _Product:
+    """A matmul kernel's call in the making: rows (the rows kernel's outputs), the fp32
+    weight W [K, N] as scaled so far, the bias so far, the residual [m, N], relu."""
+
+    rows: tuple
+    w: object
+    weights: list  # scheme.weights(w) as constants
+    m: object
+    bias: object = None
+    residual: object = None
+    relu: bool = False
+
+
+def _column_values(c, n: int):
+    """A constant's values when it varies along the last axis only (shape [], [N] or [1, ...,
+    1, N] or size 1), as float32 [N]; else None."""
+    import numpy as np
+
+    if type(c).__name__ != "GenericConst" or not hasattr(c.value, "shape") or str(c.ty.dtype) != "float32":
+        return None
+    shape = [int(d) for d in c.value.shape]
+    v = c.value.numpy().astype(np.float32)
+    if v.size == 1:
+        return np.full(n, v.reshape(-1)[0], np.float32)
+    if shape[-1] != n or any(d != 1 for d in shape[:-1]):
+        return None
+    return v.reshape(n)
 
 
 def _rewriter(scheme: Scheme):
     """The call rewrite of dense_pass. Rows are reused by var, which holds within one dataflow
     block: the torch frontend writes one per function."""
+    import numpy as np
     import tvm_ffi
     from tvm import relax
 
     from .cpu import _const_int
+    from .gemm import static_conv
     from .storage import big_const, plain_take
 
     funcs: dict = {}
     rows_of: dict = {}
-    made: dict = {}  # var of a matmul kernel call -> (its arguments, k, n)
+    made: dict = {}  # var of a matmul kernel call -> _Product
 
     def func(bb, name, make):
         if name not in funcs:
@@ -191,40 +246,65 @@ def _rewriter(scheme: Scheme):
             expr = value
         return None
 
-    def add_bias(bb, call):
-        """add(product, bias [N]) -> one matmul call that adds the bias in its epilogue (the
-        product's own call is then dead and goes; a Linear's product has no other use)."""
-        for a, c in (call.args, call.args[::-1]):
+    def emit(bb, p: _Product, shape):
+        """The kernel call for p, reshaped to `shape` (the product as its users see it)."""
+        k, n = p.w.shape
+        epi = Epilogue(p.bias is not None, p.residual is not None, p.relu)
+        gm = func(bb, f"{scheme.prefix}_matmul_{k}x{n}{epi.suffix}", lambda: scheme.matmul_func(k, n, epi))
+        args = [*p.rows, *p.weights]
+        if p.bias is not None:
+            args.append(relax.const(p.bias))
+        if p.residual is not None:
+            args.append(p.residual)
+        y = bb.emit(relax.call_tir(gm, args, out_ty=relax.TensorType((p.m, n), "float32")))
+        made[y] = p
+        return y if len(shape) == 2 else relax.op.reshape(y, shape)
+
+    def follow(bb, call):
+        """An op on a product folded into its kernel: a new product, else None."""
+        op = call.op.name
+        if op == "relax.nn.relu":
+            var = product(bb, call.args[0])
+            if var is None or made[var].relu or "relu" not in scheme.epilogues:
+                return None
+            return emit(bb, dataclasses.replace(made[var], relu=True), call.ty.shape)
+        if len(call.args) != 2 or not isinstance(call.ty, relax.TensorType):
+            return None
+        commutes = op in ("relax.add", "relax.multiply")
+        for a, c, swapped in ((call.args[0], call.args[1], False), (call.args[1], call.args[0], True)):
+            if swapped and not commutes:
+                continue
             var = product(bb, a)
-            if var is None or type(c).__name__ != "GenericConst" or not hasattr(c.value, "shape"):
+            if var is None or made[var].relu or not isinstance(a.ty, relax.TensorType) \
+                    or not tvm_ffi.structural_equal(a.ty.shape, call.ty.shape):
                 continue
-            args, k, n = made[var]
-            # a bias along the product's columns, the sum shaped as the product (no broadcast)
-            if (str(c.ty.dtype) != "float32" or [int(d) for d in c.value.shape] != [n]
-                    or not isinstance(a.ty, relax.TensorType) or not isinstance(call.ty, relax.TensorType)
-                    or not tvm_ffi.structural_equal(a.ty.shape, call.ty.shape)):
-                continue
-            gm = func(bb, f"{scheme.prefix}_matmul_{k}x{n}_bias", lambda: scheme.matmul_func(k, n, True))
-            y = bb.emit(relax.call_tir(gm, [*args, c], out_ty=relax.TensorType((args[0].ty.shape.values[0], n),
-                                                                                   "float32")))
-            return relax.op.reshape(y, call.ty.shape) if call.ty.ndim != 2 else y
+            p = made[var]
+            n = p.w.shape[1]
+            values = _column_values(c, n)
+            bias = p.bias if p.bias is not None else np.zeros(n, np.float32)
+            if values is not None and "bias" in scheme.epilogues:
+                if op == "relax.add":
+                    return emit(bb, dataclasses.replace(p, bias=bias + values), call.ty.shape)
+                if op == "relax.subtract":
+                    return emit(bb, dataclasses.replace(p, bias=bias - values), call.ty.shape)
+                if op in ("relax.multiply", "relax.divide") and np.all(values != 0) and np.all(np.isfinite(values)):
+                    scale = values if op == "relax.multiply" else (1.0 / values).astype(np.float32)
+                    w = (p.w * scale).astype(np.float32)
+                    return emit(bb, dataclasses.replace(p, w=w, weights=[relax.const(x) for x in scheme.weights(w)],
+                                                        bias=None if p.bias is None else p.bias * scale),
+                                call.ty.shape)
+            if (op == "relax.add" and values is None and p.residual is None and "residual" in scheme.epilogues
+                    and isinstance(c, relax.Var) and isinstance(c.ty, relax.TensorType)
+                    and str(c.ty.dtype) == "float32" and tvm_ffi.structural_equal(c.ty.shape, call.ty.shape)):
+                res = c if call.ty.ndim == 2 else bb.emit(relax.op.reshape(c, (p.m, n)))
+                return emit(bb, dataclasses.replace(p, residual=res), call.ty.shape)
         return None
 
-    def rewrite(bb, call):
-        if call.op.name == "relax.take" and plain_take(call):
-            return scheme.take(bb, call)
-        if call.op.name == "relax.add" and len(call.args) == 2 and made:
-            return add_bias(bb, call)
-        if call.op.name != "relax.matmul" or len(call.args) != 2:
-            return None
-        w = big_const(call.args[1])
-        x = call.args[0]
-        xt = x.ty
-        if (w is None or w.ndim != 2 or not scheme.eligible(*w.shape) or not isinstance(xt, relax.TensorType)
-                or str(xt.dtype) != "float32" or xt.ndim < 1 or not isinstance(xt.shape, relax.ShapeExpr)):
-            return None
+    def dense(bb, x, w, out_lead):
+        """x float32 [..., K] times the constant W [K, N] as the scheme's kernel: the product
+        reshaped to [*out_lead, N]."""
         k, n = (int(d) for d in w.shape)
-        lead = list(xt.shape.values[:-1])
+        lead = list(x.ty.shape.values[:-1])
         m = 1
         for d in lead:
             m = m * d
@@ -242,10 +322,38 @@ def _rewriter(scheme: Scheme):
             outs = scheme.rows_outputs(m, k)
             q = bb.emit(relax.call_tir(gq, [x2], out_ty=outs if len(outs) > 1 else outs[0]))
             rows_of[key] = tuple(bb.emit(relax.TupleGetItem(q, i)) for i in range(len(outs))) if len(outs) > 1 else (q,)
-        gm = func(bb, f"{scheme.prefix}_matmul_{k}x{n}", lambda: scheme.matmul_func(k, n, False))
-        args = [*rows_of[key], *(relax.const(a) for a in scheme.weights(w))]
-        y = bb.emit(relax.call_tir(gm, args, out_ty=relax.TensorType((m, n), "float32")))
-        made[y] = (args, k, n)
-        return y if len(lead) == 1 else relax.op.reshape(y, (*lead, n))
+        p = _Product(rows_of[key], w, [relax.const(a) for a in scheme.weights(w)], m)
+        return emit(bb, p, (*out_lead, n))
+
+    def conv(bb, call):
+        """A 1x1 conv2d NHWC x HWIO (stride 1 or 2) as a matmul over its (strided) pixels."""
+        info = static_conv(call)
+        if info is None:
+            return None
+        strides, padding, hw, w = info
+        if w.shape[:2] != (1, 1) or any(padding) or strides[0] != strides[1] or not scheme.eligible(*w.shape[2:]):
+            return None
+        x = call.args[0]
+        if strides[0] != 1:
+            x = bb.emit(relax.op.strided_slice(x, axes=[1, 2], begin=[0, 0], end=hw, strides=strides))
+        return dense(bb, x, np.ascontiguousarray(w[0, 0]), list(call.ty.shape.values[:-1]))
+
+    def rewrite(bb, call):
+        name = call.op.name
+        if name == "relax.take" and plain_take(call):
+            return scheme.take(bb, call)
+        if name in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.relu") and made:
+            return follow(bb, call)
+        if name == "relax.nn.conv2d" and scheme.convs:
+            return conv(bb, call)
+        if name != "relax.matmul" or len(call.args) != 2:
+            return None
+        w = big_const(call.args[1])
+        x = call.args[0]
+        xt = x.ty
+        if (w is None or w.ndim != 2 or not scheme.eligible(*w.shape) or not isinstance(xt, relax.TensorType)
+                or str(xt.dtype) != "float32" or xt.ndim < 1 or not isinstance(xt.shape, relax.ShapeExpr)):
+            return None
+        return dense(bb, x, w, list(xt.shape.values[:-1]))
 
     return rewrite

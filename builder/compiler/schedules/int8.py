@@ -268,5 +268,5 @@ def quantize_dense(kind: Kind):
 
     scheme = Scheme("q8", lambda k: quantize_rows_func(kind, k),
                     lambda m, k: [relax.TensorType((m, k // STEP), "int32"), relax.TensorType((m, 2), "float32")],
-                    lambda k, n, bias: matmul_func(kind, k, n, bias), quantize_weight, eligible, _take)
+                    lambda k, n, epi: matmul_func(kind, k, n, epi.bias), quantize_weight, eligible, _take)
     return dense_pass(scheme, "EdgebundleQuantizeDense")
