@@ -135,6 +135,106 @@ def rows_func(k: int):
     return ib.get()
 
 
+def _pair(lo, hi):
+    """Two float32 values as one int32 word of bfloat16 halves (nearest even), lo in the low half."""
+    from tvm import tirx
+
+    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+
+    def bits(v):
+        b = tirx.reinterpret("uint32", v)
+        return (b + u32(0x7FFF) + ((b >> u32(16)) & u32(1))) >> u32(16)
+
+    return (bits(lo) | (bits(hi) << u32(16))).astype("int32")
+
+
+def rows_te(x):
+    """x float32 [..., K] -> int32 [prod(...), K/2]: rows_func as a TE compute over x as it is
+    (no reshape before it), so FuseOps fuses an elementwise producer into it: GELU then
+    writes bfloat16 words, not float32 the rows kernel reads again."""
+    from tvm import te
+
+    lead = list(x.shape[:-1])
+    k = int(x.shape[-1])
+    m = 1
+    for d in lead:
+        m = m * d
+
+    def word(r, c):
+        idx = []
+        for d in reversed(lead[1:]):
+            idx.insert(0, r % d)
+            r = r // d
+        idx.insert(0, r)
+        return _pair(x[(*idx, c * STEP)], x[(*idx, c * STEP + 1)])
+
+    return te.compute((m, k // STEP), word, name="bf16_rows")
+
+
+def conv_rows_func(hw: tuple, ci: int, kernel: tuple, stride: int, pad: tuple, k: int):
+    """x float32 NHWC [b, H, W, CI] -> int32 [b * OH * OW, K/2]: each output pixel's receptive
+    field (ky, kx, c: the HWIO weights' order) rounded to bfloat16 pairs, zeros outside the
+    map. CI is even (dot.py's conv() sees to it), so a pair never straddles two taps: a tap
+    is one bounds test and CI/2 contiguous words."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    from .dot import ATTRS
+    from .packed import out_size
+
+    h, w = hw
+    kh, kw = kernel
+    oh, ow = out_size(hw, kernel, stride, pad)
+    words = k // STEP
+    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+
+    def pair(lo, hi):
+        def bits(v):
+            b = tirx.reinterpret("uint32", v)
+            return (b + u32(0x7FFF) + ((b >> u32(16)) & u32(1))) >> u32(16)
+
+        return (bits(lo) | (bits(hi) << u32(16))).astype("int32")
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(f"bf16_conv_rows_{kh}x{kw}_{ci}_s{stride}_{h}x{w}")
+            T.func_attr(ATTRS)
+            b = tirx.Var("b", "int64")
+            x = T.match_buffer(T.arg("x", T.handle()), (b, h, w, ci), "float32")
+            xq = T.match_buffer(T.arg("xq", T.handle()), (b * oh * ow, words), "int32")
+            with T.sblock("root"), T.parallel(i64(0), b * oh * ow) as p:
+                n, y, xx = p // (oh * ow), (p % (oh * ow)) // ow, p % ow
+                half = ci // STEP
+                lanes = 16 if half % 16 == 0 else 1
+                for ky in range(kh):
+                    for kx in range(kw):
+                        iy, ix = y * stride + ky - pad[0], xx * stride + kx - pad[1]
+                        base = (ky * kw + kx) * half
+                        with T.serial(i64(0), i64(half // lanes)) as co:
+                            with T.If(tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)):
+                                with T.Then(), T.vectorized(i64(0), i64(lanes)) as cl:
+                                    c = (co * lanes + cl) * STEP
+                                    T.buffer_store(xq, pair(x[n, iy, ix, c], x[n, iy, ix, c + 1]),
+                                                   [p, base + co * lanes + cl])
+                                with T.Else(), T.vectorized(i64(0), i64(lanes)) as cl:
+                                    T.buffer_store(xq, tirx.const(0, "int32"), [p, base + co * lanes + cl])
+    return ib.get()
+
+
+# Spatial convs (with an even number of input channels: not a 3-channel stem, whose rows
+# would be built element by element, 3 ms for ResNet50's) taken as bf16 matmuls over their
+# receptive fields: strided ones, and stride-1 ones on maps at most this wide. Wider
+# stride-1 3x3 maps stay Winograd F(4x4) in fp32 (4x fewer multiplies than direct, more
+# than bf16's 2x); on 14- and 7-wide maps Winograd F(2x2) saves 2.25x less its transforms
+# (ResNet50, 2 threads, Zen 5: 14x14x256 3x3 0.31 vs 0.32 ms, 7x7x512 0.41 vs 0.59 ms).
+SPATIAL_MAX_WIDTH = 14
+
+
+def _spatial(kernel, stride, out_w) -> bool:
+    return stride > 1 or out_w <= SPATIAL_MAX_WIDTH
+
+
 def matmul_func(kind: Kind, k: int, n: int, epi: Epilogue = Epilogue()):
     """(rows int32 [m, K/2], packed weights int32[, bias [N]][, residual [m, N]]) -> float32
     [m, N], the epilogue's bias, residual and ReLU applied as a tile row is stored (a conv's
@@ -190,7 +290,8 @@ def bf16_dense(kind: Kind):
 
     scheme = Scheme("bf16", rows_func, lambda m, k: [relax.TensorType((m, k // STEP), "int32")],
                     lambda k, n, epi: matmul_func(kind, k, n, epi), pack_weight, eligible, _take,
-                    epilogues=("bias", "residual", "relu"), convs=True)
+                    epilogues=("bias", "residual", "relu"), convs=True, step=STEP, conv_rows=conv_rows_func,
+                    spatial=_spatial, rows_te=rows_te)
     return dense_pass(scheme, "EdgebundleBf16Dense")
 
 
