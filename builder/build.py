@@ -17,7 +17,7 @@ from builder.model.source import default_name, model_record, resolve_model
 from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.versions import build_versions
-from runtime.cpu import KINDS
+from runtime.cpu import FORCE_ENV, KINDS
 from runtime.manifest import Library, Variant
 
 LIBRARY = "model.so"
@@ -57,6 +57,8 @@ def build(model: str, out: Path, options: BuildOptions | None = None, progress: 
                     f"{t} is not" + ("" if target.device != "cpu" else " (--no-schedule)"),
                     hint=f"build that target in a separate build without {flag}")
 
+    for t, target in resolved.items():
+        target.variants(cpus.get(t), options.quantize, options.compute)  # refusals before the model loads
     model_dir = resolve_model(model)
     # Where the model came from, as every manifest records it: nothing of this machine (its
     # path, user, cache directories) and no build time, so the same model built anywhere
@@ -206,9 +208,15 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
             from builder.compiler.schedules.bf16 import manifest_record as bf16_record
 
             weights["compute"] = bf16_record(writer.arrays)
-            if not weights["compute"]["dense_layers"]:
-                progress.info(f"    --compute {options.compute}: no dense layer of {spec.architecture} qualifies "
-                              f"({weights['compute']['covers']}); the bf16 variant differs in its bf16 weights only")
+            if not weights["compute"]["layers"]:
+                progress.warn(f"--compute {options.compute}: no layer of {spec.architecture} qualifies "
+                              f"({weights['compute']['covers']}); its bf16 variant computes in fp32 from bf16 "
+                              "weights" + (", yet needs a CPU with a bf16 dot product: build with --compute fp32"
+                                           if len(bf16) == len(vspecs) else ""))
+            if storage != "bf16":
+                progress.info(f"    the bf16 variant reads its weights as bf16 (--weights {storage} is what the "
+                              "fp32 variants read)" if len(bf16) < len(vspecs) else
+                              f"    weights stored bf16 (--compute bf16; --weights {storage} does not apply)")
         if options.quantize == "int8":
             from builder.compiler.schedules.int8 import manifest_record
 
@@ -278,6 +286,10 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
                                        "weights") from e
         validated.append(dataclasses.replace(v, validation=result))
     manifest = dataclasses.replace(manifest, variants=tuple(validated))
+    if all("unvalidated" in (v.validation or {}) for v in manifest.variants):
+        progress.warn(f"{target.name}: no variant of this bundle was validated on this machine "
+                      f"({manifest.variants[0].validation['unvalidated']}): it loads nowhere unless {FORCE_ENV} "
+                      "names one; rebuild it on a machine with those features")
     write_manifest(tdir, manifest)
     # model.so was hashed for the manifest already.
     trec = {"dir": target.name, "library": manifest.files[LIBRARY], "validation": manifest.validation,

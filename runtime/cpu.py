@@ -65,6 +65,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 
 
+# Kinds of this rank or lower need nothing beyond their platform's oldest supported CPU
+# (x86-64-v3 on x86_64, Neoverse N1 on arm64): the ones to load when features are unknown.
+BASELINE_RANK = 10
+
+
 class VariantError(ManifestError):
     """No variant of the model can run here, a forced one cannot, or the manifest names one
     this runtime does not know. The message says which and what to do (a ManifestError:
@@ -164,7 +169,13 @@ def choose(variants, have=None, forced: str | None = None, where: str = "model.j
                                                       f"{v.unvalidated})"))
     if unknown and variants:
         # /proc/cpuinfo unreadable (a locked-down sandbox): the baseline is what every build
-        # before variants ran, and runs on every host the target supports.
+        # before variants ran, and runs on every host the target supports, unless the build
+        # has no such variant (`--compute bf16`: AVX512_BF16 only), which could die of SIGILL.
+        if kinds[0][1].rank > BASELINE_RANK:
+            raise VariantError(f"{where}: this CPU's features are unknown (/proc/cpuinfo unreadable) and every "
+                               f"variant needs more than the platform's baseline ({kinds[0][0].name} needs "
+                               f"{', '.join(kinds[0][1].features)}); set {FORCE_ENV}={kinds[0][0].name} where "
+                               "the CPU has them, or build with --compute auto")
         return Choice(variants[0], "CPU features unknown (/proc/cpuinfo unreadable): the baseline")
     if os.environ.get(_INIT_TYPE_ENV) == "snap-start" and variants and variants[0].validated \
             and not missing(kinds[0][1], have):

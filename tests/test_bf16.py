@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -126,6 +127,85 @@ def test_kernels_compute_bf16_products_in_fp32():
         assert np.abs(y.numpy() - exact).max() <= 0.02 * np.abs(exact).max()
 
 
+@needs_bf16
+def test_what_follows_a_product_goes_into_its_kernel_where_that_keeps_the_result():
+    """matmul, then a BatchNorm-like subtract / divide / add per column, a residual add, a
+    per-column scale and a ReLU: the first three fold into the weights and bias, the residual
+    into the epilogue; a scale after the residual must not fold into W (the residual is no
+    product of W), so it and the ReLU stay ops. The result matches numpy either way."""
+    import tvm
+    from tvm import relax
+
+    from builder.compiler.schedules import bf16
+    from builder.compiler.schedules.cpu import cpu_pipeline, params_from_env
+    from conftest import variant_target
+
+    rng = np.random.default_rng(3)
+    k, n, m = 128, 48, 8
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    mean, beta, scale = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    std = (rng.random(n) + 0.5).astype(np.float32)
+    x = relax.Var("x", relax.TensorType((m, k), "float32"))
+    r = relax.Var("r", relax.TensorType((m, n), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, r]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(w)))
+            y = bb.emit(relax.op.subtract(y, relax.const(mean.reshape(1, n))))
+            y = bb.emit(relax.op.divide(y, relax.const(std)))
+            y = bb.emit(relax.op.add(relax.const(beta), y))
+            y = bb.emit(relax.op.add(y, r))
+            y = bb.emit(relax.op.multiply(y, relax.const(scale)))
+            out = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = tvm.target.Target(variant_target("avx512-bf16"))
+    with target:
+        rewritten = bf16.bf16_dense(bf16.kernel_kind(target))(mod)
+    names = {gv.name_hint for gv in rewritten.functions}
+    assert "bf16_matmul_128x48_bias_res" in names and not any(n.endswith("_relu") for n in names), names
+    text = rewritten["main"].script()
+    assert "R.multiply" in text and "R.nn.relu" in text and "R.subtract" not in text and "R.divide" not in text
+    ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, params_from_env("avx512-bf16"),
+                                                                     storage="bf16", compute="bf16"))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    xs = rng.standard_normal((m, k)).astype(np.float32)
+    rs = rng.standard_normal((m, n)).astype(np.float32)
+    got = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(rs)).numpy()
+    want = np.maximum(((xs @ w - mean) / std + beta + rs) * scale, 0)
+    assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
+
+
+@pytest.mark.slow
+@needs_bf16
+def test_resnet_convs_run_as_bf16_matmuls(tiny_resnet_dir, tmp_path):
+    """A tiny ResNet --compute bf16: its eligible 1x1 and spatial convs (BatchNorm folded, the
+    residual and ReLU in the epilogue) are bf16 matmuls, validated against PyTorch at build,
+    and the bundle answers like PyTorch within the bf16 tolerance."""
+    from conftest import _build
+
+    import runtime
+    from builder.compiler.schedules.bf16 import TOLERANCE
+    from builder.model.families import FAMILIES
+    from builder.model.families.base import one_request, read_json
+    from builder.options import BuildOptions
+
+    out = _build(tiny_resnet_dir, tmp_path / "rn", compute="bf16", formats=())
+    m = json.loads((out / "model.json").read_text())
+    assert m["weights"]["storage"] == "bf16" and m["weights"]["compute"]["layers"] >= 4
+    (v,) = m["variants"]
+    assert v["name"] == "avx512-bf16" and v["validation"]["accuracy"]["meaningful"] is False
+    config = read_json(tiny_resnet_dir / "config.json", "config.json")
+    spec = FAMILIES["resnet"].load(tiny_resnet_dir, config, "image-classification", BuildOptions())
+    inputs = one_request(spec)
+    import torch
+
+    with torch.no_grad():
+        want = spec.module(*(torch.from_numpy(inputs[i.name]) for i in spec.inputs))[0].numpy()
+    got = np.asarray(runtime.load(out).run(inputs)["logits"])
+    assert 0 < np.abs(got - want).max() <= TOLERANCE * np.abs(want).max()
+
+
 def test_compute_is_refused_where_it_cannot_run(tiny_bert_dir, tmp_path):
     from builder.build import build
     from builder.errors import EdgebundleError, UnsupportedModelError
@@ -170,9 +250,9 @@ def test_auto_build_carries_bf16_beside_fp32_and_answers_through_lambda(auto_ber
     assert bf["schedule"]["bf16"]["kernel"] == "avx512bf16" and "avx512_bf16" in bf["features"]
     assert all("bf16" not in (v["schedule"] or {}) for v in m["variants"][:2])
     # 2 layers x (Q, K, V, attention out, FFN in, FFN out)
-    assert m["weights"]["storage"] == "fp16" and m["weights"]["compute"]["dense_layers"] == 12
+    assert m["weights"]["storage"] == "fp16" and m["weights"]["compute"]["layers"] == 12
     text = describe(auto_bert)
-    assert "bf16 kernel avx512bf16" in text and "bf16       12 dense layers" in text
+    assert "bf16 kernel avx512bf16" in text and "bf16       12 dense / conv layers" in text
     sentences = ["The quick brown fox.", "Lambda bundles without PyTorch."]
     tensors = reference.tokenize(auto_bert / "tokenizer.json", sentences)
     ref = reference.bert_mean_embeddings(tiny_bert_dir, tensors)
@@ -193,6 +273,35 @@ def test_auto_build_carries_bf16_beside_fp32_and_answers_through_lambda(auto_ber
     ours = np.asarray(model.run({k: np.asarray(v) for k, v in tensors.items()})["sentence_embedding"])
     fp32 = runtime.load(auto_bert, variant="avx512").run({k: np.asarray(v) for k, v in tensors.items()})
     assert 0 < np.abs(ours - np.asarray(fp32["sentence_embedding"])).max() <= TOLERANCE * np.abs(ref).max()
+
+
+@pytest.mark.slow
+@pytest.mark.emulated_arm64
+@pytest.mark.skipif(shutil.which("qemu-aarch64") is None or shutil.which("aarch64-linux-gnu-g++") is None,
+                    reason="needs qemu-user and g++-aarch64-linux-gnu")
+def test_arm64_bf16_runs_bfdot_under_qemu(tiny_bert_dir, tmp_path):
+    """arm64's bfdot kernel, validated and gated at build under qemu's "max" CPU (Debian's
+    qemu 7.2 has no Neoverse V1; Graviton2's neoverse-n1 lacks BF16), answers within the
+    bf16 tolerance of PyTorch fp32, and not bit for bit like fp32 (it did run in bf16)."""
+    from conftest import _build
+
+    from builder.compiler.schedules.bf16 import TOLERANCE
+    from builder.compiler.targets import TARGETS
+    from builder.progress import Progress
+    from builder.validate.emulated import run_emulated
+
+    arm = _build(tiny_bert_dir, tmp_path / "arm", targets=("arm64",), compute="bf16", formats=())
+    m = json.loads((arm / "model.json").read_text())
+    (v,) = m["variants"]
+    assert v["name"] == "arm64-bf16" and v["schedule"]["bf16"]["kernel"] == "bfdot" and "bf16" in v["features"]
+    assert v["validation"]["how"].startswith("emulated") and "QEMU_CPU=max" in v["validation"]["how"]
+    assert v["validation"]["accuracy"]["scheme"] == "bf16" and v["validation"]["accuracy"]["samples"] == 64
+    tensors = {k: np.asarray(x) for k, x in
+               reference.tokenize(arm / "tokenizer.json", ["Graviton3 runs this in bf16.", "Two texts."]).items()}
+    (ours,) = run_emulated(arm, TARGETS["arm64"], [tensors], Progress(quiet=True), variant="arm64-bf16")
+    ref = reference.bert_mean_embeddings(tiny_bert_dir, tensors)
+    diff = np.abs(ours["sentence_embedding"] - ref).max()
+    assert 1e-5 < diff <= TOLERANCE * np.abs(ref).max()
 
 
 @pytest.mark.slow

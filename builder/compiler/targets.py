@@ -100,7 +100,15 @@ class TargetSpec:
         """What to compile: an explicit --cpu is one variant of its own ("cpu", bf16 with
         --compute bf16 or auto); GPU targets compile their host code once, for the baseline."""
         if cpu:
-            return (VariantSpec("cpu", cpu, compute="fp32" if compute == "fp32" else "bf16"),)
+            wanted = "fp32" if compute == "fp32" else "bf16"
+            if wanted == "bf16" and not self.has_bf16(cpu):
+                if compute == "bf16":
+                    raise UnsupportedModelError(f"--compute bf16: the CPU {cpu} has no bfloat16 dot product",
+                                                where=f"--cpu {cpu}",
+                                                hint="choose a --cpu with AVX512_BF16 (sapphirerapids, znver4) or "
+                                                     "BF16 (neoverse-v1), or --compute auto (fp32 where it has none)")
+                wanted = "fp32"  # auto: one variant, so the CPU decides
+            return (VariantSpec("cpu", cpu, compute=wanted),)
         if self.device != "cpu":
             return PLATFORM_VARIANTS[self.platform.name][:1]
         if quantize == "int8":
@@ -109,6 +117,14 @@ class TargetSpec:
         if compute == "bf16":  # the bundle's only variant: its baseline, plain model.so
             return (dataclasses.replace(bf16, suffix=""),)
         return PLATFORM_VARIANTS[self.platform.name] + ((bf16,) if compute == "auto" else ())
+
+    def has_bf16(self, cpu: str) -> bool:
+        """Whether the LLVM CPU has a bfloat16 dot product our bf16 kernels use."""
+        import tvm
+
+        from builder.compiler.schedules.bf16 import kernel_kind
+
+        return kernel_kind(tvm.target.Target(self.tvm_target_json(cpu))) is not None
 
     def host_can_run(self) -> bool:
         return self.device == "cpu" and platform.machine() == self.arch

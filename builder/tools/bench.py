@@ -375,8 +375,13 @@ def _openvino(onnx_path: Path, threads: int, inputs: dict, progress: Progress) -
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
         if forced:
             config["INFERENCE_PRECISION_HINT"] = forced
-        with progress.step("OpenVINO: compile the ONNX model for CPU" + (f", precision {forced}" if forced else "")):
-            compiled = core.compile_model(model, "CPU", config)
+        try:
+            with progress.step("OpenVINO: compile the ONNX model for CPU" + (f", precision {forced}" if forced else "")):
+                compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:  # its own errors (RuntimeError mostly): a row left out, not the bench
+            out.note = f"OpenVINO could not compile the model{f' at {forced}' if forced else ''} ({e}); its row is left out"
+            progress.warn(out.note)
+            continue
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16", "f32"
         request = compiled.create_infer_request()
         label = f"OpenVINO {precision}" + ("" if forced else " (default)")

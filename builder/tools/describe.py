@@ -114,7 +114,7 @@ def describe(target_dir: Path, as_json: bool = False) -> str:
                          f"activations {q.get('activations')}")
         c = m.weights.compute
         if c:
-            lines.append(f"bf16       {c.get('dense_layers', '?')} dense layers, {c.get('bf16_bytes', 0) / 1e6:.1f} MB "
+            lines.append(f"bf16       {c.get('layers', '?')} dense / conv layers, {c.get('bf16_bytes', 0) / 1e6:.1f} MB "
                          f"for the bf16 variants; weights {c.get('weights')}; activations {c.get('activations')}")
     lines.append(f"glibc      {m.library.file} needs {m.glibc_required}")
     v = m.versions

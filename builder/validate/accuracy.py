@@ -26,9 +26,9 @@ MIN_COSINE = 0.99
 MIN_AGREEMENT = 0.95
 # (min cosine, min top-1 agreement) per scheme. bf16 keeps 8 mantissa bits of both operands
 # where int8 keeps 7-8 bits of range per row or column: all-MiniLM-L6-v2's worst cosine is
-# ~0.9995 in bf16 (0.995-0.998 in int8), so a bf16 build below 0.998 has a broken kernel or
-# a model that needs fp32; 2 of 64 near-ties may flip.
-THRESHOLDS = {"int8": (MIN_COSINE, MIN_AGREEMENT), "bf16": (0.998, 0.97)}
+# 0.99998 in bf16 (0.9925-0.9969 in int8), so a bf16 build below 0.998 has a broken kernel or
+# a model that needs fp32; 2 of 64 near-ties may flip (62/64 = 0.969).
+THRESHOLDS = {"int8": (MIN_COSINE, MIN_AGREEMENT), "bf16": (0.998, 0.96)}
 # Mean cosine between different sentences' fp32 embeddings above this: the model does not
 # tell them apart (random weights), so how close ours are says nothing about quality.
 # (all-MiniLM-L6-v2 on the shipped set: 0.04; random-weight BERT-base 0.95, the tests' tiny one 0.94.)

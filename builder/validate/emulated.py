@@ -60,8 +60,15 @@ def can_emulate(target) -> bool:
             and sandbox.emulator(target.platform.name) is not None)
 
 
+# qemu CPUs for variants needing more than their platform's emulated CPU (Graviton2's
+# neoverse-n1): qemu 7.2 (Debian 12) has no Neoverse V1, and its "max" has BF16.
+VARIANT_QEMU_CPU = {"arm64-bf16": "max"}
+
+
 def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Progress,
-                 timeout_s: float = 3600) -> list[dict]:
+                 timeout_s: float = 3600, variant: str | None = None) -> list[dict]:
+    """The module's outputs for each input set, run under qemu; `variant`: that variant,
+    forced (else the one the runtime picks on the emulated CPU)."""
     manifest = read_manifest(target_dir)
     arch = target.platform.name
     with tempfile.TemporaryDirectory(prefix="edgebundle-emulate-") as tmp:
@@ -74,6 +81,12 @@ def run_emulated(target_dir: Path, target, input_sets: list[dict], progress: Pro
         index = [write_raw(tensors, tmp, f"in-{i}-") for i, tensors in enumerate(input_sets)]
         (tmp / "inputs.json").write_text(json.dumps(index))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), **sandbox.emulator_env(arch)}
+        if variant is not None:
+            from runtime.cpu import FORCE_ENV
+
+            env[FORCE_ENV] = variant
+            if variant in VARIANT_QEMU_CPU:
+                env["QEMU_CPU"] = VARIANT_QEMU_CPU[variant]
         with progress.step(f"run {target.name} module under emulation (qemu, {env.get('QEMU_CPU', 'default cpu')})"):
             proc = subprocess.run(
                 argv + ["-c", _SCRIPT, str(stage), str(tmp / "inputs.json"), str(tmp / "out")],

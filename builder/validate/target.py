@@ -53,13 +53,17 @@ def validate_target(tdir: Path, target: TargetSpec, spec: ModelSpec, refs, progr
     elif can_emulate(target):
         extra = gate["inputs"] if gate is not None else []
         # one emulated run (one staged sandbox) for validation and the gate
-        outputs = run_emulated(tdir, target, spec.validation_inputs + extra, progress)
+        outputs = run_emulated(tdir, target, spec.validation_inputs + extra, progress, variant=variant)
         outputs, gated = outputs[:len(spec.validation_inputs)], outputs[len(spec.validation_inputs):]
         accuracy = _gate(spec, gate, gated, where, variant) if gate is not None else None
         result = compare(spec, refs, outputs, where)
         if accuracy is not None:
             result["accuracy"] = accuracy
-        env = " ".join(f"{k}={v}" for k, v in sandbox.emulator_env(target.platform.name).items())
+        from builder.validate.emulated import VARIANT_QEMU_CPU
+
+        env = " ".join(f"{k}={v}" for k, v in {**sandbox.emulator_env(target.platform.name),
+                                                **({"QEMU_CPU": VARIANT_QEMU_CPU[variant]}
+                                                   if variant in VARIANT_QEMU_CPU else {})}.items())
         result["how"] = f"emulated ({target.platform.emulator}{', ' + env if env else ''})"
     elif target.device == "cuda" and platform.machine() == target.arch:
         try:

@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 
 from .dot import PANEL, Epilogue, Kernel, Scheme, Tile, dense_pass, i64, tiled_matmul
-from .storage import bf16_bits, narrow
+from .storage import bf16_bits
 
 STEP = 2  # reduction steps per 32-bit word
 # Validation against PyTorch fp32 (|ours - torch| <= atol + rtol * max|torch|): bf16 keeps 8
@@ -111,12 +111,6 @@ def rows_func(k: int):
 
     from .dot import ATTRS
 
-    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
-
-    def bf16(v):
-        bits = tirx.reinterpret("uint32", v)
-        return (bits + u32(0x7FFF) + ((bits >> u32(16)) & u32(1))) >> u32(16)
-
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(f"bf16_rows_{k}")
@@ -130,8 +124,7 @@ def rows_func(k: int):
             with (T.sblock("root"), T.parallel(i64(0), m) as r, T.serial(i64(0), i64(k // STEP // lanes)) as co,
                   T.vectorized(i64(0), i64(lanes)) as ci):
                 c = co * lanes + ci
-                word = bf16(x[r, c * STEP]) | (bf16(x[r, c * STEP + 1]) << u32(16))
-                T.buffer_store(xq, word.astype("int32"), [r, c])
+                T.buffer_store(xq, _pair(x[r, c * STEP], x[r, c * STEP + 1]), [r, c])
     return ib.get()
 
 
@@ -187,14 +180,6 @@ def conv_rows_func(hw: tuple, ci: int, kernel: tuple, stride: int, pad: tuple, k
     kh, kw = kernel
     oh, ow = out_size(hw, kernel, stride, pad)
     words = k // STEP
-    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
-
-    def pair(lo, hi):
-        def bits(v):
-            b = tirx.reinterpret("uint32", v)
-            return (b + u32(0x7FFF) + ((b >> u32(16)) & u32(1))) >> u32(16)
-
-        return (bits(lo) | (bits(hi) << u32(16))).astype("int32")
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -215,7 +200,7 @@ def conv_rows_func(hw: tuple, ci: int, kernel: tuple, stride: int, pad: tuple, k
                             with T.If(tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)):
                                 with T.Then(), T.vectorized(i64(0), i64(lanes)) as cl:
                                     c = (co * lanes + cl) * STEP
-                                    T.buffer_store(xq, pair(x[n, iy, ix, c], x[n, iy, ix, c + 1]),
+                                    T.buffer_store(xq, _pair(x[n, iy, ix, c], x[n, iy, ix, c + 1]),
                                                    [p, base + co * lanes + cl])
                                 with T.Else(), T.vectorized(i64(0), i64(lanes)) as cl:
                                     T.buffer_store(xq, tirx.const(0, "int32"), [p, base + co * lanes + cl])
@@ -267,29 +252,15 @@ def matmul_func(kind: Kind, k: int, n: int, epi: Epilogue = Epilogue()):
     return tiled_matmul(kernel, kind.tile, k // STEP, n)
 
 
-def _take(bb, call):
-    """take(table, ids) of a large constant table, the table stored bfloat16 (widened as read)."""
-    from tvm import relax
-
-    from .storage import INJECTIVE, big_const, take_te, with_pattern
-
-    table = big_const(call.args[0])
-    ids = call.args[1].ty
-    if (table is None or table.ndim != 2 or not isinstance(ids, relax.TensorType)
-            or not str(ids.dtype).startswith(("int", "uint"))):
-        return None
-    return with_pattern(bb, bb.call_te(take_te, relax.const(narrow(table, "bf16")), call.args[1],
-                                       primfunc_name_hint="take"), INJECTIVE)
-
-
 def bf16_dense(kind: Kind):
     """Relax pass (before the conv rewrites, legalization and store_weights): dense layers
     with a constant weight and 1x1 convolutions -> bf16 rows and the bf16 matmul kernel
-    (schedules/dot.py); embedding tables stored bfloat16."""
+    (schedules/dot.py). Embedding tables and the remaining weights are stored bfloat16 by
+    store_weights (the bf16 variant's storage)."""
     from tvm import relax
 
     scheme = Scheme("bf16", rows_func, lambda m, k: [relax.TensorType((m, k // STEP), "int32")],
-                    lambda k, n, epi: matmul_func(kind, k, n, epi), pack_weight, eligible, _take,
+                    lambda k, n, epi: matmul_func(kind, k, n, epi), pack_weight, eligible, None,
                     epilogues=("bias", "residual", "relu"), convs=True, step=STEP, conv_rows=conv_rows_func,
                     spatial=_spatial, rows_te=rows_te)
     return dense_pass(scheme, "EdgebundleBf16Dense")
@@ -297,12 +268,13 @@ def bf16_dense(kind: Kind):
 
 def manifest_record(arrays) -> dict:
     """What model.json says of the bf16 kernels' weights (the writer's distinct arrays: the
-    packed dense weights are its int32 ones)."""
+    packed panels are its 1-D int32 ones; tied weights count once)."""
     packed = [a for a in arrays if a.dtype == np.int32 and a.ndim == 1]
-    return {"scheme": "bf16", "dense_layers": len(packed), "bf16_bytes": int(sum(a.nbytes for a in packed)),
-            "weights": f"dense: bfloat16 (round to nearest even), packed [N/{PANEL}, K/{STEP}, {PANEL}, {STEP}]; "
-                       "other large weights (convolutions, embeddings) stored bfloat16, widened as read",
-            "activations": "rounded to bfloat16 per call (round to nearest even)",
+    return {"scheme": "bf16", "layers": len(packed), "bf16_bytes": int(sum(a.nbytes for a in packed)),
+            "weights": f"bfloat16 (round to nearest even), packed [N/{PANEL}, K/{STEP}, {PANEL}, {STEP}]; other "
+                       "large weights (embeddings, convolutions left fp32) stored bfloat16, widened as read",
+            "activations": "rounded to bfloat16 as rows are packed (round to nearest even)",
             "accumulation": "float32",
             "covers": f"matmuls with a constant weight of at least 4096 elements, K a multiple of {STEP}, N of "
-                      f"{PANEL}"}
+                      f"{PANEL}; 1x1 convolutions; spatial convolutions with an even number of input channels, "
+                      f"strided or on maps at most {SPATIAL_MAX_WIDTH} wide"}

@@ -298,11 +298,14 @@ def _rewriter(scheme: Scheme):
             values = _column_values(c, n)
             bias = p.bias if p.bias is not None else np.zeros(n, np.float32)
             if values is not None and "bias" in scheme.epilogues:
+                # a scale folds into W and the bias, not into a residual already added: those
+                # stay as they are (a residual is no product of W)
                 if op == "relax.add":
                     return emit(bb, dataclasses.replace(p, bias=bias + values), call.ty.shape)
                 if op == "relax.subtract":
                     return emit(bb, dataclasses.replace(p, bias=bias - values), call.ty.shape)
-                if op in ("relax.multiply", "relax.divide") and np.all(values != 0) and np.all(np.isfinite(values)):
+                if (op in ("relax.multiply", "relax.divide") and p.residual is None and np.all(values != 0)
+                        and np.all(np.isfinite(values))):
                     scale = values if op == "relax.multiply" else (1.0 / values).astype(np.float32)
                     w = (p.w * scale).astype(np.float32)
                     return emit(bb, dataclasses.replace(p, w=w, weights=[relax.const(x) for x in scheme.weights(w)],
@@ -311,7 +314,7 @@ def _rewriter(scheme: Scheme):
             if (op == "relax.add" and values is None and p.residual is None and "residual" in scheme.epilogues
                     and isinstance(c, relax.Var) and isinstance(c.ty, relax.TensorType)
                     and str(c.ty.dtype) == "float32" and tvm_ffi.structural_equal(c.ty.shape, call.ty.shape)):
-                res = c if call.ty.ndim == 2 else bb.emit(relax.op.reshape(c, (p.m, n)))
+                res = bb.emit(relax.op.reshape(c, (p.m, n)))
                 return emit(bb, dataclasses.replace(p, residual=res), call.ty.shape)
         return None
 
@@ -332,7 +335,7 @@ def _rewriter(scheme: Scheme):
                 and _const_int(source.args[0].ty.shape.values[-1]) == k):
             key = (source.args[0], k)
         producer = bb.lookup_binding(key[0]) if isinstance(key[0], relax.Var) else None
-        if (key not in rows_of and scheme.rows_te is not None and isinstance(producer, relax.Call)
+        if (key not in rows_of and scheme.rows_te is not None and x.ty.ndim >= 2 and isinstance(producer, relax.Call)
                 and getattr(producer.op, "name", "") in _ELEMENTWISE):
             from .storage import INJECTIVE, with_pattern
 
@@ -381,7 +384,7 @@ def _rewriter(scheme: Scheme):
 
     def rewrite(bb, call):
         name = call.op.name
-        if name == "relax.take" and plain_take(call):
+        if name == "relax.take" and plain_take(call) and scheme.take is not None:
             return scheme.take(bb, call)
         if name in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.relu") and made:
             return follow(bb, call)
