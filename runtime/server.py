@@ -18,7 +18,7 @@ import time
 import traceback
 import uuid
 
-from .arrays import as_tensor, flat, shaped
+from .arrays import WEIGHT_SIZES, all_finite, as_tensor, dtype_kind, flat, shaped
 from .batching import Batcher, Closed, QueueFull, TooLarge
 from .errors import BadInput
 from .events import decode, dumps, loads
@@ -36,7 +36,14 @@ _STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 # What probes (systemd, Kubernetes, load balancers, SageMaker) call without credentials;
 # with a token every other path, the model's own ready path included, is authorized first.
 _OPEN_PATHS = ("/ping", "/v2/health/live", "/v2/health/ready")
-_V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/(ready|infer))?$")
+_V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?$")
+# A bundle is one version of one model: the Open Inference Protocol's version "1" (what
+# Triton numbers a model repository's first version), listed in the model's metadata.
+MODEL_VERSION = "1"
+# Triton's binary tensor data extension: the request's (and response's) JSON is the body's
+# first this-many bytes, the tensors' raw little-endian bytes follow in input order.
+_BINARY_HEADER = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
+_BINARY_CONTENT_TYPE = "application/octet-stream"
 
 
 class HTTPError(Exception):
@@ -81,6 +88,7 @@ class App:
         self._log = log or sys.stdout
         # {path: (endpoint label, {method: handler})}; the model's v2 paths are literal: one name.
         model = f"/v2/models/{self.name}"
+        versioned = f"{model}/versions/{MODEL_VERSION}"
         self._routes = {"/ping": ("ping", {"GET": self._ping}),
                         "/invocations": ("invocations", {"POST": self._invocations}),
                         "/metrics": ("metrics", {"GET": self._metrics}),
@@ -90,7 +98,10 @@ class App:
                         "/": ("info", {"GET": self._info}),
                         model: ("v2_metadata", {"GET": self._model_metadata}),
                         f"{model}/ready": ("health", {"GET": self._ready}),
-                        f"{model}/infer": ("v2_infer", {"POST": self._infer})}
+                        f"{model}/infer": ("v2_infer", {"POST": self._infer}),
+                        versioned: ("v2_metadata", {"GET": self._model_metadata}),
+                        f"{versioned}/ready": ("health", {"GET": self._ready}),
+                        f"{versioned}/infer": ("v2_infer", {"POST": self._infer})}
         self._log_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -187,11 +198,14 @@ class App:
     def _route(self, method: str, path: str):
         found = self._routes.get(path.rstrip("/") or "/")
         if found is None:
-            m = _V2_MODEL.match(path)
+            m = _V2_MODEL.match(path.rstrip("/"))
             if m is not None and m.group(1) != self.name:
                 raise HTTPError(404, f"unknown model {m.group(1)!r}; this server serves {self.name!r}")
+            if m is not None and m.group(2) is not None:
+                raise HTTPError(404, f"model {self.name!r} has no version {m.group(2)!r}; its versions are "
+                                     f"[{MODEL_VERSION!r}]")
             raise HTTPError(404, f"no such path {path}; the server answers /ping, /invocations, /metrics, "
-                                 f"/v2/health/live, /v2/health/ready, /v2/models/{self.name}[/ready|/infer]")
+                                 f"/v2/health/live, /v2/health/ready, /v2/models/{self.name}[/versions/{MODEL_VERSION}][/ready|/infer]")
         endpoint, methods = found
         if method not in methods:
             raise HTTPError(405, f"{method} is not allowed on {path}; use {', '.join(methods)}",
@@ -225,7 +239,7 @@ class App:
 
     def _server_metadata(self, environ):
         return 200, _json({"name": "edgebundle", "version": self.manifest.versions.edgebundle,
-                           "extensions": []}), _JSON, [], None
+                           "extensions": ["binary_tensor_data"]}), _JSON, [], None
 
     def _info(self, environ):
         m = self.manifest
@@ -240,7 +254,7 @@ class App:
                     "shape": [-1 if isinstance(d, str) else d for d in t.shape]}
 
         m = self.manifest
-        return 200, _json({"name": self.name, "versions": [], "platform": f"edgebundle_tvm_{m.target.name}",
+        return 200, _json({"name": self.name, "versions": [MODEL_VERSION], "platform": f"edgebundle_tvm_{m.target.name}",
                            "inputs": [tensor(t) for t in m.inputs],
                            "outputs": [tensor(t) for t in m.outputs]}), _JSON, [], None
 
@@ -291,19 +305,28 @@ class App:
         return 200, _json(answer), _JSON, [], batches
 
     def _infer(self, environ):
-        request = _read_json(environ)
-        answer, batches = self._run(lambda: self._decode_v2(request))
-        return 200, _json(answer), _JSON, [], batches
+        request, binary = _read_v2(environ)
+        (answer, blobs), batches = self._run(lambda: self._decode_v2(request, binary))
+        header = _json(answer)
+        if not blobs:
+            return 200, header, _JSON, [], batches
+        return (200, header + b"".join(blobs), _BINARY_CONTENT_TYPE,
+                [("Inference-Header-Content-Length", str(len(header)))], batches)
 
-    def _decode_v2(self, request):
-        """An Open Inference Protocol request -> tensor-mode items and its answer builder."""
+    def _decode_v2(self, request, binary: memoryview | None = None):
+        """An Open Inference Protocol request (`binary`: the bytes after its JSON, Triton's
+        binary tensor data extension) -> tensor-mode items and its answer builder, which
+        returns (the JSON answer, the binary outputs' bytes in its order)."""
         if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
             raise BadInput('the request must be an object with "inputs": [{"name", "shape", "datatype", "data"}]')
         specs = {t.name: t for t in self.manifest.inputs}
         tensors = {}
+        offset = 0  # into binary: each binary input takes the next binary_data_size bytes
         for n, entry in enumerate(request["inputs"]):
-            if not isinstance(entry, dict) or not {"name", "shape", "datatype", "data"} <= set(entry):
-                raise BadInput(f'"inputs"[{n}] must have "name", "shape", "datatype" and "data"')
+            if not isinstance(entry, dict) or not {"name", "shape", "datatype"} <= set(entry):
+                raise BadInput(f'"inputs"[{n}] must have "name", "shape", "datatype" and "data" (or '
+                               '"parameters": {"binary_data_size": N})')
+            size = _parameters(entry, f'"inputs"[{n}]').get("binary_data_size")
             name = entry["name"]
             if not isinstance(name, str):
                 raise BadInput(f'"inputs"[{n}]: "name" must be a string')
@@ -325,6 +348,28 @@ class App:
             if len(shape) != len(spec.shape):
                 raise BadInput(f'input {name!r} has shape {shape[:8]}{"..." if len(shape) > 8 else ""} '
                                f'({len(shape)} dimensions); the model takes {len(spec.shape)}: {list(spec.shape)}')
+            if size is not None:
+                if "data" in entry:
+                    raise BadInput(f'input {name!r} has both "data" and a binary_data_size; send one')
+                if binary is None:
+                    raise BadInput(f'input {name!r} has a binary_data_size but the request has no binary part '
+                                   '(no Inference-Header-Content-Length header)')
+                want_bytes = math.prod(shape) * WEIGHT_SIZES[spec.dtype]
+                if not isinstance(size, int) or isinstance(size, bool) or size != want_bytes:
+                    raise BadInput(f'input {name!r}: binary_data_size {size!r} is not the {want_bytes} bytes '
+                                   f'{spec.dtype} of shape {shape} take')
+                if offset + size > len(binary):
+                    raise BadInput(f'input {name!r}: its {size} bytes run past the body ({len(binary) - offset} '
+                                   'binary bytes left)')
+                raw = shaped(binary[offset:offset + size], spec.dtype, shape)
+                offset += size
+                if dtype_kind(spec.dtype) == "f" and not all_finite(raw):
+                    raise BadInput(f'input {name!r} holds a NaN or an infinity')
+                tensors[name] = raw
+                continue
+            if "data" not in entry:
+                raise BadInput(f'"inputs"[{n}] must have "name", "shape", "datatype" and "data" (or '
+                               '"parameters": {"binary_data_size": N})')
             data = entry["data"]
             if not isinstance(data, list):
                 raise BadInput(f'input {name!r}: "data" must be a list')
@@ -333,9 +378,16 @@ class App:
                 raise BadInput(f'input {name!r} has {math.prod(view.shape)} values; shape {shape} needs '
                                f'{math.prod(shape)}')
             tensors[name] = shaped(view.cast("B"), spec.dtype, shape)
+        if binary is not None and offset != len(binary):
+            raise BadInput(f"the binary part of the body is {len(binary)} bytes; the inputs' binary_data_size "
+                           f"add up to {offset}")
         if "id" in request and not isinstance(request["id"], str):
             raise BadInput('"id" must be a string (the Open Inference Protocol\'s request id)')
         wanted = [t.name for t in self.manifest.outputs]
+        as_binary = _parameters(request, "the request").get("binary_data_output", False)
+        if not isinstance(as_binary, bool):
+            raise BadInput('"parameters": "binary_data_output" must be true or false')
+        binary_out = dict.fromkeys(wanted, as_binary)
         if request.get("outputs") is not None:
             asked = request["outputs"]
             if not isinstance(asked, list) or not all(isinstance(o, dict) and "name" in o for o in asked):
@@ -344,17 +396,29 @@ class App:
             if unknown:
                 raise BadInput(f'unknown outputs {unknown}; the model has {wanted}')
             wanted = [o["name"] for o in asked]
+            for o in asked:
+                flag = _parameters(o, f'output {o["name"]!r}').get("binary_data", as_binary)
+                if not isinstance(flag, bool):
+                    raise BadInput(f'output {o["name"]!r}: "binary_data" must be true or false')
+                binary_out[o["name"]] = flag
         dtypes = {t.name: t.dtype for t in self.manifest.outputs}
         items = [self.model.prepare(tensors)]
 
         def finish(outputs):
             out = self.model.check_finite(outputs[0])
-            answer = {"model_name": self.name,
-                      "outputs": [{"name": n, "datatype": V2_DATATYPES[dtypes[n]], "shape": list(out[n].shape),
-                                   "data": flat(out[n]).tolist()} for n in wanted]}
+            entries, blobs = [], []
+            for n in wanted:
+                entry = {"name": n, "datatype": V2_DATATYPES[dtypes[n]], "shape": list(out[n].shape)}
+                if binary_out[n]:
+                    blobs.append(flat(out[n]).tobytes())
+                    entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+                else:
+                    entry["data"] = flat(out[n]).tolist()
+                entries.append(entry)
+            answer = {"model_name": self.name, "model_version": MODEL_VERSION, "outputs": entries}
             if "id" in request:
                 answer["id"] = request["id"]
-            return answer
+            return answer, blobs
 
         return items, finish
 
@@ -371,18 +435,47 @@ def _request_id(environ) -> str:
     return uuid.uuid4().hex
 
 
-def _read_json(environ):
+def _read_body(environ) -> bytes:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise HTTPError(400, "invalid Content-Length") from None
     if length <= 0:
         raise HTTPError(400, "the request body is empty; send a JSON object")
-    body = environ["wsgi.input"].read(length)
+    return environ["wsgi.input"].read(length)
+
+
+def _read_json(environ):
     try:
-        return loads(body)
+        return loads(_read_body(environ))
     except BadInput as e:
         raise HTTPError(400, str(e)) from None
+
+
+def _read_v2(environ) -> tuple:
+    """(the request's JSON, the binary part of its body or None): with an
+    Inference-Header-Content-Length header the JSON is the body's first that-many bytes."""
+    raw = environ.get(_BINARY_HEADER)
+    if raw is None:
+        return _read_json(environ), None
+    body = _read_body(environ)
+    if not raw.strip().isdigit() or not 0 < int(raw) <= len(body):
+        raise HTTPError(400, f"Inference-Header-Content-Length {raw[:32]!r} is not a byte count within the "
+                             f"{len(body)}-byte body")
+    split = int(raw)
+    try:
+        return loads(body[:split]), memoryview(body)[split:]
+    except BadInput as e:
+        raise HTTPError(400, str(e)) from None
+
+
+def _parameters(entry: dict, where: str) -> dict:
+    params = entry.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadInput(f'{where}: "parameters" must be an object')
+    return params
 
 
 def _json(value) -> bytes:
