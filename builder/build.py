@@ -297,7 +297,7 @@ def _build_target(spec: ModelSpec, modules: dict, refs, target: TargetSpec, tdir
                                   "code_bytes": sum(manifest.files[lib.file]["size"] for lib in v.libraries)}
                          for v in manifest.variants},
             "formats": {}}
-    # Read by the Lambda formats' SAM template and by deploy (builder/deploy/sizing.py) to
+    # Read by the Lambda formats' SAM template and by deploy (builder/bundle/sizing.py) to
     # size a function's timeout; never shipped (bundles stay byte-identical across builds).
     if timings:
         trec["latency"] = timings

@@ -110,7 +110,7 @@ class DeployOptions:
     role: str | None = None  # ARN or role name; required to create the function
     alias: str = "live"
     package: str | None = None  # "zip" | "image" when a target directory holds both
-    memory_mb: int | None = None  # None: builder/deploy/sizing.py's rule
+    memory_mb: int | None = None  # None: builder/bundle/sizing.py's rule
     timeout_s: int | None = None
     environment: tuple[tuple[str, str], ...] = ()  # more KEY=VALUE for the function
     s3_bucket: str | None = None  # zips: through S3 (always above 50 MB)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import reference
-from builder.bundle import elf
+from builder import elf
 from builder.errors import BundleError
 from builder.options import DEFAULT_CUDA_ARCHS, BuildOptions
 from builder.progress import Progress

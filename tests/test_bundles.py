@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reference
-from builder.bundle import elf
+from builder import elf
 from builder.errors import BundleError
 from builder.local.lambda_runtime import invoke_zip
 from builder.options import BuildOptions

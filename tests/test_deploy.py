@@ -41,7 +41,7 @@ from builder.deploy.aws import Clients
 from builder.deploy.executor import Pusher
 from builder.deploy.layer import LAYER_ZIP, MODEL_ZIP, layer_name
 from builder.deploy.remote import invoke_function
-from builder.deploy.sizing import size_function, vcpus
+from builder.bundle.sizing import size_function, vcpus
 from builder.errors import DeployError
 from builder.options import DeployOptions
 from builder.progress import Progress

@@ -187,7 +187,7 @@ def test_sam_template_matches_the_bundle(tiny_bert_build):
     import yaml
 
     from builder.deploy.bundle import open_bundle
-    from builder.deploy.sizing import size_function
+    from builder.bundle.sizing import size_function
 
     path = tiny_bert_build / "template.yaml"
     doc = yaml.safe_load(path.read_text())

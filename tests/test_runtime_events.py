@@ -41,7 +41,7 @@ def test_manifest_describes_io(bert, tiny_bert_build):
     # Weights live in the mapped file, not in the library's data (builder/compiler/weights.py).
     assert m["files"]["model.so"]["size"] < m["files"]["model.weights"]["size"]
     assert all(len(r["sha256"]) == 64 and r["size"] > 0 for r in m["files"].values())
-    from builder.bundle import elf
+    from builder import elf
 
     assert m["glibc_required"] == elf.vstr(elf.read_elf(tiny_bert_build / "model.so").glibc)
     assert elf._vtuple(m["glibc_required"]) <= (2, 27)  # libtvm_runtime.so's floor: never above it

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from builder.bundle import elf
+from builder import elf
 from builder.bundle.archive import tree_files
 from builder.bundle.render import render
 from builder.bundle.stage import WHEEL_GLIBC, copy_runtime, stage_model, vendor_runtime

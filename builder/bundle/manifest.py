@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.bundle import elf
+from builder import elf
 from builder.fsutil import atomic_write
 from builder.options import MAX_BATCH
 from builder.versions import build_versions, dist_version

@@ -32,7 +32,7 @@ def _functions(target_dir: Path) -> list[dict]:
 
 
 def write_sam_template(target_dir: Path, manifest) -> Path | None:
-    from builder.deploy.sizing import size_function
+    from builder.bundle.sizing import size_function
 
     functions = _functions(target_dir)
     path = target_dir / TEMPLATE

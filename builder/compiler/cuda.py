@@ -138,7 +138,7 @@ def fatbin_entries(fatbin: bytes) -> list[tuple[str, int]]:
 def library_blob(so_path: Path) -> bytes:
     """The packed-imports blob of an exported library, read from the file: what the runtime
     will load, without loading it."""
-    from builder.bundle.elf import read_symbol
+    from builder.elf import read_symbol
 
     try:
         return read_symbol(so_path, LIBRARY_BIN, size_prefix=True)

@@ -21,7 +21,7 @@ from builder.bundle.context import image_name
 from builder.bundle.formats.lambda_zip import DIRECT_UPLOAD_LIMIT, MIB, UNZIPPED_LIMIT
 from builder.deploy import aws
 from builder.deploy.bundle import Bundle
-from builder.deploy.sizing import Sizing, check_memory, check_timeout, size_function
+from builder.bundle.sizing import Sizing, check_memory, check_timeout, size_function
 from builder.errors import DeployError
 from builder.options import DeployOptions
 from builder.versions import EDGEBUNDLE_VERSION

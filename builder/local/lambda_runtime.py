@@ -32,7 +32,8 @@ from builder.cache import cache_dir
 from builder.errors import InvokeError
 from builder.fsutil import unzip, write_private
 from builder.progress import QUIET, Progress
-from builder.bundle import elf, wheels
+from builder import elf
+from builder.bundle import wheels
 from builder.bundle.formats.lambda_zip import ARCHITECTURES as LAMBDA_ARCHITECTURES
 from builder.bundle.stage import WHEEL_GLIBC
 from builder.local import sandbox

@@ -29,7 +29,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from builder.bundle import elf, wheels
+from builder import elf
+from builder.bundle import wheels
 from builder.bundle.archive import tree_files, write_tar_gz
 from builder.bundle.context import context_digest, image_name
 from builder.bundle.manifest import file_record

@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from builder.bundle import elf
+from builder import elf
 from builder.bundle.archive import tree_size, write_zip
 from builder.bundle.manifest import file_record
 from builder.bundle.render import render
