@@ -26,10 +26,10 @@ def invoke_function(function: str, events: list[bytes], clients, out: TextIO | N
                     err: TextIO | None = None, progress=None) -> int:
     """Each event once, in order. 0: all answered; 1: the function raised (its error and
     the tail of its log are printed)."""
-    from builder.local.lambda_runtime import _check_events, _one_line_json
+    from builder.local.runtime_api import check_events, one_line_json
 
     out, err = out or sys.stdout, err or sys.stderr
-    _check_events(events)
+    check_events(events)
     name, qualifier = split_name(function)
     lam = clients.invoke_client()
     status = 0
@@ -38,7 +38,7 @@ def invoke_function(function: str, events: list[bytes], clients, out: TextIO | N
                   **({"Qualifier": qualifier} if qualifier else {})}
         response = aws.call(lam.invoke, f"invoking {function} (event {i})", where=function, **params)
         body = response["Payload"].read()
-        print(_one_line_json(body), file=out, flush=True)
+        print(one_line_json(body), file=out, flush=True)
         if response.get("FunctionError"):
             status = 1
             tail = base64.b64decode(response.get("LogResult") or "").decode(errors="replace").rstrip()
