@@ -323,9 +323,10 @@ class App:
         tensors = {}
         offset = 0  # into binary: each binary input takes the next binary_data_size bytes
         for n, entry in enumerate(request["inputs"]):
+            fields = (f'"inputs"[{n}] must have "name", "shape", "datatype" and "data" (or '
+                      '"parameters": {"binary_data_size": N})')
             if not isinstance(entry, dict) or not {"name", "shape", "datatype"} <= set(entry):
-                raise BadInput(f'"inputs"[{n}] must have "name", "shape", "datatype" and "data" (or '
-                               '"parameters": {"binary_data_size": N})')
+                raise BadInput(fields)
             size = _parameters(entry, f'"inputs"[{n}]').get("binary_data_size")
             name = entry["name"]
             if not isinstance(name, str):
@@ -368,8 +369,7 @@ class App:
                 tensors[name] = raw
                 continue
             if "data" not in entry:
-                raise BadInput(f'"inputs"[{n}] must have "name", "shape", "datatype" and "data" (or '
-                               '"parameters": {"binary_data_size": N})')
+                raise BadInput(fields)
             data = entry["data"]
             if not isinstance(data, list):
                 raise BadInput(f'input {name!r}: "data" must be a list')

@@ -77,14 +77,8 @@ def _compile(vspec, modules: dict, target, tdir: Path, options, max_seq, cuda_ar
 
         from builder.compiler.schedules.bf16 import kernel_kind as bf16_kind
 
+        # TargetSpec.variants() gave bf16 only to CPUs with the dot product (refusing --cpu ones without)
         kind = bf16_kind(tvm.target.Target(tvm_target))
-        if kind is None:
-            from builder.errors import UnsupportedModelError
-
-            raise UnsupportedModelError(f"--compute bf16: the CPU {vspec.cpu} has no bfloat16 dot product",
-                                        where=f"variant {vspec.name}",
-                                        hint="choose a --cpu with AVX512_BF16 (sapphirerapids, znver4) or BF16 "
-                                             "(neoverse-v1), or leave --cpu out")
         schedule["bf16"] = {"kernel": kind.name, "tile": [kind.tile.rows, kind.tile.vectors * kind.tile.lanes]}
         storage = "bf16"  # what the dense kernels do not cover (convolutions, embeddings) too
     out = Compiled(vspec.name, tvm_target, schedule, [], {}, {}, {})

@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from .dot import PANEL, Epilogue, Kernel, Scheme, Tile, dense_pass, i64, tiled_matmul
+from .dot import PANEL, Epilogue, Kernel, Scheme, Tile, dense_pass, i64, is_aarch64, target_has, tiled_matmul
 from .storage import bf16_bits
 
 STEP = 2  # reduction steps per 32-bit word
@@ -75,22 +75,9 @@ KINDS = {
 
 def kernel_kind(tvm_target) -> Kind | None:
     """The bf16 kernel a TVM target can run, None where it has no bf16 dot product."""
-    from tvm.target import codegen
-
-    def has(feature):
-        try:
-            return bool(codegen.target_has_features(feature, tvm_target))
-        except Exception:
-            return False
-
-    triple = str(tvm_target.attrs.get("mtriple", ""))
-    if triple.startswith("aarch64"):
-        return KINDS["bfdot"] if has("bf16") else None
-    return KINDS["avx512bf16"] if has("avx512bf16") else None
-
-
-def eligible(k: int, n: int) -> bool:
-    return k % STEP == 0 and n % PANEL == 0 and k >= 16
+    if is_aarch64(tvm_target):
+        return KINDS["bfdot"] if target_has(tvm_target, "bf16") else None
+    return KINDS["avx512bf16"] if target_has(tvm_target, "avx512bf16") else None
 
 
 def pack_weight(w: np.ndarray) -> tuple[np.ndarray]:
@@ -260,8 +247,8 @@ def bf16_dense(kind: Kind):
     from tvm import relax
 
     scheme = Scheme("bf16", rows_func, lambda m, k: [relax.TensorType((m, k // STEP), "int32")],
-                    lambda k, n, epi: matmul_func(kind, k, n, epi), pack_weight, eligible, None,
-                    epilogues=("bias", "residual", "relu"), convs=True, step=STEP, conv_rows=conv_rows_func,
+                    lambda k, n, epi: matmul_func(kind, k, n, epi), pack_weight, STEP, None,
+                    epilogues=("bias", "residual", "relu"), convs=True, conv_rows=conv_rows_func,
                     spatial=_spatial, rows_te=rows_te)
     return dense_pass(scheme, "EdgebundleBf16Dense")
 

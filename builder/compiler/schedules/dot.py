@@ -27,6 +27,20 @@ PANEL = 16  # output columns per weight panel (one 64-byte vector of 16 x 32-bit
 ATTRS = {"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8}
 
 
+def target_has(tvm_target, feature: str) -> bool:
+    """Whether a TVM llvm target has an LLVM CPU feature (False where LLVM cannot say)."""
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features(feature, tvm_target))
+    except Exception:
+        return False
+
+
+def is_aarch64(tvm_target) -> bool:
+    return str(tvm_target.attrs.get("mtriple", "")).startswith("aarch64")
+
+
 def i64(v):
     from tvm import tirx
 
@@ -148,20 +162,19 @@ class Scheme:
     """A dense compute the rewrite below applies: `prefix` of its functions' names;
     rows_func(k) -> PrimFunc x [m, K] -> rows_outputs(m, k) (the words first);
     matmul_func(k, n, Epilogue) -> PrimFunc; weights(W) -> the matmul's constant arguments
-    after the rows outputs; eligible(k, n); take(bb, call) -> a rewritten embedding lookup
-    or None; epilogues: which of Epilogue's fields its kernels do; convs: whether 1x1
-    convolutions become its matmuls."""
+    after the rows outputs; step: reduction steps per 32-bit word; take(bb, call) -> a
+    rewritten embedding lookup or None; epilogues: which of Epilogue's fields its kernels
+    do; convs: whether 1x1 convolutions become its matmuls."""
 
     prefix: str
     rows_func: Callable
     rows_outputs: Callable
     matmul_func: Callable
     weights: Callable
-    eligible: Callable
+    step: int
     take: Callable
     epilogues: tuple = ("bias",)
     convs: bool = False
-    step: int = 4  # reduction steps per 32-bit word
     # conv_rows(hw, ci, kernel, stride, pad, k) -> PrimFunc x NHWC -> a spatial conv's rows
     # (receptive fields, K = KH*KW*CI padded to a multiple of step); spatial(kernel, stride,
     # out_width) -> whether a conv takes that path (None: 1x1 convs only)
@@ -170,6 +183,10 @@ class Scheme:
     # rows_te(x [..., K]) -> a TE compute of the rows, made where FuseOps may fuse it with its
     # producer (GELU), instead of rows_func's kernel
     rows_te: Callable | None = None
+
+    def eligible(self, k: int, n: int) -> bool:
+        """A [K, N] weight its kernels take: whole reduction words and 16-column panels."""
+        return k % self.step == 0 and n % PANEL == 0 and k >= 16
 
 
 def dense_pass(scheme: Scheme, name: str):

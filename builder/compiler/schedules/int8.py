@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 
 from .dot import ATTRS as _ATTRS
-from .dot import PANEL, Kernel, Scheme, Tile, dense_pass, i64 as _i64, tiled_matmul
+from .dot import PANEL, Kernel, Scheme, Tile, dense_pass, i64 as _i64, is_aarch64, target_has, tiled_matmul
 
 STEP = 4  # reduction steps per packed int32
 # Validation against PyTorch fp32 (|ours - torch| <= atol + rtol * max|torch|): the rtol of
@@ -75,20 +75,11 @@ KINDS = {
 
 def kernel_kind(tvm_target) -> Kind:
     """The int8 kernel a TVM target can run."""
-    from tvm.target import codegen
-
-    def has(feature):
-        try:
-            return bool(codegen.target_has_features(feature, tvm_target))
-        except Exception:
-            return False
-
-    triple = str(tvm_target.attrs.get("mtriple", ""))
-    if triple.startswith("aarch64"):
-        return KINDS["sdot"] if has("dotprod") else KINDS["generic"]
-    if has("avx512vnni") and has("avx512bw"):
+    if is_aarch64(tvm_target):
+        return KINDS["sdot"] if target_has(tvm_target, "dotprod") else KINDS["generic"]
+    if target_has(tvm_target, "avx512vnni") and target_has(tvm_target, "avx512bw"):
         return KINDS["vnni"]
-    if has("avx2"):
+    if target_has(tvm_target, "avx2"):
         return KINDS["avx2"]
     return KINDS["generic"]
 
@@ -145,10 +136,6 @@ def manifest_record(arrays) -> dict:
             "accumulation": "int32",
             "covers": f"matmuls with a constant weight of at least 4096 elements, K a multiple of {STEP}, N of "
                       f"{PANEL}; take() of a constant table along its rows"}
-
-
-def eligible(k: int, n: int) -> bool:
-    return k % STEP == 0 and n % PANEL == 0 and k >= 16
 
 
 def quantize_rows_func(kind: Kind, k: int):
@@ -268,5 +255,5 @@ def quantize_dense(kind: Kind):
 
     scheme = Scheme("q8", lambda k: quantize_rows_func(kind, k),
                     lambda m, k: [relax.TensorType((m, k // STEP), "int32"), relax.TensorType((m, 2), "float32")],
-                    lambda k, n, epi: matmul_func(kind, k, n, epi.bias), quantize_weight, eligible, _take)
+                    lambda k, n, epi: matmul_func(kind, k, n, epi.bias), quantize_weight, STEP, _take)
     return dense_pass(scheme, "EdgebundleQuantizeDense")
