@@ -103,6 +103,26 @@ def _dlopen(model_dir: Path, name: str, package: str) -> str:
                             "the file EDGEBUNDLE_LIBTVM_RUNTIME names.")
 
 
+CUDART = "libcudart.so.13"
+
+
+def _preload_cudart() -> str | None:
+    """dlopen libcudart.so.13 from NVIDIA's nvidia-cuda-runtime wheel (nvidia/cu13/lib) when
+    one is on sys.path: the serving image vendors it instead of a CUDA base image. Loaded
+    globally first, the loader then satisfies libtvm_runtime_cuda.so's DT_NEEDED with it
+    (glibc matches an already loaded library by soname). Without the wheel, the system
+    loader's search (ldconfig, LD_LIBRARY_PATH, RUNPATH $ORIGIN) decides, as before."""
+    if CUDART in _loaded:
+        return _loaded[CUDART]
+    for location in _installed_package_dirs("nvidia"):
+        path = location / "cu13" / "lib" / CUDART
+        if path.is_file():
+            ctypes.CDLL(str(path), ctypes.RTLD_GLOBAL)
+            _loaded[CUDART] = str(path)
+            return _loaded[CUDART]
+    return None
+
+
 def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
     """dlopen libtvm_ffi.so, libtvm_runtime.so (and its CUDA part for GPU models) once per process."""
     # TVM's thread pool reads this once, when the library loads; without it TVM uses 1
@@ -113,6 +133,7 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
     path = _dlopen(model_dir, "libtvm_runtime.so", "tvm")
     if device == "cuda":
         try:
+            _preload_cudart()
             _dlopen(model_dir, "libtvm_runtime_cuda.so", "tvm")
         except OSError as e:
             msg = str(e)
@@ -123,8 +144,9 @@ def load_tvm_runtime(model_dir: Path, device: str = "cpu") -> str:
                 ) from None
             if "libcudart.so" in msg:
                 raise DeviceUnavailable(
-                    "cuda: the CUDA 13 runtime library (libcudart.so.13) is not found; install the CUDA 13 "
-                    "runtime (cuda-cudart-13) or use a bundle format that ships it") from None
+                    "cuda: the CUDA 13 runtime library (libcudart.so.13) is not found; pip install "
+                    "nvidia-cuda-runtime (13.x) beside the bundle, install the CUDA 13 runtime (cuda-cudart-13), "
+                    "or use a bundle format that ships it (serve-image)") from None
             raise DeviceUnavailable(f"cuda: cannot load TVM's CUDA runtime: {msg}") from None
         exists = _ffi.get_global("runtime.GetDeviceAttr")(DEVICE_TYPES["cuda"], 0, _DEVICE_ATTR_EXIST)
         if not exists:

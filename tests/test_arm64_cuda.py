@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -73,6 +74,51 @@ def test_cuda_runtime_says_clearly_when_there_is_no_gpu(tiny_resnet_multi_build)
     with pytest.raises(runtime.DeviceUnavailable, match="cuda: .*(driver|device)"):
         runtime.load(out / "cuda")
     assert "cuda: not validated here" in log
+
+
+_CUDART_PROBE = """
+import sys
+from pathlib import Path
+from runtime import _tvm
+from runtime.errors import DeviceUnavailable
+try:
+    _tvm.load_tvm_runtime(Path(sys.argv[1]), "cuda")
+except DeviceUnavailable as e:
+    print("unavailable:", e)
+print("loaded:", _tvm._loaded.get("libcudart.so.13"))
+print("maps:", sorted({line.split()[-1] for line in open("/proc/self/maps") if "libcudart" in line}))
+"""
+
+
+def test_runtime_loads_libcudart_from_the_nvidia_wheel(tmp_path):
+    """The serving image's CUDA runtime is NVIDIA's wheel unpacked among the bundle's
+    packages: the runtime loads libcudart.so.13 from it before libtvm_runtime_cuda.so (even
+    where a toolkit's copy is on the loader's path), and never from a wheel layout planted
+    in the working directory."""
+    import subprocess
+    import sys
+
+    from builder.bundle import wheels
+    from builder.bundle.stage import CUDA_RUNTIME_WHEEL, WHEEL_GLIBC
+
+    [whl] = wheels.fetch_wheels([CUDA_RUNTIME_WHEEL], python_version="3.13",
+                                platforms=wheels.manylinux_platforms("x86_64", WHEEL_GLIBC))
+    deps = tmp_path / "deps"
+    wheels.unpack_wheel(whl, deps)
+    lib = deps / "nvidia" / "cu13" / "lib" / "libcudart.so.13"
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    run = subprocess.run([sys.executable, "-c", _CUDART_PROBE, str(tmp_path)], capture_output=True, text=True,
+                         cwd=root, env={**env, "PYTHONPATH": f"{deps}{os.pathsep}{root}"}, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"loaded: {lib}" in run.stdout and f"maps: [{str(lib)!r}]" in run.stdout, run.stdout
+    if not shutil.which("nvidia-smi"):  # no driver here: the error names it, not the CUDA runtime
+        assert "unavailable: cuda: the NVIDIA driver library libcuda.so.1" in run.stdout, run.stdout
+    # Planted in the working directory ('' on sys.path under python -c): not loaded.
+    planted = subprocess.run([sys.executable, "-c", _CUDART_PROBE, str(tmp_path)], capture_output=True, text=True,
+                             cwd=deps, env={**env, "PYTHONPATH": str(root)}, timeout=120)
+    assert planted.returncode == 0, planted.stderr[-2000:]
+    assert "loaded: None" in planted.stdout and str(lib) not in planted.stdout, planted.stdout
 
 
 @needs_cross

@@ -39,7 +39,14 @@ def stage_model(target_dir: Path, dest: Path, manifest: Manifest) -> None:
 # Parts of wheels a running bundle never touches: headers, sources, vendored build trees,
 # test suites.
 _PRUNE_DIRS = {"include", "3rdparty", "src", "tests", "__pycache__", "cmake"}
-_PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".cu")
+_PRUNE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".h", ".hpp", ".cc", ".c", ".cu", ".a")
+
+# libcudart.so.13, which libtvm_runtime_cuda.so links, from NVIDIA's wheel rather than a
+# CUDA base image (no apt, no registry: every image is COPY steps over python:X.Y-slim).
+# 13.0 update 2, the release of the nvcc the cuda target is built and tested with; CUDA's
+# minor-version compatibility runs it on any CUDA 13 driver (>= 580). runtime/_tvm.py
+# finds it at nvidia/cu13/lib in the bundle's packages.
+CUDA_RUNTIME_WHEEL = "nvidia-cuda-runtime==13.0.96"
 
 
 def runtime_requirements(manifest: Manifest) -> list[str]:
@@ -102,9 +109,12 @@ def vendor_runtime(stage: Path, manifest: Manifest, target, python: str, progres
                    glibc: str = WHEEL_GLIBC, extra: tuple = ()) -> list[str]:
     """Unpack what runtime/ needs for `target`'s platform and `python` into stage: the
     manylinux wheels (never the host's site-packages) and the TVM runtime libraries.
-    `extra`: more pinned requirements (the model server's HTTP library)."""
+    `extra`: more pinned requirements (the model server's HTTP library); cuda targets add
+    the CUDA runtime's wheel."""
     with progress.step(f"vendor wheels for python{python} {target.arch}"):
         reqs = runtime_requirements(manifest) + list(extra)
+        if target.device == "cuda":
+            reqs.append(CUDA_RUNTIME_WHEEL)
         for whl in wheels.fetch_wheels(reqs, python_version=python,
                                        platforms=wheels.manylinux_platforms(target.arch, glibc),
                                        progress=progress):

@@ -2,10 +2,11 @@
 (`python -m runtime.serve`: SageMaker /ping + /invocations, KServe v2, /metrics) on any
 target, plus a Kubernetes Deployment + Service and a KServe InferenceService for it.
 
-Bases: CPU targets a slim Debian image with the bundle's Python; cuda NVIDIA's CUDA 13
-runtime image (Ubuntu 24.04, whose python3 is 3.12, installed by the Dockerfile since
-NVIDIA ships none). `--base-image` takes any image with `python3` of the bundle's version
-on PATH (and, for cuda, libcudart.so.13).
+Base: `python:X.Y-slim` with the bundle's Python for every target. cuda adds no base of its
+own: the CUDA runtime (libcudart.so.13) comes from NVIDIA's pinned wheel in deps/ and the
+driver from the host (the NVIDIA container toolkit), so every image is COPY steps only,
+built offline and byte-reproducibly. `--base-image` takes any image with `python3` of the
+bundle's version on PATH.
 """
 from __future__ import annotations
 
@@ -29,26 +30,20 @@ APP_DIR = "/opt/edgebundle/app"
 MODEL_DIR = "/opt/edgebundle/model"
 PORT = 8080
 PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
-# NVIDIA's CUDA 13.0 update 2 runtime (libcudart.so.13, which libtvm_runtime_cuda.so links),
-# the release of the nvcc the cuda target is tested with.
-CUDA_BASE = "docker.io/nvidia/cuda:13.0.2-runtime-ubuntu24.04"
-CUDA_BASE_PYTHON = "3.12"  # Ubuntu 24.04's python3
+# What NVIDIA's own CUDA images set: the container toolkit injects the driver (libcuda.so.1)
+# into containers whose image asks for it, including under a runtime=nvidia default without
+# --gpus; NVIDIA_REQUIRE_CUDA makes it refuse a driver too old for CUDA 13 at start, with
+# the reason, instead of a failed cuInit later.
+CUDA_ENV = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+            "NVIDIA_REQUIRE_CUDA": "cuda>=13.0"}
 MIB = 1024 * 1024
 
 
-def default_base(target: TargetSpec, python: str) -> str:
-    return CUDA_BASE if target.device == "cuda" else f"docker.io/library/python:{python}-slim"
+def default_base(python: str) -> str:
+    return f"docker.io/library/python:{python}-slim"
 
 
-def _python(target: TargetSpec, options: BuildOptions) -> str:
-    if target.device == "cuda" and options.base_image(NAME, target.name) is None:
-        if options.python not in (None, CUDA_BASE_PYTHON):
-            raise BundleError(
-                f"format {NAME}: the default cuda base ({CUDA_BASE}) runs Ubuntu 24.04's python{CUDA_BASE_PYTHON}, "
-                f"not python{options.python}",
-                hint=f"drop --python (or use {CUDA_BASE_PYTHON}), or pass --base-image with a CUDA 13 image that "
-                     f"has python{options.python}")
-        return CUDA_BASE_PYTHON
+def _python(options: BuildOptions) -> str:
     python = options.python or DEFAULT_PYTHON
     if python not in PYTHONS:
         raise BundleError(f"format {NAME}: python{python} is not supported", hint=f"use --python {', '.join(PYTHONS)}")
@@ -56,7 +51,7 @@ def _python(target: TargetSpec, options: BuildOptions) -> str:
 
 
 def precheck(target: TargetSpec, options: BuildOptions) -> None:
-    _python(target, options)
+    _python(options)
 
 
 def sizing(target_dir: Path, manifest) -> dict:
@@ -71,10 +66,10 @@ def sizing(target_dir: Path, manifest) -> dict:
 
 
 def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress) -> dict:
-    python = _python(target, options)
+    python = _python(options)
     manifest = read_manifest(target_dir)
     given = options.base_image(NAME, target.name)
-    base = given or default_base(target, python)
+    base = given or default_base(python)
     gpu = target.device == "cuda"
     # No --port: the server takes SAGEMAKER_BIND_TO_PORT when set, else 8080; so does the check.
     entrypoint = ["python3", "-m", "runtime.serve", MODEL_DIR, "--host", "0.0.0.0"]
@@ -84,7 +79,7 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
     record = write_context(
         ctx, target_dir, manifest, target, python=python, template="image/serve.Dockerfile.j2",
         title="model server image",
-        values={"install_python": gpu and given is None, "port": PORT, "start_period_s": 60,
+        values={"gpu_env": CUDA_ENV if gpu else {}, "port": PORT, "start_period_s": 60,
                 "healthcheck": health, "entrypoint": entrypoint},
         code={}, extra_requirements=(pinned("waitress"),),
         info={"format": NAME, "base_image": base, "base_image_default": given is None, "port": PORT,
