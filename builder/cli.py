@@ -13,6 +13,17 @@ from builder.progress import Progress
 REPORT = "report it to the edgebundle maintainers with the command line and the output of `--debug`"
 
 
+def _min_max(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    try:
+        pair = (int(low), int(high))
+    except ValueError:
+        pair = (0, 0)
+    if not sep or pair[0] < 1 or pair[1] < pair[0]:
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN:MAX instances, 1 <= MIN <= MAX (e.g. 1:4)")
+    return pair
+
+
 def _at_least_one(text: str) -> int:
     try:
         n = int(text)
@@ -103,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--function", metavar="NAME[:ALIAS]",
                    help="call this deployed Lambda function instead (each event once; on a function error its "
                         "error and log tail are printed)")
+    i.add_argument("--sagemaker-endpoint", metavar="NAME",
+                   help="call this SageMaker endpoint instead (each event's JSON is the body of the container's "
+                        "/invocations; one answer line each)")
     i.add_argument("--layer", action="append", type=Path, default=[],
                    help="a Lambda layer zip to unpack under /opt for a local zip (repeatable, in order), e.g. "
                         "lambda-runtime-layer.zip beside lambda-model.zip")
@@ -114,13 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--quiet", action="store_true", help="no progress on stderr")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    d = sub.add_parser("deploy", help="put a Lambda zip or image on AWS: create or update the function, publish a "
-                                      "version, point an alias at it (planned first; safe to repeat)")
-    d.add_argument("bundle", type=Path, help="OUT/<target> (or its lambda.zip, or its lambda-image context, built "
-                                             "with `edgebundle image build`)")
-    d.add_argument("--function-name", required=True, help="the Lambda function to create or update")
-    d.add_argument("--role", help="execution role ARN or name (needed to create the function; given on an update "
-                                  "it replaces the function's role)")
+    d = sub.add_parser("deploy", help="put a Lambda zip or image on AWS (create or update the function, publish a "
+                                      "version, point an alias at it), or a serving image on a SageMaker endpoint "
+                                      "(planned first; safe to repeat)")
+    d.add_argument("bundle", type=Path, help="OUT/<target> (or its lambda.zip, or its lambda-image / serve-image "
+                                             "context, built with `edgebundle image build`)")
+    where = d.add_mutually_exclusive_group(required=True)
+    where.add_argument("--function-name", help="the Lambda function to create or update")
+    where.add_argument("--sagemaker-endpoint", metavar="NAME",
+                       help="the SageMaker real-time endpoint to create or update with OUT/<target>'s serve-image")
+    d.add_argument("--role", help="execution role ARN or name (needed to create the function or the SageMaker model; "
+                                  "given on an update it replaces the role)")
     d.add_argument("--alias", default="live", help="alias pointed at the new version (default live)")
     d.add_argument("--package", choices=["zip", "image"], help="which bundle, when OUT/<target> holds both")
     d.add_argument("--memory", type=int, metavar="MB", help="memory in MB (default: sized from the model; see the "
@@ -149,11 +167,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--runtime-layer", action="store_true",
                    help="zips: ship runtime/, libtvm and packages as a Lambda layer shared by models of the same "
                         "target and Python (published once, by content); the function's zip carries the model")
-    d.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
-    d.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    _aws_arguments(d)
-    d.add_argument("--quiet", action="store_true", help="print only warnings and errors")
-    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sm = d.add_argument_group("SageMaker endpoints (--sagemaker-endpoint)")
+    sm.add_argument("--instance-type", metavar="ml.TYPE",
+                    help="instance type, checked against the build (architecture, GPU and fatbin, memory); default: "
+                         "ml.c5.xlarge (x86_64), ml.c7g.xlarge (arm64), ml.g4dn.xlarge (cuda), or the next size "
+                         "up that holds the model")
+    sm.add_argument("--instances", type=_at_least_one, metavar="N", help="instances to start with (default 1, or "
+                                                                         "the --autoscale minimum)")
+    scale = sm.add_mutually_exclusive_group()
+    scale.add_argument("--autoscale", type=_min_max, metavar="MIN:MAX",
+                       help="target-tracking autoscaling on invocations per instance between MIN and MAX instances")
+    scale.add_argument("--no-autoscale", action="store_true", help="remove the autoscaling an earlier deploy set")
+    sm.add_argument("--target-invocations", type=_at_least_one, metavar="N",
+                    help="with --autoscale: invocations per instance per minute to hold (default: from the build's "
+                         "timing x 0.5 headroom, shown in the plan)")
+    sm.add_argument("--keep", type=int, default=1, metavar="N",
+                    help="unused endpoint configs (and models) kept for a rollback after an update (default 1)")
+    _plan_arguments(d)
+
+    u = sub.add_parser("undeploy", help="remove a deployed Lambda function or SageMaker endpoint and what edgebundle "
+                                        "created for it (planned first; only resources edgebundle tagged)")
+    what = u.add_mutually_exclusive_group(required=True)
+    what.add_argument("--function", metavar="NAME", help="the Lambda function (its versions, aliases, URL, and the "
+                                                         "runtime layer versions no other function uses)")
+    what.add_argument("--sagemaker-endpoint", metavar="NAME",
+                      help="the SageMaker endpoint (its autoscaling, endpoint configs and models)")
+    _plan_arguments(u)
 
     sv = sub.add_parser("serve", help="serve OUT/<target> over HTTP (SageMaker, KServe v2, /metrics), as the "
                                       "serving image does")
@@ -235,6 +274,15 @@ def cmd_build(args) -> int:
     return 0
 
 
+def _plan_arguments(p) -> None:
+    """What every command that plans AWS changes takes (deploy, undeploy)."""
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    _aws_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _aws_arguments(p) -> None:
     p.add_argument("--profile", help="AWS profile (default: AWS_PROFILE or the default profile)")
     p.add_argument("--region", help="AWS region (default: AWS_REGION or the profile's); AWS_ENDPOINT_URL is "
@@ -253,22 +301,53 @@ def _read_events(paths) -> list[bytes]:
     return events
 
 
+# Flags of the Lambda path only, refused with --sagemaker-endpoint: (dest, flag, its default).
+_LAMBDA_ONLY = (("alias", "--alias", "live"), ("package", "--package", None), ("memory", "--memory", None),
+                ("timeout", "--timeout", None), ("s3_bucket", "--s3-bucket", None),
+                ("function_url", "--function-url", None), ("snapstart", "--snapstart", None),
+                ("runtime_layer", "--runtime-layer", False), ("s3_prefix", "--s3-prefix", "edgebundle/"))
+_ENDPOINT_ONLY = (("instance_type", "--instance-type", None), ("instances", "--instances", None),
+                  ("autoscale", "--autoscale", None), ("no_autoscale", "--no-autoscale", False),
+                  ("target_invocations", "--target-invocations", None), ("keep", "--keep", 1))
+
+
+def _refuse_other_path(args, flags, path: str) -> None:
+    from builder.errors import DeployError
+
+    given = [flag for dest, flag, default in flags if getattr(args, dest) != default]
+    if given:
+        raise DeployError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to {path} only",
+                          hint="drop " + ", ".join(given))
+
+
 def cmd_deploy(args) -> int:
     import json
 
-    from builder.deploy import deploy
-    from builder.options import DeployOptions
+    from builder.deploy import deploy, deploy_endpoint
+    from builder.deploy.executor import Pusher
+    from builder.options import DeployOptions, EndpointOptions
 
+    environment = tuple(pair for path in args.env_file for pair in read_env_file(path)) + tuple(args.env)
+    if args.sagemaker_endpoint:
+        _refuse_other_path(args, _LAMBDA_ONLY, "Lambda functions (--function-name)")
+        options = EndpointOptions(
+            endpoint_name=args.sagemaker_endpoint, role=args.role, instance_type=args.instance_type,
+            instances=args.instances, autoscale=args.autoscale, autoscale_off=args.no_autoscale,
+            target_invocations=args.target_invocations, keep=args.keep, environment=environment,
+            repository=args.repository, push_tool=args.push_tool, profile=args.profile, region=args.region,
+            dry_run=args.dry_run)
+        result = deploy_endpoint(args.bundle, options, Progress(quiet=args.quiet), pusher=Pusher(args.push_tool))
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        return 0
+    _refuse_other_path(args, _ENDPOINT_ONLY, "SageMaker endpoints (--sagemaker-endpoint)")
     options = DeployOptions(
         function_name=args.function_name, role=args.role, alias=args.alias, package=args.package,
         memory_mb=args.memory, timeout_s=args.timeout,
-        environment=tuple(pair for path in args.env_file for pair in read_env_file(path)) + tuple(args.env),
-        s3_bucket=args.s3_bucket,
+        environment=environment, s3_bucket=args.s3_bucket,
         s3_prefix=args.s3_prefix, repository=args.repository, function_url=args.function_url,
         snapstart=args.snapstart, runtime_layer=args.runtime_layer, push_tool=args.push_tool,
         profile=args.profile, region=args.region, dry_run=args.dry_run)
-    from builder.deploy.executor import Pusher
-
     result = deploy(args.bundle, options, Progress(quiet=args.quiet), pusher=Pusher(args.push_tool))
     if args.json:
         print(json.dumps(result, sort_keys=True))
@@ -279,20 +358,26 @@ def cmd_invoke(args) -> int:
     from builder.errors import InvokeError
     from builder.local.lambda_runtime import invoke_image, invoke_zip
 
-    if args.function:
+    if args.function and args.sagemaker_endpoint:
+        raise InvokeError("--function and --sagemaker-endpoint: give one", hint="call one deployment at a time")
+    if args.function or args.sagemaker_endpoint:
+        flag = "--function" if args.function else "--sagemaker-endpoint"
         if args.bundle or args.layer:
-            raise InvokeError("--function calls a deployed function: give no local bundle or --layer with it",
-                              hint="edgebundle invoke --function NAME[:ALIAS] --event FILE")
+            raise InvokeError(f"{flag} calls a deployment: give no local bundle or --layer with it",
+                              hint=f"edgebundle invoke {flag} NAME --event FILE")
         from builder.deploy import _require_boto3
         from builder.deploy.aws import Clients
-        from builder.deploy.remote import invoke_function
+        from builder.deploy.remote import invoke_endpoint, invoke_function
 
         _require_boto3()
         events = _read_events(args.event)
-        return invoke_function(args.function, events, Clients(args.profile, args.region),
-                               progress=Progress(quiet=args.quiet))
+        clients = Clients(args.profile, args.region)
+        if args.sagemaker_endpoint:
+            return invoke_endpoint(args.sagemaker_endpoint, events, clients)
+        return invoke_function(args.function, events, clients, progress=Progress(quiet=args.quiet))
     if not args.bundle:
-        raise InvokeError("nothing to invoke", hint="pass a lambda.zip, an image, or --function NAME[:ALIAS]")
+        raise InvokeError("nothing to invoke", hint="pass a lambda.zip, an image, --function NAME[:ALIAS] or "
+                                                    "--sagemaker-endpoint NAME")
     bundle = Path(args.bundle)
     image = None
     if bundle.is_dir():
@@ -311,6 +396,20 @@ def cmd_invoke(args) -> int:
             raise InvokeError("--layer applies to zips: an image carries its own layers")
         return invoke_image(image, events, engine=args.engine, progress=Progress(quiet=args.quiet))
     return invoke_zip(bundle, events, layers=args.layer, progress=Progress(quiet=args.quiet))
+
+
+def cmd_undeploy(args) -> int:
+    import json
+
+    from builder.deploy import undeploy
+    from builder.options import UndeployOptions
+
+    result = undeploy(UndeployOptions(function_name=args.function, endpoint_name=args.sagemaker_endpoint,
+                                      profile=args.profile, region=args.region, dry_run=args.dry_run),
+                      Progress(quiet=args.quiet))
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -435,8 +534,9 @@ def main(argv=None) -> int:
     from runtime.manifest import ManifestError
 
     try:
-        return {"build": cmd_build, "invoke": cmd_invoke, "deploy": cmd_deploy, "inspect": cmd_inspect, "serve": cmd_serve,
-                "image": cmd_image, "bench": cmd_bench, "tune": cmd_tune}[args.command](args)
+        return {"build": cmd_build, "invoke": cmd_invoke, "deploy": cmd_deploy, "undeploy": cmd_undeploy,
+                "inspect": cmd_inspect, "serve": cmd_serve, "image": cmd_image, "bench": cmd_bench,
+                "tune": cmd_tune}[args.command](args)
     except EdgebundleError as e:
         if args.debug:
             raise

@@ -123,3 +123,35 @@ class DeployOptions:
     profile: str | None = None
     region: str | None = None
     dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointOptions:
+    """What `edgebundle deploy --sagemaker-endpoint` is asked to do (builder/deploy/sagemaker.py)."""
+
+    endpoint_name: str
+    role: str | None = None  # ARN or name; SageMaker's execution role (needed to create the model)
+    instance_type: str | None = None  # None: the first of builder/deploy/instances.py's ladder that fits
+    instances: int | None = None  # initial instance count (None: 1, or the autoscaling minimum)
+    autoscale: tuple[int, int] | None = None  # (min, max) instances; None: keep what is there
+    autoscale_off: bool = False  # remove edgebundle's autoscaling from the endpoint
+    target_invocations: int | None = None  # per instance per minute; None: from the build's timing
+    keep: int = 1  # unused endpoint configs (and their models) kept for a rollback
+    environment: tuple[tuple[str, str], ...] = ()
+    repository: str | None = None  # ECR repository (default edgebundle/<model>)
+    push_tool: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class UndeployOptions:
+    """What `edgebundle undeploy` removes: a Lambda function or a SageMaker endpoint, with
+    what edgebundle created for it (builder/deploy/undeploy.py)."""
+
+    function_name: str | None = None
+    endpoint_name: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    dry_run: bool = False

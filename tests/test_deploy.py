@@ -9,7 +9,6 @@ code runs on them.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import io
 import json
@@ -22,6 +21,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+import oci_archive
 
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
@@ -196,20 +197,6 @@ def small_target(build: Path, dest: Path, lambda_info: dict | None = None, targe
 
 # -- a Lambda image, without compiling again ----------------------------------------------------
 
-def _blob(tar: tarfile.TarFile, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    info = tarfile.TarInfo(f"blobs/sha256/{digest}")
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-    return digest
-
-
-def _file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope="module")
 def lambda_image(tiny_bert_build, tmp_path_factory):
     """A copy of the tiny BERT build with a lambda-image context and a minimal valid OCI
@@ -221,22 +208,7 @@ def lambda_image(tiny_bert_build, tmp_path_factory):
     tdir = copy_build(tiny_bert_build, tmp_path_factory.mktemp("image") / "x86_64")
     FORMATS["lambda-image"].build(tdir, resolve_target("x86_64"), BuildOptions(), Progress(quiet=True))
     image = json.loads((tdir / "lambda-image" / "image.json").read_text())
-    with tarfile.open(tdir / "lambda-image.oci.tar", "w") as tar:
-        layer = gzip.compress(b"\0" * 1024)  # an empty tar, gzipped
-        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-            "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(b"\0" * 1024).hexdigest()]}}).encode()
-        layer_digest, config_digest = _blob(tar, layer), _blob(tar, config)
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": f"sha256:{config_digest}", "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": f"sha256:{layer_digest}", "size": len(layer)}]})
-        manifest_digest = _blob(tar, manifest.encode())
-        _file(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-        _file(tar, "index.json", json.dumps({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{manifest_digest}",
-            "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": image["tag"]}}]}).encode())
+    manifest = oci_archive.write(tdir / "lambda-image.oci.tar", image["tag"])
     return tdir, image, manifest
 
 

@@ -302,7 +302,12 @@ def _http(port: int, method: str, path: str, body=None) -> tuple[int, dict]:
 @needs_podman
 @pytest.mark.slow
 def test_serve_image_answers_both_protocols(tiny_bert_cls_dir, tiny_bert_cls_build, tmp_path, request):
+    """Started the way SageMaker starts a serving container (`docker run IMAGE serve`, the
+    port in SAGEMAKER_BIND_TO_PORT), answering /ping within SageMaker's startup window and
+    the request bytes `invoke --sagemaker-endpoint` sends; then KServe v2 on the same server."""
     from builder.container.images import build_image
+    from builder.deploy.remote import endpoint_request
+    from builder.deploy.sagemaker import STARTUP_HEALTH_CHECK_S
 
     t = _copy_target(tiny_bert_cls_build, tmp_path / "x86_64")
     _format("serve-image", t, base_images={"": standin_images.serve_base("x86_64")})
@@ -310,10 +315,10 @@ def test_serve_image_answers_both_protocols(tiny_bert_cls_dir, tiny_bert_cls_bui
     request.addfinalizer(lambda: _rmi(built["tag"]))
     name = f"edgebundle-test-{os.getpid()}"
     port = 18000 + os.getpid() % 1000
-    subprocess.run(["podman", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", built["tag"],
-                    "serve"], check=True, capture_output=True)
+    started = time.monotonic()
+    subprocess.run(["podman", "run", "-d", "--rm", "--name", name, "-e", "SAGEMAKER_BIND_TO_PORT=9090",
+                    "-p", f"127.0.0.1:{port}:9090", built["tag"], "serve"], check=True, capture_output=True)
     try:
-        deadline = time.monotonic() + 60
         while True:
             try:
                 status, _ = _http(port, "GET", "/ping")
@@ -321,13 +326,19 @@ def test_serve_image_answers_both_protocols(tiny_bert_cls_dir, tiny_bert_cls_bui
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, subprocess.run(["podman", "logs", name], capture_output=True,
-                                                               text=True).stdout[-2000:]
+            assert time.monotonic() - started < min(60, STARTUP_HEALTH_CHECK_S), subprocess.run(
+                ["podman", "logs", name], capture_output=True, text=True).stdout[-2000:]
             time.sleep(0.3)
         tensors = reference.tokenize(t / "tokenizer.json", SENTENCES[:1])
         ref = reference.bert_logits(tiny_bert_cls_dir, tensors)
-        status, answer = _http(port, "POST", "/invocations", {"tensors": tensors})
-        assert status == 200
+        sent = endpoint_request(json.dumps({"tensors": tensors}).encode())
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/invocations", body=sent["Body"],
+                     headers={"Content-Type": sent["ContentType"], "Accept": sent["Accept"]})
+        resp = conn.getresponse()
+        status, answer = resp.status, json.loads(resp.read())
+        conn.close()
+        assert status == 200 and resp.getheader("Content-Type").startswith("application/json")
         np.testing.assert_allclose(np.array(answer["tensors"]["logits"]), ref, atol=1e-4, rtol=0)
         status, labels = _http(port, "POST", "/invocations", {"inputs": SENTENCES[0]})
         assert status == 200 and labels[0]["label"] == ["negative", "neutral", "positive"][int(np.argmax(ref[0]))]

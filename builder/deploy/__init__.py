@@ -1,12 +1,15 @@
-"""`edgebundle deploy` and `edgebundle invoke --function`: Lambda bundles onto AWS.
+"""`edgebundle deploy`, `undeploy` and `invoke --function / --sagemaker-endpoint`: bundles
+onto AWS Lambda, serving images onto SageMaker endpoints.
 
-    bundle.py    what is deployed, found and checked before any AWS call
-    sizing.py    memory, timeout and threads from the model, by one documented rule
-    plan.py      desired vs current state -> a Plan (read-only calls); --dry-run prints it
-    executor.py  the only code that changes AWS: carries a Plan out, pushes images
-    layer.py     --runtime-layer: the zip split into a shared runtime layer + the model
-    aws.py       sessions, clients, retries and one-line errors
-    remote.py    invoking a deployed function with local event files
+    bundle.py     what is deployed, found and checked before any AWS call
+    plan.py       Lambda: desired vs current state -> a Plan (read-only calls); --dry-run prints it
+    sagemaker.py  SageMaker endpoints: read_current -> desired -> diff, the same Plan shape
+    instances.py  SageMaker instance types (CPU, GPU, memory) and the checks against a build
+    undeploy.py   removing a function or an endpoint and what edgebundle made for it
+    executor.py   the only code that changes AWS: carries a plan out, pushes images
+    layer.py      --runtime-layer: the zip split into a shared runtime layer + the model
+    aws.py        sessions, clients, retries and one-line errors
+    remote.py     invoking a deployed function or endpoint with local event files
 
 boto3 is imported inside these functions only: `edgebundle --help` stays instant, and
 building needs no AWS SDK.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.options import DeployOptions
+from builder.options import DeployOptions, EndpointOptions, UndeployOptions
 
 
 def deploy(path: Path, options: DeployOptions, progress, clients=None, pusher=None) -> dict:
@@ -48,11 +51,55 @@ def deploy(path: Path, options: DeployOptions, progress, clients=None, pusher=No
     return result
 
 
+def deploy_endpoint(path: Path, options: EndpointOptions, progress, clients=None, pusher=None) -> dict:
+    """A serving image onto a SageMaker endpoint: plan, print, and (unless a dry run) carry
+    it out. Returns a summary: endpoint, config, fingerprint, changed, ..."""
+    from builder.deploy.aws import Clients
+    from builder.deploy.bundle import open_serve_image
+    from builder.deploy.executor import Executor
+    from builder.deploy.sagemaker import describe_result, make_plan
+
+    _require_boto3()
+    image = open_serve_image(path)
+    clients = clients or Clients(options.profile, options.region)
+    with progress.step(f"read the current state of endpoint {options.endpoint_name} on AWS"):
+        plan = make_plan(image, options, clients)
+    progress.info(plan.render())
+    if options.dry_run:
+        progress.info("dry run: nothing was changed")
+        return {**describe_result(plan), "dry_run": True, "plan": [a.summary for a in plan.actions]}
+    Executor(clients, progress, pusher).run(plan)
+    progress.info(f"deployed: endpoint {plan.endpoint} runs {plan.want.name}" if plan.changes else
+                  f"nothing changed: endpoint {plan.endpoint} runs {plan.want.name}")
+    return describe_result(plan)
+
+
+def undeploy(options: UndeployOptions, progress, clients=None) -> dict:
+    """Remove a function or an endpoint and what edgebundle made for it (planned first)."""
+    from builder.deploy.aws import Clients
+    from builder.deploy.executor import Executor
+    from builder.deploy.undeploy import make_plan
+
+    _require_boto3()
+    clients = clients or Clients(options.profile, options.region)
+    plan = make_plan(options, clients)
+    progress.info(plan.render())
+    result = {"kind": plan.kind, "name": plan.name, "region": plan.region, "changed": plan.changes,
+              "removed": [a.summary for a in plan.actions]}
+    if options.dry_run:
+        progress.info("dry run: nothing was changed")
+        return {**result, "dry_run": True}
+    Executor(clients, progress).run(plan)
+    progress.info(f"removed {plan.kind} {plan.name}" if plan.changes else "nothing was removed")
+    return result
+
+
 def _require_boto3() -> None:
     try:
         import boto3  # noqa: F401
     except ImportError:
         from builder.errors import ToolMissingError
 
-        raise ToolMissingError("deploy and invoke --function need boto3, which is not installed",
+        raise ToolMissingError("deploy, undeploy and invoke --function / --sagemaker-endpoint need boto3, which is not "
+                               "installed",
                                hint="pip install 'edgebundle[aws]' (or pip install boto3)") from None

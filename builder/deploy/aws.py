@@ -45,11 +45,12 @@ class Clients:
     def __call__(self, service: str):
         return self._client(service, service, retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS})
 
-    def invoke_client(self):
-        """Lambda's client for Invoke: one attempt (a retried invoke runs the model again) and
-        a read timeout above Lambda's longest run (900 s)."""
-        return self._client("lambda-invoke", "lambda", read_timeout=905, connect_timeout=10,
-                            retries={"mode": "standard", "total_max_attempts": 1})
+    def invoke_client(self, service: str = "lambda"):
+        """The client for running the model (Lambda's Invoke, SageMaker's InvokeEndpoint): one
+        attempt (a retried invoke runs the model again) and a read timeout above the
+        service's longest run (Lambda 900 s, SageMaker 60 s)."""
+        return self._client(f"{service}-invoke", service, read_timeout=905 if service == "lambda" else 65,
+                            connect_timeout=10, retries={"mode": "standard", "total_max_attempts": 1})
 
     def _client(self, key: str, service: str, **config):
         """The client made once under `key`: the factory's (tests), else the session's with
@@ -81,8 +82,10 @@ def error_message(e: BaseException) -> str:
 
 
 def is_not_found(e: BaseException) -> bool:
+    # SageMaker answers a Describe of something missing with a ValidationException.
     return error_code(e) in ("ResourceNotFoundException", "RepositoryNotFoundException", "ImageNotFoundException",
-                             "NoSuchEntity", "404", "NotFound", "NoSuchKey")
+                             "NoSuchEntity", "404", "NotFound", "NoSuchKey", "ObjectNotFoundException") or (
+        error_code(e) == "ValidationException" and "could not find" in error_message(e).lower())
 
 
 def _role_not_ready(e: BaseException) -> bool:
@@ -129,6 +132,9 @@ def translate(e: BaseException, what: str, where: str | None = None) -> DeployEr
         "RepositoryNotFoundException": "check the repository name and the region",
         "LimitExceededException": "an AWS quota was reached: raise it in Service Quotas or remove unused resources",
         "ServiceException": "AWS had an internal error: rerun in a moment",
+        "ResourceLimitExceeded": "a SageMaker quota was reached (instances of this type for endpoint usage, or "
+                                 "endpoints): request more in Service Quotas, or pick another --instance-type",
+        "ResourceInUse": "SageMaker is still changing this resource: wait for it to finish and rerun",
     }.get(code)
     if code == "InvalidParameterValueException" and "role" in message.lower():
         hint = ("check that the role exists, trusts lambda.amazonaws.com (sts:AssumeRole), and that you may "

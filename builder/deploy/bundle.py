@@ -1,6 +1,7 @@
 """What `deploy` puts on AWS, found from what the user points at and checked before any
-AWS call: a Lambda zip (OUT/<target>/lambda.zip) or a Lambda image (the lambda-image
-context and the OCI archive `edgebundle image build` wrote beside it)."""
+AWS call: a Lambda zip (OUT/<target>/lambda.zip), a Lambda image (the lambda-image
+context and the OCI archive `edgebundle image build` wrote beside it), or a serving image
+for a SageMaker endpoint (the serve-image context and its archive)."""
 from __future__ import annotations
 
 import dataclasses
@@ -126,10 +127,18 @@ def open_bundle(path: Path, package: str | None = None) -> Bundle:
         raise DeployError(f"{where} is a {image.get('format')} context, not a Lambda image", where=str(where),
                           hint="build --format lambda-image for Lambda; serve-image is for servers and clusters")
     refuse_undeployable(info, manifest, str(where))
-    archive = archive_path(where)
+    archive, digest = _built_archive(where, image)
+    return Bundle("image", target_dir, archive, info, manifest, digest, archive.stat().st_size, _latency(target_dir),
+                  image=image)
+
+
+def _built_archive(ctx: Path, image: dict) -> tuple[Path, str]:
+    """The OCI archive `edgebundle image build` wrote beside the context, checked to hold
+    the context's image; (archive, manifest digest in hex)."""
+    archive = archive_path(ctx)
     if not archive.is_file():
         raise DeployError("the image has not been built: no OCI archive beside its context", where=str(archive),
-                          hint=f"edgebundle image build {where}")
+                          hint=f"edgebundle image build {ctx}")
     try:
         index = archive_index(archive)
     except ValueError as e:
@@ -137,6 +146,49 @@ def open_bundle(path: Path, package: str | None = None) -> Bundle:
     if index["ref"] and index["ref"] != image["tag"] and not image["tag"].endswith(":" + index["ref"]):
         raise DeployError(f"the OCI archive holds {index['ref']}, not the context's {image['tag']}: the context "
                           "changed since the image was built", where=str(archive),
-                          hint=f"rebuild it: edgebundle image build {where}")
-    return Bundle("image", target_dir, archive, info, manifest, index["digest"].split(":", 1)[-1],
-                  archive.stat().st_size, _latency(target_dir), image=image)
+                          hint=f"rebuild it: edgebundle image build {ctx}")
+    return archive, index["digest"].split(":", 1)[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeImage:
+    """A serving image for SageMaker: the serve-image context and its built OCI archive."""
+
+    target_dir: Path
+    path: Path  # the OCI archive
+    image: dict  # image.json of the context
+    manifest: Manifest
+    sha256: str  # the OCI manifest digest
+    size: int
+    latency: dict | None  # the build's timing of the model (timing.json), if it ran here
+
+    @property
+    def name(self) -> str:
+        return self.manifest.model.name
+
+    @property
+    def architecture(self) -> str:
+        """The image's: x86_64 or arm64, as the instance table names them."""
+        return {"linux/amd64": "x86_64", "linux/arm64": "arm64"}.get(self.image.get("platform"), "unknown")
+
+
+def open_serve_image(path: Path) -> ServeImage:
+    """OUT/<target>, its serve-image context or the context's OCI archive."""
+    from builder.bundle.context import read_info
+    from builder.bundle.formats.serve_image import CONTEXT as SERVE
+
+    path = Path(path)
+    if path.name.endswith(ARCHIVE_SUFFIX):
+        path = path.with_name(path.name[:-len(ARCHIVE_SUFFIX)])
+    ctx = path / SERVE if (path / FILENAME).is_file() else path
+    if not (ctx / "image.json").is_file():
+        raise DeployError("no serving image here", where=str(path),
+                          hint="build one: edgebundle build MODEL --format serve-image --out OUT, then "
+                               "edgebundle image build OUT/<target>/serve-image")
+    image = read_info(ctx)
+    if image.get("format") != SERVE:
+        raise DeployError(f"{ctx} is a {image.get('format')} context; SageMaker endpoints run serve-image",
+                          where=str(ctx), hint="build --format serve-image and pass its context")
+    manifest = read_manifest(ctx.parent)
+    archive, digest = _built_archive(ctx, image)
+    return ServeImage(ctx.parent, archive, image, manifest, digest, archive.stat().st_size, _latency(ctx.parent))

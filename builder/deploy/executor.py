@@ -1,7 +1,9 @@
-"""The only code that changes anything on AWS: it carries out a Plan's actions in order,
-filling in the Refs earlier actions produce, and waits where Lambda applies a change in the
-background. The alias moves last, so a deploy that fails midway leaves it (and the
-traffic) on the version it was on."""
+"""The only code that changes anything on AWS: it carries out a Plan's actions in order
+(a Lambda deploy's, a SageMaker endpoint's, an undeploy's), filling in the Refs earlier
+actions produce, and waits where Lambda or SageMaker applies a change in the background.
+The alias moves last, so a Lambda deploy that fails midway leaves it (and the traffic) on
+the version it was on; an endpoint keeps serving its old config until the new one is in
+service, and nothing old is deleted before that."""
 from __future__ import annotations
 
 import os
@@ -19,6 +21,9 @@ from builder.fsutil import write_private
 # Lambda applies creates and updates asynchronously; a big image can take minutes.
 WAIT_DELAY_S = 2
 WAIT_MAX_ATTEMPTS = 450  # 15 minutes
+# SageMaker starts instances, pulls the image and waits for /ping: 5-15 minutes is usual.
+ENDPOINT_WAIT_DELAY_S = 15
+ENDPOINT_WAIT_MAX_ATTEMPTS = 240  # an hour
 
 
 class Pusher:
@@ -109,19 +114,34 @@ class Pusher:
 class Executor:
     OPS = ("create_repository", "push_image", "upload", "publish_layer", "create_function", "update_code",
            "update_configuration", "publish_version", "create_alias", "update_alias", "create_url", "update_url",
-           "add_permission", "remove_permission")
+           "add_permission", "remove_permission", "create_endpoint", "update_endpoint", "delete_endpoint",
+           "delete_scaling_policy", "deregister_scalable_target", "delete_function", "delete_layer_version")
+    # Actions that are one API call with the action's parameters, and nothing to wait for.
+    CALLS = {"create_model": ("sagemaker", "create_model"),
+             "create_endpoint_config": ("sagemaker", "create_endpoint_config"),
+             "delete_endpoint_config": ("sagemaker", "delete_endpoint_config"),
+             "delete_model": ("sagemaker", "delete_model"),
+             "add_tags": ("sagemaker", "add_tags"),
+             "tag_function": ("lambda", "tag_resource"),
+             "register_scalable_target": ("application-autoscaling", "register_scalable_target"),
+             "put_scaling_policy": ("application-autoscaling", "put_scaling_policy")}
 
     def __init__(self, clients, progress, pusher: Pusher | None = None):
         self.clients, self.progress = clients, progress
         self.pusher = pusher or Pusher()
         self.values: dict = {}
 
-    def run(self, plan: Plan) -> dict:
+    def run(self, plan) -> dict:
         """Carry out the plan; returns what was learnt (version, url, layer_arn)."""
         for action in plan.actions:
-            assert action.op in self.OPS, action.op
+            assert action.op in self.OPS or action.op in self.CALLS, action.op
             with self.progress.step(action.summary):
-                result = getattr(self, action.op)(self._resolve(action.params), action.summary)
+                params = self._resolve(action.params)
+                if action.op in self.CALLS:
+                    service, method = self.CALLS[action.op]
+                    result = self._call(service, method, action.summary, **params)
+                else:
+                    result = getattr(self, action.op)(params, action.summary)
             if action.produces:
                 self.values[action.produces] = result
         return self.values
@@ -219,13 +239,71 @@ class Executor:
         # Removed by hand already: nothing to withdraw.
         self._call_unless("ResourceNotFoundException", "remove_permission", what, p)
 
-    def _call_unless(self, code: str, method: str, what: str, params: dict) -> None:
-        """A Lambda call whose failure with `code` means it is done already."""
+    def _call_unless(self, code: str, method: str, what: str, params: dict, service: str = "lambda") -> None:
+        """A call whose failure with `code` means it is done already."""
         try:
-            self._call("lambda", method, what, **params)
+            self._call(service, method, what, **params)
         except DeployError as e:
             if code not in e.what:
                 raise
+
+    # -- SageMaker -------------------------------------------------------------------------
+    def _endpoint_in_service(self, name: str, config: str, what: str) -> None:
+        """Wait until the endpoint is InService on `config`. A failed create ends Failed; a
+        failed update ends InService on the old config (SageMaker rolls back): both are
+        reported with SageMaker's FailureReason."""
+        import botocore.exceptions as bx
+
+        sm = self.clients("sagemaker")
+        try:
+            sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={
+                "Delay": ENDPOINT_WAIT_DELAY_S, "MaxAttempts": ENDPOINT_WAIT_MAX_ATTEMPTS})
+        except bx.WaiterError:
+            pass  # the state below says what happened
+        now = self._call("sagemaker", "describe_endpoint", what, EndpointName=name)
+        if now.get("EndpointStatus") == "InService" and now.get("EndpointConfigName") == config:
+            return
+        reason = now.get("FailureReason") or f"status {now.get('EndpointStatus')}"
+        serving = now.get("EndpointConfigName")
+        still = (f"it still serves {serving}, as before" if serving != config and now.get("EndpointStatus") ==
+                 "InService" else f"it is {now.get('EndpointStatus')}")
+        raise DeployError(f"{what}: SageMaker did not bring {config} into service: {reason}; {still}", where=name,
+                          hint="read the endpoint's CloudWatch logs (/aws/sagemaker/Endpoints/" + name + "), fix "
+                               "the cause (instance quota, image, health check) and rerun")
+
+    def create_endpoint(self, p, what):
+        self._call("sagemaker", "create_endpoint", what, **p)
+        self._endpoint_in_service(p["EndpointName"], p["EndpointConfigName"], what)
+
+    def update_endpoint(self, p, what):
+        self._call("sagemaker", "update_endpoint", what, **p)
+        self._endpoint_in_service(p["EndpointName"], p["EndpointConfigName"], what)
+
+    def delete_endpoint(self, p, what):
+        import botocore.exceptions as bx
+
+        self._call_unless("Could not find", "delete_endpoint", what, p, service="sagemaker")
+        try:
+            self.clients("sagemaker").get_waiter("endpoint_deleted").wait(**p, WaiterConfig={
+                "Delay": ENDPOINT_WAIT_DELAY_S, "MaxAttempts": ENDPOINT_WAIT_MAX_ATTEMPTS})
+        except bx.WaiterError as e:
+            raise DeployError(f"{what}: the endpoint was not deleted in time ({e})", where=p["EndpointName"],
+                              hint="check it in the SageMaker console and rerun") from None
+
+    def delete_scaling_policy(self, p, what):
+        self._call_unless("ObjectNotFoundException", "delete_scaling_policy", what, p,
+                          service="application-autoscaling")
+
+    def deregister_scalable_target(self, p, what):
+        self._call_unless("ObjectNotFoundException", "deregister_scalable_target", what, p,
+                          service="application-autoscaling")
+
+    # -- undeploy (Lambda) -------------------------------------------------------------------
+    def delete_function(self, p, what):
+        self._call_unless("ResourceNotFoundException", "delete_function", what, p)
+
+    def delete_layer_version(self, p, what):
+        self._call("lambda", "delete_layer_version", what, **p)
 
 
 def describe_result(plan: Plan, values: dict) -> dict:

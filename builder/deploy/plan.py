@@ -109,9 +109,9 @@ def lambda_sha256(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
-def _role_arn(clients, role: str | None, account: str | None) -> str | None:
+def role_arn(clients, role: str | None, account: str | None, service: str = "lambda") -> str | None:
     """The role as an ARN, checked to exist where we may look (iam:GetRole); a name is
-    resolved in the caller's account."""
+    resolved in the caller's account. `service` assumes it (for the hint)."""
     if not role:
         return None
     name = role.rsplit("/", 1)[-1] if role.startswith("arn:") else role
@@ -122,9 +122,11 @@ def _role_arn(clients, role: str | None, account: str | None) -> str | None:
         found = clients("iam").get_role(RoleName=name)["Role"]["Arn"]
     except Exception as e:  # noqa: BLE001 - only a definite "no such role" is an error here
         if aws.is_not_found(e):
+            policy = {"lambda": "AWSLambdaBasicExecutionRole",
+                      "sagemaker": "AmazonSageMakerFullAccess (or ECR pull and CloudWatch Logs rights)"}[service]
             raise DeployError(f"the IAM role {name!r} does not exist", where=role,
-                              hint="create it with a trust policy for lambda.amazonaws.com and the "
-                                   "AWSLambdaBasicExecutionRole policy, or pass an existing one") from None
+                              hint=f"create it with a trust policy for {service}.amazonaws.com and the "
+                                   f"{policy} policy, or pass an existing one") from None
         if role.startswith("arn:"):
             return role  # no iam:GetRole permission: Lambda itself will check it
         if account:
@@ -133,7 +135,7 @@ def _role_arn(clients, role: str | None, account: str | None) -> str | None:
     return found
 
 
-def _get(fn, what: str, missing: tuple = (), **params):
+def get(fn, what: str, missing: tuple = (), **params):
     """A read: the response, or None when the resource does not exist (or the error code
     is one of `missing`)."""
     try:
@@ -144,11 +146,11 @@ def _get(fn, what: str, missing: tuple = (), **params):
         raise aws.translate(e, what) from e
 
 
-def _listed(fn, key: str, what: str, **params) -> list[dict]:
+def listed(fn, key: str, what: str, **params) -> list[dict]:
     """Every item under `key` of a Marker/NextMarker listing; [] when the resource is missing."""
     out, marker = [], None
     while True:
-        page = _get(fn, what, **params, **({"Marker": marker} if marker else {}))
+        page = get(fn, what, **params, **({"Marker": marker} if marker else {}))
         out += (page or {}).get(key, [])
         marker = (page or {}).get("NextMarker")
         if not marker:
@@ -201,13 +203,13 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
     lam = clients("lambda")
     fn = options.function_name
     sizing = size_function(bundle.manifest, bundle.latency, options.memory_mb, options.timeout_s)
-    current = _get(lam.get_function, f"reading function {fn}", FunctionName=fn)
+    current = get(lam.get_function, f"reading function {fn}", FunctionName=fn)
     config_now = (current or {}).get("Configuration")
     account = None
     if current is None or options.role or bundle.kind == "image":
-        ident = _get(clients("sts").get_caller_identity, "reading the AWS account (sts:GetCallerIdentity)")
+        ident = get(clients("sts").get_caller_identity, "reading the AWS account (sts:GetCallerIdentity)")
         account = (ident or {}).get("Account")
-    role = _role_arn(clients, options.role, account)
+    role = role_arn(clients, options.role, account)
     if current is None and role is None:
         raise DeployError(f"function {fn} does not exist yet, and creating it needs an execution role",
                           hint="pass --role ARN_OR_NAME (a role Lambda may assume, with "
@@ -263,7 +265,7 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
             key = f"{options.s3_prefix}{image_name(bundle.name)}/{code_sha}.zip"
             # Without s3:ListBucket, S3 answers a missing key with 403: then it is uploaded,
             # which PutObject may allow.
-            head = _get(clients("s3").head_object, f"checking s3://{options.s3_bucket}/{key}",
+            head = get(clients("s3").head_object, f"checking s3://{options.s3_bucket}/{key}",
                         missing=("403", "Forbidden"), Bucket=options.s3_bucket, Key=key)
             if head is not None and head.get("ContentLength") == size:
                 plan.notes.append(f"s3://{options.s3_bucket}/{key} already holds this zip: not uploaded again")
@@ -276,27 +278,11 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
             code = {"ZipFile": FileBody(zip_path)}
         code_identity = lambda_sha256(code_sha)
     else:
-        ecr = clients("ecr")
-        repo = options.repository or f"edgebundle/{image_name(bundle.name)}"
-        tag = f"{bundle.architecture}-{bundle.sha256[:12]}"
-        found = _get(ecr.describe_repositories, f"reading ECR repository {repo}", repositoryNames=[repo])
-        if found:
-            uri = found["repositories"][0]["repositoryUri"]
-            image = _get(ecr.describe_images, f"reading image {repo}:{tag}", repositoryName=repo,
-                         imageIds=[{"imageTag": tag}])
-        else:
-            registry = f"{account or '<account>'}.dkr.ecr.{clients.region_name}.amazonaws.com"
-            uri, image = f"{registry}/{repo}", None
-            actions.append(Action("create_repository", f"create ECR repository {repo} (scan on push)",
-                                  {"repositoryName": repo, "imageScanningConfiguration": {"scanOnPush": True},
-                                   "imageTagMutability": "MUTABLE"}))
-        if image and image.get("imageDetails"):
-            plan.notes.append(f"{uri}:{tag} is already in ECR: not pushed again")
-        else:
-            actions.append(Action("push_image", f"push {bundle.path.name} ({bundle.size / MIB:.0f} MiB) to "
-                                  f"{uri}:{tag}", {"archive": bundle.path, "repository": repo, "tag": tag,
-                                                   "platform": bundle.image.get("platform")}))
-        code = {"ImageUri": f"{uri}:{tag}"}
+        repo = options.repository or default_repository(bundle.name)
+        image_uri, pushes = ecr_image(clients, repo, f"{bundle.architecture}-{bundle.sha256[:12]}", bundle,
+                                      account, plan.notes)
+        actions += pushes
+        code = {"ImageUri": image_uri}
         code_identity = code["ImageUri"]
 
     # -- the configuration ----------------------------------------------------------------------
@@ -323,14 +309,17 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
                      "Layers": ([layer_identity] if layer_identity else []) + config.get("Layers", [])[len(layers):]})
     plan.fingerprint = fingerprint(code_identity, identity)
     tag = f"{FINGERPRINT_TAG}{plan.fingerprint[:16]}"
+    # What undeploy goes by (the edgebundle:model tag) and which deploy the alias serves.
+    tags = {"edgebundle:model": bundle.name[:256], "edgebundle:fingerprint": plan.fingerprint[:16],
+            "edgebundle:version": EDGEBUNDLE_VERSION}
     version_description = f"{tag} {bundle.name} {bundle.kind} {bundle.sha256[:12]}"
 
-    alias = _get(lam.get_alias, f"reading alias {fn}:{options.alias}", FunctionName=fn, Name=options.alias) \
+    alias = get(lam.get_alias, f"reading alias {fn}:{options.alias}", FunctionName=fn, Name=options.alias) \
         if current else None
     plan.alias_version = (alias or {}).get("FunctionVersion")
     # Only Active versions: one whose SnapStart snapshot failed (or still Pending after an
     # interrupted deploy) carries the fingerprint too, and must not be pointed at.
-    versions = _listed(lam.list_versions_by_function, "Versions", f"listing versions of {fn}",
+    versions = listed(lam.list_versions_by_function, "Versions", f"listing versions of {fn}",
                        FunctionName=fn) if current else []
     matching = [v["Version"] for v in versions
                 if v.get("Version") != "$LATEST" and tag in (v.get("Description") or "")
@@ -347,8 +336,7 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
         if current is None:
             params = {"FunctionName": fn, "Code": code, "Architectures": [bundle.architecture],
                       "PackageType": package, "Publish": False,
-                      "Tags": {"edgebundle:model": bundle.name, "edgebundle:version": EDGEBUNDLE_VERSION},
-                      **config}
+                      "Tags": tags, **config}
             actions.append(Action("create_function", f"create function {fn}: " + _describe(bundle, config, where),
                                   params))
         else:
@@ -376,8 +364,40 @@ def make_plan(bundle: Bundle, options: DeployOptions, clients) -> Plan:
                                               f"(was {alias['FunctionVersion']})",
                               {"FunctionName": fn, "Name": options.alias, "FunctionVersion": version}))
     actions += _url_actions(lam, fn, options, exists=alias is not None, plan=plan)
+    if current is not None and {k: (current.get("Tags") or {}).get(k) for k in tags} != tags:
+        actions.append(Action("tag_function", f"tag {fn} with fingerprint {plan.fingerprint[:16]}",
+                              {"Resource": config_now["FunctionArn"], "Tags": tags}))
     plan.actions = actions
     return plan
+
+
+def default_repository(model_name: str) -> str:
+    return f"edgebundle/{image_name(model_name)}"
+
+
+def ecr_image(clients, repo: str, tag: str, bundle, account: str | None, notes: list) -> tuple[str, list[Action]]:
+    """The image's URI in ECR, and what puts it there: the repository when missing, the
+    push when no image has this content tag (never pushed twice)."""
+    ecr = clients("ecr")
+    actions = []
+    found = get(ecr.describe_repositories, f"reading ECR repository {repo}", repositoryNames=[repo])
+    if found:
+        uri = found["repositories"][0]["repositoryUri"]
+        image = get(ecr.describe_images, f"reading image {repo}:{tag}", repositoryName=repo,
+                     imageIds=[{"imageTag": tag}])
+    else:
+        registry = f"{account or '<account>'}.dkr.ecr.{clients.region_name}.amazonaws.com"
+        uri, image = f"{registry}/{repo}", None
+        actions.append(Action("create_repository", f"create ECR repository {repo} (scan on push)",
+                              {"repositoryName": repo, "imageScanningConfiguration": {"scanOnPush": True},
+                               "imageTagMutability": "MUTABLE"}))
+    if image and image.get("imageDetails"):
+        notes.append(f"{uri}:{tag} is already in ECR: not pushed again")
+    else:
+        actions.append(Action("push_image", f"push {bundle.path.name} ({bundle.size / MIB:.0f} MiB) to {uri}:{tag}",
+                              {"archive": bundle.path, "repository": repo, "tag": tag,
+                               "platform": bundle.image.get("platform")}))
+    return f"{uri}:{tag}", actions
 
 
 def _describe(bundle: Bundle, config: dict, where: str) -> str:
@@ -411,7 +431,7 @@ def _config_changes(want: dict, now: dict) -> list[str]:
 
 def _layer_version(clients, name: str, sha256: str) -> str | None:
     """The ARN of a version of layer `name` whose description names this content."""
-    versions = _listed(clients("lambda").list_layer_versions, "LayerVersions", f"listing versions of layer {name}",
+    versions = listed(clients("lambda").list_layer_versions, "LayerVersions", f"listing versions of layer {name}",
                        LayerName=name)
     return next((v["LayerVersionArn"] for v in versions if f"sha256:{sha256}" in (v.get("Description") or "")),
                 None)
@@ -419,7 +439,7 @@ def _layer_version(clients, name: str, sha256: str) -> str | None:
 
 def _url_actions(lam, fn: str, options: DeployOptions, exists: bool, plan: Plan) -> list[Action]:
     """The alias's function URL: created or re-authed when asked; an existing one is kept."""
-    now = _get(lam.get_function_url_config, f"reading the function URL of {fn}:{options.alias}", FunctionName=fn,
+    now = get(lam.get_function_url_config, f"reading the function URL of {fn}:{options.alias}", FunctionName=fn,
                Qualifier=options.alias) if exists else None
     if options.function_url is None:
         if now:

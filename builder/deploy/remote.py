@@ -53,3 +53,36 @@ def invoke_function(function: str, events: list[bytes], clients, out: TextIO | N
         elif progress is not None and response.get("ExecutedVersion"):
             progress.info(f"invoke {i}: version {response['ExecutedVersion']}")
     return status
+
+
+def endpoint_request(event: bytes) -> dict:
+    """InvokeEndpoint's parameters for one event file: the task / tensor JSON as the body of
+    the container's POST /invocations, as the model server takes it."""
+    return {"Body": event, "ContentType": "application/json", "Accept": "application/json"}
+
+
+def invoke_endpoint(endpoint: str, events: list[bytes], clients, out: TextIO | None = None,
+                    err: TextIO | None = None) -> int:
+    """Each event once, in order, through sagemaker-runtime. 0: all answered; 1: the model
+    server refused one (its status and error are printed, the others still run)."""
+    from builder.local.runtime_api import check_events, one_line_json
+
+    out, err = out or sys.stdout, err or sys.stderr
+    check_events(events)
+    runtime = clients.invoke_client("sagemaker-runtime")
+    status = 0
+    for i, event in enumerate(events, 1):
+        try:
+            response = runtime.invoke_endpoint(EndpointName=endpoint, **endpoint_request(event))
+        except Exception as e:  # noqa: BLE001 - a ModelError is the server's answer; the rest is translated
+            if aws.error_code(e) != "ModelError":
+                raise aws.translate(e, f"invoking endpoint {endpoint} (event {i})", where=endpoint) from e
+            error = getattr(e, "response", {}) or {}
+            code = error.get("OriginalStatusCode") or "?"
+            body = (error.get("OriginalMessage") or aws.error_message(e)).encode()
+            print(one_line_json(body), file=out, flush=True)
+            print(f"event {i}: the model server answered {code}", file=err, flush=True)
+            status = 1
+            continue
+        print(one_line_json(response["Body"].read()), file=out, flush=True)
+    return status
