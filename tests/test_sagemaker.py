@@ -6,6 +6,7 @@ failure reporting run on it. Images are minimal OCI archives, pushed by a record
 registers them in moto's ECR."""
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import math
@@ -111,6 +112,8 @@ class EmulatedUpdate:
             endpoint.failure_reason = self.fail
         else:
             endpoint.endpoint_config_name = body["EndpointConfigName"]
+        endpoint.endpoint_status = "InService"  # done, or rolled back
+        endpoint.last_modified_time = datetime.datetime.now(datetime.timezone.utc).isoformat()
         return (AWSResponse("https://stub.invalid", 200, {}, None),
                 {"EndpointArn": endpoint.arn, "ResponseMetadata": {"HTTPStatusCode": 200}})
 
@@ -210,7 +213,12 @@ def test_new_endpoint_then_nothing(serve_target, role):
     assert again["config"] == name
     # Without --autoscale the scaling stays as it is; without --role the model's role is kept.
     third, out = run(tdir, pusher=pusher, instance_type="ml.c5.xlarge")
-    assert not third["changed"] and "kept as it is" in out
+    assert not third["changed"] and "the endpoint's, kept" in out and "--no-autoscale removes it" in out
+    # A new MIN:MAX changes the scaling only: the config is the same (the count is the scaler's).
+    rec3 = Recorder()
+    fourth, out = run(tdir, Clients(region=REGION, factory=rec3), pusher, instance_type="ml.c5.xlarge",
+                      autoscale=(2, 5))
+    assert fourth["config"] == name and _writes(rec3) == ["RegisterScalableTarget"]
 
 
 def test_update_keeps_one_config_for_rollback(serve_target, role, tmp_path):
@@ -253,8 +261,45 @@ def test_failed_update_reports_reason_and_keeps_old(serve_target, role, tmp_path
         run(new_dir, Clients(region=REGION, factory=rec), RecordingPusher(new_manifest), instance_type="ml.c5.xlarge")
     assert reason in str(e.value) and f"still serves {first['config']}" in str(e.value)
     assert _sm().describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"] == first["config"]
-    # Nothing old was deleted: the failed config is there to inspect, the serving one untouched.
-    assert first["config"] in _names()[0] and "DeleteEndpointConfig" not in _writes(rec)
+    failed = [n for n in _names()[0] if n != first["config"]]
+    assert len(failed) == 1 and _names()[1] == sorted([first["config"], *failed])  # both there, to inspect
+
+    # The next good deploy keeps what the endpoint served (the rollback), not the newer
+    # config that never served, even though that one is the newest unused.
+    rec = Recorder().stub("before-call.sagemaker.UpdateEndpoint", EmulatedUpdate())
+    good_dir, good_manifest = _rebuilt(serve_target, tmp_path, 8)
+    good, out = run(good_dir, Clients(region=REGION, factory=rec), RecordingPusher(good_manifest),
+                    instance_type="ml.c5.xlarge")
+    assert f"kept for a rollback: {first['config']}" in out
+    assert _names()[0] == sorted([first["config"], good["config"]])
+
+
+def test_failed_endpoint_is_replaced_and_foreign_one_refused(serve_target, role):
+    from moto.sagemaker.models import sagemaker_backends
+
+    tdir, manifest = serve_target
+    first, _ = run(tdir, pusher=RecordingPusher(manifest), role=role, instance_type="ml.c5.xlarge")
+    endpoint = sagemaker_backends[ACCOUNT][REGION].endpoints[ENDPOINT]
+    endpoint.endpoint_status, endpoint.failure_reason = "Failed", "CapacityError: no ml.c5.xlarge capacity"
+    rec = Recorder()
+    again, out = run(tdir, Clients(region=REGION, factory=rec), RecordingPusher(manifest),
+                     instance_type="ml.c5.xlarge")
+    assert "it is Failed (CapacityError" in out and _writes(rec) == ["DeleteEndpoint", "CreateEndpoint"]
+    assert _sm().describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] == "InService"
+    # An update that failed to roll back is updated again, even to the same config.
+    endpoint = sagemaker_backends[ACCOUNT][REGION].endpoints[ENDPOINT]
+    endpoint.endpoint_status = "UpdateRollbackFailed"
+    rec = Recorder().stub("before-call.sagemaker.UpdateEndpoint", EmulatedUpdate())
+    _, out = run(tdir, Clients(region=REGION, factory=rec), RecordingPusher(manifest), instance_type="ml.c5.xlarge")
+    assert "is UpdateRollbackFailed" in out and "UpdateEndpoint" in _writes(rec)
+
+    sm = _sm()
+    sm.create_endpoint(EndpointName="theirs", EndpointConfigName=first["config"])
+    calls = Recorder()
+    with pytest.raises(DeployError, match="not created by edgebundle"):
+        run(tdir, Clients(region=REGION, factory=calls), RecordingPusher(manifest), endpoint_name="theirs",
+            instance_type="ml.c5.xlarge")
+    assert _writes(calls) == []
 
 
 def test_instance_type_change_reregisters_autoscaling(serve_target, role):
@@ -270,8 +315,21 @@ def test_instance_type_change_reregisters_autoscaling(serve_target, role):
     assert writes.index("DeregisterScalableTarget") < writes.index("UpdateEndpoint") < \
         writes.index("RegisterScalableTarget") < writes.index("PutScalingPolicy")
     assert "TVM_NUM_THREADS=4" in out  # 8 vCPUs, 4 cores
+    (update,) = rec.params("UpdateEndpoint")
+    assert update.get("RetainAllVariantProperties") is True  # the scaler's instance count stays
+    # Without --autoscale, an instance change lifts the endpoint's scaling and sets it again.
+    rec.calls.clear()
+    run(tdir, clients, RecordingPusher(manifest), instance_type="ml.c5.4xlarge")
+    writes = _writes(rec)
+    assert writes.index("DeregisterScalableTarget") < writes.index("UpdateEndpoint") < \
+        writes.index("RegisterScalableTarget") < writes.index("PutScalingPolicy")
+    (target,) = _aas().describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    (policy,) = _aas().describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource_id(ENDPOINT))[
+        "ScalingPolicies"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 2)
+    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 600
     # --no-autoscale removes it.
-    run(tdir, clients, RecordingPusher(manifest), instance_type="ml.c5.2xlarge", autoscale_off=True)
+    run(tdir, clients, RecordingPusher(manifest), instance_type="ml.c5.4xlarge", autoscale_off=True)
     assert _aas().describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
 
 
@@ -294,6 +352,23 @@ def test_refused_before_any_aws_call(tiny_bert_build, tmp_path, target, code, pl
     assert calls == []
 
 
+def test_memory_refused_and_default_steps_up(tiny_bert_build, tmp_path):
+    """7 GiB of model files need ~9 GiB: refused on ml.c5.large (4 GiB) and ml.c5.xlarge
+    (8 GiB); the default ladder steps up to ml.m5.xlarge (16 GiB)."""
+    tdir = _fake_target(tiny_bert_build, tmp_path / "big", {"name": "x86_64", "device": "cpu"})
+    data = json.loads((tdir / "model.json").read_text())
+    data["files"] = {**data["files"], "model.weights": {**data["files"]["model.weights"], "size": 7 * 1024 ** 3}}
+    (tdir / "model.json").write_text(json.dumps(data))
+    calls = []
+    with pytest.raises(DeployError, match="needs about 9.0 GiB of memory and ml.c5.xlarge has 8 GiB"):
+        run(tdir, no_aws(calls), instance_type="ml.c5.xlarge")
+    from builder.deploy.bundle import open_serve_image
+    from builder.deploy.instances import default_instance
+
+    image = open_serve_image(tdir)
+    assert default_instance(image.manifest, image.architecture).name == "ml.m5.xlarge" and calls == []
+
+
 def test_cuda_build_on_a_gpu_it_serves(tiny_bert_build, tmp_path, role):
     tdir = _fake_target(tiny_bert_build, tmp_path / "cuda", CUDA, FATBIN)
     manifest = oci_archive.write(tdir / "serve-image.oci.tar",
@@ -302,7 +377,10 @@ def test_cuda_build_on_a_gpu_it_serves(tiny_bert_build, tmp_path, role):
     assert result["instance_type"] == "ml.g4dn.xlarge" and "fatbin sm_75" in out and "serves the T4" in out
     result, _ = run(tdir, pusher=RecordingPusher(manifest), role=role, instance_type="ml.g4dn.2xlarge")
     assert result["changed"] and _sm().describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] == "InService"
-    # A GPU build has no CPU timing: autoscaling needs the target given.
+    # SageMaker's default GPU hosts have a CUDA 12 driver: the CUDA 13 one is asked for.
+    (variant,) = _sm().describe_endpoint_config(EndpointConfigName=result["config"])["ProductionVariants"]
+    assert variant["InferenceAmiVersion"] == "al2023-ami-sagemaker-inference-gpu-4-1"
+    # The rate on the instance's GPU is not known here: autoscaling needs the target given.
     with pytest.raises(DeployError, match="--target-invocations"):
         run(tdir, pusher=RecordingPusher(manifest), instance_type="ml.g4dn.2xlarge", autoscale=(1, 2))
 
@@ -414,6 +492,13 @@ def test_undeploy_function_keeps_a_layer_another_function_uses(tiny_bert_build, 
         deploy(tdir, DeployOptions(function_name=name, role=role, runtime_layer=True), Progress(quiet=True),
                clients=Clients(region=REGION))
     (layer,) = lam.list_layers()["Layers"]
+    # Functions carry the fingerprint of what their alias serves, updated by each deploy.
+    before = lam.get_function(FunctionName="fn-a")["Tags"]
+    changed = deploy(tmp_path / "fn-a", DeployOptions(function_name="fn-a", runtime_layer=True,
+                                                      environment=(("XY", "1"),)), Progress(quiet=True),
+                     clients=Clients(region=REGION))
+    after = lam.get_function(FunctionName="fn-a")["Tags"]
+    assert after["edgebundle:fingerprint"] == changed["fingerprint"][:16] != before["edgebundle:fingerprint"]
     out = io.StringIO()
     result = undeploy(UndeployOptions(function_name="fn-a"), Progress(stream=out), Clients(region=REGION))
     assert result["changed"] and "kept: function fn-b uses it" in out.getvalue()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from builder.container.images import loaded_ref
@@ -22,8 +23,11 @@ from builder.fsutil import write_private
 WAIT_DELAY_S = 2
 WAIT_MAX_ATTEMPTS = 450  # 15 minutes
 # SageMaker starts instances, pulls the image and waits for /ping: 5-15 minutes is usual.
-ENDPOINT_WAIT_DELAY_S = 15
-ENDPOINT_WAIT_MAX_ATTEMPTS = 240  # an hour
+ENDPOINT_POLL_S = 15
+ENDPOINT_WAIT_S = 3600
+# How long an endpoint may still show InService on its old config right after UpdateEndpoint
+# before that is taken as SageMaker having rolled back.
+ENDPOINT_SETTLE_S = 120
 
 
 class Pusher:
@@ -248,47 +252,58 @@ class Executor:
                 raise
 
     # -- SageMaker -------------------------------------------------------------------------
-    def _endpoint_in_service(self, name: str, config: str, what: str) -> None:
-        """Wait until the endpoint is InService on `config`. A failed create ends Failed; a
-        failed update ends InService on the old config (SageMaker rolls back): both are
-        reported with SageMaker's FailureReason."""
-        import botocore.exceptions as bx
+    def _describe_endpoint(self, name: str, what: str) -> dict | None:
+        from builder.deploy.plan import get
 
-        sm = self.clients("sagemaker")
-        try:
-            sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={
-                "Delay": ENDPOINT_WAIT_DELAY_S, "MaxAttempts": ENDPOINT_WAIT_MAX_ATTEMPTS})
-        except bx.WaiterError:
-            pass  # the state below says what happened
-        now = self._call("sagemaker", "describe_endpoint", what, EndpointName=name)
-        if now.get("EndpointStatus") == "InService" and now.get("EndpointConfigName") == config:
-            return
-        reason = now.get("FailureReason") or f"status {now.get('EndpointStatus')}"
+        return get(self.clients("sagemaker").describe_endpoint, what, EndpointName=name)
+
+    def _endpoint_in_service(self, name: str, config: str, what: str, before=None) -> None:
+        """Poll until the endpoint is InService on `config`. A failed create ends Failed, a
+        failed update InService on the old config (SageMaker rolls back) or
+        UpdateRollbackFailed: each is reported with SageMaker's FailureReason. `before`: the
+        endpoint's LastModifiedTime before an update, so that a first read still showing the
+        old config (the update not begun) is not taken for a rollback."""
+        from builder.deploy.sagemaker import IN_PROGRESS
+
+        deadline = time.monotonic() + ENDPOINT_WAIT_S
+        settle = time.monotonic() + ENDPOINT_SETTLE_S
+        while True:
+            now = self._describe_endpoint(name, what) or {}
+            status = now.get("EndpointStatus")
+            if status == "InService" and now.get("EndpointConfigName") == config:
+                return
+            waiting = status in IN_PROGRESS or (status == "InService" and before is not None and
+                                                now.get("LastModifiedTime") == before and time.monotonic() < settle)
+            if not waiting or time.monotonic() > deadline:
+                break
+            time.sleep(ENDPOINT_POLL_S)
+        reason = now.get("FailureReason") or (f"still {status} after {ENDPOINT_WAIT_S // 60} minutes" if waiting
+                                              else f"status {status}")
         serving = now.get("EndpointConfigName")
-        still = (f"it still serves {serving}, as before" if serving != config and now.get("EndpointStatus") ==
-                 "InService" else f"it is {now.get('EndpointStatus')}")
+        still = (f"it still serves {serving}, as before" if status == "InService" and serving != config
+                 else f"it is {status}")
         raise DeployError(f"{what}: SageMaker did not bring {config} into service: {reason}; {still}", where=name,
-                          hint="read the endpoint's CloudWatch logs (/aws/sagemaker/Endpoints/" + name + "), fix "
-                               "the cause (instance quota, image, health check) and rerun")
+                          hint=f"read the endpoint's CloudWatch logs (/aws/sagemaker/Endpoints/{name}), fix the cause "
+                               "(instance quota, image, health check) and rerun")
 
     def create_endpoint(self, p, what):
         self._call("sagemaker", "create_endpoint", what, **p)
         self._endpoint_in_service(p["EndpointName"], p["EndpointConfigName"], what)
 
     def update_endpoint(self, p, what):
+        before = (self._describe_endpoint(p["EndpointName"], what) or {}).get("LastModifiedTime")
         self._call("sagemaker", "update_endpoint", what, **p)
-        self._endpoint_in_service(p["EndpointName"], p["EndpointConfigName"], what)
+        self._endpoint_in_service(p["EndpointName"], p["EndpointConfigName"], what, before=before)
 
     def delete_endpoint(self, p, what):
-        import botocore.exceptions as bx
-
         self._call_unless("Could not find", "delete_endpoint", what, p, service="sagemaker")
-        try:
-            self.clients("sagemaker").get_waiter("endpoint_deleted").wait(**p, WaiterConfig={
-                "Delay": ENDPOINT_WAIT_DELAY_S, "MaxAttempts": ENDPOINT_WAIT_MAX_ATTEMPTS})
-        except bx.WaiterError as e:
-            raise DeployError(f"{what}: the endpoint was not deleted in time ({e})", where=p["EndpointName"],
-                              hint="check it in the SageMaker console and rerun") from None
+        deadline = time.monotonic() + ENDPOINT_WAIT_S
+        while (now := self._describe_endpoint(p["EndpointName"], what)) is not None:
+            if time.monotonic() > deadline:
+                raise DeployError(f"{what}: the endpoint is still there ({now.get('EndpointStatus')}) after "
+                                  f"{ENDPOINT_WAIT_S // 60} minutes", where=p["EndpointName"],
+                                  hint="check it in the SageMaker console and rerun")
+            time.sleep(ENDPOINT_POLL_S)
 
     def delete_scaling_policy(self, p, what):
         self._call_unless("ObjectNotFoundException", "delete_scaling_policy", what, p,

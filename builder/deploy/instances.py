@@ -17,12 +17,18 @@ GIB = 1024 ** 3
 MIB = 1024 ** 2
 
 
+# SageMaker's default GPU hosts run NVIDIA driver 535/550 (CUDA 12), which cannot load
+# libcudart.so.13: endpoints of cuda builds ask for the AMI with driver 580 (CUDA 13.0).
+CUDA13_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
+
+
 @dataclasses.dataclass(frozen=True)
 class Gpu:
     name: str
     compute_capability: str  # "8.6"
     memory_gib: int  # per GPU
     counts: dict  # size -> GPUs, where not 1
+    ami: str = CUDA13_AMI  # the variant's InferenceAmiVersion
 
 
 @dataclasses.dataclass(frozen=True)

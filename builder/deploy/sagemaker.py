@@ -42,7 +42,9 @@ SCALE_IN_COOLDOWN_S = 300
 STARTUP_HEALTH_CHECK_S = 600
 TAG_MODEL, TAG_FINGERPRINT, TAG_VERSION, TAG_ENDPOINT = (
     "edgebundle:model", "edgebundle:fingerprint", "edgebundle:version", "edgebundle:endpoint")
-BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "UpdateRollbackFailed")
+# Statuses in which SageMaker is still applying a change (a deploy waits or refuses); every
+# other status is final (InService, Failed, UpdateRollbackFailed, OutOfService).
+IN_PROGRESS = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
 
 
@@ -66,9 +68,11 @@ def check_options(options: EndpointOptions) -> None:
             raise DeployError(f"--instances {options.instances} is outside --autoscale {low}:{high}",
                               hint="drop --instances (it starts at MIN) or pick one within MIN:MAX")
     if options.target_invocations is not None and options.target_invocations < 1:
-        raise DeployError("--target-invocations must be at least 1 (invocations per instance per minute)")
+        raise DeployError("--target-invocations must be at least 1 (invocations per instance per minute)",
+                          hint="e.g. --target-invocations 600")
     if options.keep < 0:
-        raise DeployError("--keep must be 0 or more")
+        raise DeployError(f"--keep {options.keep}: the unused configs to keep cannot be negative",
+                          hint="--keep 0 removes every unused config; the default 1 keeps one for a rollback")
     for key, _ in options.environment:
         if not ENV_NAME.fullmatch(key):
             raise DeployError(f"environment variable {key!r}: a letter or _, then letters, digits and _",
@@ -148,9 +152,16 @@ def read_current(clients, options: EndpointOptions, image: ServeImage) -> Curren
     sm = clients("sagemaker")
     name = options.endpoint_name
     endpoint = get(sm.describe_endpoint, f"reading endpoint {name}", EndpointName=name)
-    if endpoint and endpoint.get("EndpointStatus") in BUSY:
+    if endpoint and endpoint.get("EndpointStatus") in IN_PROGRESS:
         raise DeployError(f"endpoint {name} is {endpoint['EndpointStatus']}: SageMaker is still applying a change",
                           hint="wait until it is InService (aws sagemaker wait endpoint-in-service) and rerun")
+    tags = tags_of(sm, endpoint["EndpointArn"], f"reading the tags of {name}") if endpoint else {}
+    if endpoint and TAG_MODEL not in tags:
+        # Updating (or replacing a failed) endpoint edgebundle did not make would also make
+        # it undeploy's to delete.
+        raise DeployError(f"endpoint {name} exists and was not created by edgebundle (no {TAG_MODEL} tag)",
+                          where=name, hint="deploy to another --sagemaker-endpoint name, or delete that endpoint "
+                                           "first if it should be replaced")
     ident = get(clients("sts").get_caller_identity, "reading the AWS account (sts:GetCallerIdentity)") or {}
     account = ident.get("Account")
     role = role_arn(clients, options.role, account, service="sagemaker")
@@ -163,7 +174,6 @@ def read_current(clients, options: EndpointOptions, image: ServeImage) -> Curren
         if model:
             serving_role = (get(sm.describe_model, f"reading model {model}", ModelName=model) or {}).get(
                 "ExecutionRoleArn")
-    tags = tags_of(sm, endpoint["EndpointArn"], f"reading the tags of {name}") if endpoint else {}
     notes: list = []
     repository = options.repository or default_repository(image.name)
     tag = f"serve-{image.manifest.target.name}-{image.sha256[:12]}"
@@ -181,6 +191,7 @@ class Scaling:
     high: int
     target: int  # invocations per instance per minute
     why: str
+    how_given: bool = True  # False: carried over from the endpoint (no --autoscale given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,50 +217,63 @@ def autoscale_target(image: ServeImage, inst: Instance, given: int | None) -> tu
         return given, "given with --target-invocations"
     lat = image.latency or {}
     full, rows = lat.get("full_batch_ms"), lat.get("max_batch")
-    if not full or not rows:
-        raise DeployError("the build did not time the model (cross-compiled, or a GPU build made without a GPU), "
-                          "so there is no measured rate to set the autoscaling target from",
+    if image.manifest.target.device == "cpu" and (not full or not rows):
+        raise DeployError("the build did not time the model (cross-compiled), so there is no measured rate to "
+                          "set the autoscaling target from",
                           where=str(image.target_dir), hint="pass --target-invocations N (invocations per instance "
                                                             "per minute one instance should handle)")
-    per_s = rows / (full / 1000)
-    why = f"{rows} rows in {full:.0f} ms"
-    if image.manifest.target.device == "cpu":
-        build_threads = max(1, int(lat.get("threads") or 1))
-        per_s *= inst.threads / build_threads
-        why += f" on {build_threads} build threads, scaled to {inst.threads}"
-    else:
-        why += " on the build machine's GPU"
+    if image.manifest.target.device != "cpu":
+        raise DeployError("a GPU build's rate on the instance's GPU is not known here (a timing from the build "
+                          "machine, if any, is of another GPU)", where=str(image.target_dir),
+                          hint="pass --target-invocations N (invocations per instance per minute), measured on "
+                               "the instance type")
+    # Per TVM thread, as the build ran: the instance runs TVM_NUM_THREADS = its cores.
+    build_threads = max(1, int(lat.get("threads") or 1))
+    per_s = rows / (full / 1000) * inst.threads / build_threads
     target = max(1, math.floor(per_s * 60 * HEADROOM))
-    return target, f"{why} = {per_s:.0f}/s x 60 s x headroom {HEADROOM:g}"
+    return target, (f"{rows} rows in {full:.0f} ms on {build_threads} build threads, scaled to {inst.threads} = "
+                    f"{per_s:.0f}/s x 60 s x headroom {HEADROOM:g}")
 
 
-def desired(image: ServeImage, options: EndpointOptions, current: Current) -> Desired:
-    """The endpoint as it should be; no AWS call."""
-    if options.instance_type:
-        inst = instance(options.instance_type)
-        why = check(inst, image.manifest, image.architecture)
+def _scaling_wanted(image: ServeImage, options: EndpointOptions, current: Current, inst: Instance) -> Scaling | None:
+    """--autoscale's, or (not given) what the endpoint has, carried over so that an update
+    that must lift it (an instance type change) sets it again."""
+    if options.autoscale_off:
+        return None
+    if options.autoscale:
+        target, how = autoscale_target(image, inst, options.target_invocations)
+        return Scaling(options.autoscale[0], options.autoscale[1], target, how)
+    if current.scaling is None:
+        return None
+    now = ((current.policy or {}).get("TargetTrackingScalingPolicyConfiguration") or {}).get("TargetValue")
+    if now is None:
+        target, how = autoscale_target(image, inst, options.target_invocations)
     else:
-        inst = default_instance(image.manifest, image.architecture)
-        why = ["default for the target"] + check(inst, image.manifest, image.architecture)
-    count = options.instances or (options.autoscale[0] if options.autoscale else 1)
+        target, how = int(now), "the endpoint's, kept"
+    return Scaling(current.scaling["MinCapacity"], current.scaling["MaxCapacity"], target, how, how_given=False)
+
+
+def desired(image: ServeImage, options: EndpointOptions, current: Current, inst: Instance, why: list) -> Desired:
+    """The endpoint as it should be, on the instance type already checked; no AWS call."""
+    scaling = _scaling_wanted(image, options, current, inst)
+    count = options.instances or (scaling.low if scaling else 1)
     env = dict(options.environment)
     env.setdefault("TVM_NUM_THREADS", str(inst.threads))
     role = current.role or current.serving_role
-    identity = {"image": current.image_uri, "environment": env, "role": role, "instance": inst.name, "count": count,
-                "variant": VARIANT}
+    variant = {"VariantName": VARIANT, "InstanceType": inst.name, "InitialInstanceCount": count,
+               "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_CHECK_S,
+               **({"InferenceAmiVersion": inst.gpu.ami} if inst.gpu else {})}
+    # An autoscaled variant's count is the scaler's, not the deploy's: out of the identity, so
+    # a new MIN:MAX changes the scaling only, and updates keep the running count.
+    identity = {"image": current.image_uri, "environment": env, "role": role, "variant": variant
+                if scaling is None else {k: v for k, v in variant.items() if k != "InitialInstanceCount"}}
     fp = fingerprint(image.sha256, identity)
     name = f"{options.endpoint_name[:50]}-{fp[:12]}"
     tags = [{"Key": TAG_MODEL, "Value": image.name[:256]}, {"Key": TAG_FINGERPRINT, "Value": fp[:16]},
             {"Key": TAG_VERSION, "Value": EDGEBUNDLE_VERSION}, {"Key": TAG_ENDPOINT, "Value": options.endpoint_name}]
     model = {"ModelName": name, "ExecutionRoleArn": role,
              "PrimaryContainer": {"Image": current.image_uri, "Environment": env}, "Tags": tags}
-    config = {"EndpointConfigName": name, "Tags": tags, "ProductionVariants": [{
-        "VariantName": VARIANT, "ModelName": name, "InstanceType": inst.name, "InitialInstanceCount": count,
-        "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_CHECK_S}]}
-    scaling = None
-    if options.autoscale:
-        target, how = autoscale_target(image, inst, options.target_invocations)
-        scaling = Scaling(options.autoscale[0], options.autoscale[1], target, how)
+    config = {"EndpointConfigName": name, "Tags": tags, "ProductionVariants": [{**variant, "ModelName": name}]}
     return Desired(options.endpoint_name, name, fp, inst, count, model, config, tags, scaling,
                    options.autoscale_off, options.keep, why)
 
@@ -313,61 +337,67 @@ def _model_and_config(cur: Current, want: Desired, plan: EndpointPlan) -> None:
 
 
 def _endpoint(cur: Current, want: Desired, plan: EndpointPlan) -> bool:
-    """The endpoint's actions; whether it changes config (so scaling must be re-checked)."""
+    """The endpoint's actions; whether its scaling target is lifted for the update (an
+    instance type change: SageMaker refuses to change a scaled variant's type)."""
     create = {"EndpointName": want.endpoint, "EndpointConfigName": want.name, "Tags": want.tags}
+    status = (cur.endpoint or {}).get("EndpointStatus")
     if cur.endpoint is None:
         plan.actions.append(Action("create_endpoint", f"create endpoint {want.endpoint} on {want.name} (waits until "
                                    "InService)", create))
-        return True
-    if cur.endpoint.get("EndpointStatus") == "Failed":
+        return False
+    if status == "Failed":
         reason = cur.endpoint.get("FailureReason") or "no reason given"
         plan.actions.append(Action("delete_endpoint", f"delete endpoint {want.endpoint}: it is Failed ({reason}) and "
                                    "SageMaker cannot update a failed endpoint", {"EndpointName": want.endpoint}))
         plan.actions.append(Action("create_endpoint", f"create endpoint {want.endpoint} on {want.name}", create))
-        return True
-    if cur.endpoint["EndpointConfigName"] == want.name:
+        return False
+    if cur.endpoint["EndpointConfigName"] == want.name and status == "InService":
         plan.notes.append(f"endpoint {want.endpoint} runs {want.name}: InService")
         return False
+    if status != "InService":  # UpdateRollbackFailed, OutOfService: an update brings it back
+        plan.notes.append(f"endpoint {want.endpoint} is {status}"
+                          + (f" ({cur.endpoint['FailureReason']})" if cur.endpoint.get("FailureReason") else ""))
     old_type = ((cur.serving or {}).get("ProductionVariants") or [{}])[0].get("InstanceType")
-    if cur.scaling is not None and old_type != want.instance.name:
-        # SageMaker refuses to change the instance type of a variant that is a scaling target.
-        plan.actions.append(Action("deregister_scalable_target", f"remove autoscaling of {want.endpoint} while its "
-                                   f"instance type changes ({old_type} -> {want.instance.name}); set again after",
+    lifted = cur.scaling is not None and old_type != want.instance.name
+    if lifted:
+        plan.actions.append(Action("deregister_scalable_target", f"lift autoscaling of {want.endpoint} while its "
+                                   f"instance type changes ({old_type} -> {want.instance.name})",
                                    target_key(want.endpoint)))
-        cur.scaling, cur.policy = None, None
+    update = {"EndpointName": want.endpoint, "EndpointConfigName": want.name}
+    if want.scaling is not None and cur.scaling is not None:
+        update["RetainAllVariantProperties"] = True  # the scaler's instance count, not the config's initial one
     plan.actions.append(Action("update_endpoint", f"update endpoint {want.endpoint}: {cur.endpoint['EndpointConfigName']}"
                                f" -> {want.name} (blue/green; waits until InService, the old fleet serves until then)",
-                               {"EndpointName": want.endpoint, "EndpointConfigName": want.name}))
+                               update))
     plan.actions.append(Action("add_tags", f"tag endpoint {want.endpoint} with fingerprint {want.fingerprint[:16]}",
                                {"ResourceArn": cur.endpoint["EndpointArn"], "Tags": want.tags}))
-    return True
+    return lifted
 
 
 def target_key(endpoint: str) -> dict:
     return {"ServiceNamespace": "sagemaker", "ResourceId": resource_id(endpoint), "ScalableDimension": DIMENSION}
 
 
-def _scaling(cur: Current, want: Desired, plan: EndpointPlan) -> None:
+def _scaling(cur: Current, want: Desired, plan: EndpointPlan, lifted: bool) -> None:
     key = target_key(want.endpoint)
+    target, policy = (None, None) if lifted else (cur.scaling, cur.policy)
     if want.scaling_off:
-        if cur.policy:
+        if policy:
             plan.actions.append(Action("delete_scaling_policy", f"delete scaling policy {POLICY} of {want.endpoint}",
                                        {"PolicyName": POLICY, **key}))
-        if cur.scaling:
+        if target:
             plan.actions.append(Action("deregister_scalable_target", f"remove autoscaling of {want.endpoint}", key))
-        if not (cur.policy or cur.scaling):
+        if not (policy or target):
             plan.notes.append("no autoscaling to remove")
         return
     s = want.scaling
     if s is None:
-        if cur.scaling:
-            plan.notes.append(f"autoscaling {cur.scaling['MinCapacity']}..{cur.scaling['MaxCapacity']} kept as it is "
-                              "(--autoscale MIN:MAX changes it, --no-autoscale removes it)")
         return
-    if cur.scaling is None or (cur.scaling["MinCapacity"], cur.scaling["MaxCapacity"]) != (s.low, s.high):
+    if target is None or (target["MinCapacity"], target["MaxCapacity"]) != (s.low, s.high):
         plan.actions.append(Action("register_scalable_target", f"autoscale {want.endpoint} between {s.low} and "
-                                   f"{s.high} instances", {**key, "MinCapacity": s.low, "MaxCapacity": s.high}))
-    now = ((cur.policy or {}).get("TargetTrackingScalingPolicyConfiguration") or {}).get("TargetValue")
+                                   f"{s.high} instances" + (" (again)" if lifted else ""),
+                                   {**key, "MinCapacity": s.low, "MaxCapacity": s.high}))
+    now = ((policy or {}).get("TargetTrackingScalingPolicyConfiguration") or {}).get("TargetValue")
     if now is None or float(now) != float(s.target):
         plan.actions.append(Action("put_scaling_policy", f"target {s.target} invocations per instance per minute "
                                    f"(SageMakerVariantInvocationsPerInstance)" + (f", was {now:g}" if now else ""),
@@ -378,14 +408,17 @@ def _scaling(cur: Current, want: Desired, plan: EndpointPlan) -> None:
                                             "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
                                         "ScaleOutCooldown": SCALE_OUT_COOLDOWN_S,
                                         "ScaleInCooldown": SCALE_IN_COOLDOWN_S}}))
-    elif cur.scaling is not None:
-        plan.notes.append(f"autoscaling {s.low}..{s.high} at {s.target} invocations per instance per minute: as is")
+    elif target is not None:
+        plan.notes.append(f"autoscaling {s.low}..{s.high} at {s.target} invocations per instance per minute: as is"
+                          + ("" if s.how_given else " (--autoscale MIN:MAX changes it, --no-autoscale removes it)"))
 
 
 def _cleanup(cur: Current, want: Desired, plan: EndpointPlan) -> None:
     """Configs (and their models) beyond the newest `keep` that the endpoint no longer
     uses, once it runs the new one."""
-    unused = [c for c in cur.configs if c["name"] != want.name]
+    # What the endpoint ran before this deploy is the rollback: kept first, then the newest.
+    serving = (cur.endpoint or {}).get("EndpointConfigName")
+    unused = sorted((c for c in cur.configs if c["name"] != want.name), key=lambda c: c["name"] != serving)
     kept, gone = unused[:want.keep], unused[want.keep:]
     if kept:
         plan.notes.append(f"kept for a rollback: {', '.join(c['name'] for c in kept)} (redeploy its build to return)")
@@ -403,22 +436,25 @@ def diff(cur: Current, want: Desired, image: ServeImage) -> EndpointPlan:
                         cur.endpoint["EndpointConfigName"] if cur.endpoint else None, notes=list(cur.notes))
     plan.actions += cur.image_actions
     _model_and_config(cur, want, plan)
-    _endpoint(cur, want, plan)
-    _scaling(cur, want, plan)
+    lifted = _endpoint(cur, want, plan)
+    _scaling(cur, want, plan, lifted)
     _cleanup(cur, want, plan)
     return plan
 
 
 def make_plan(image: ServeImage, options: EndpointOptions, clients) -> EndpointPlan:
     check_options(options)
-    # The instance needs no AWS to be checked: refused before the first read.
-    inst = instance(options.instance_type) if options.instance_type else default_instance(image.manifest,
-                                                                                           image.architecture)
-    check(inst, image.manifest, image.architecture)
+    # The instance and the scaling target need no AWS to be checked: refused before the first read.
+    if options.instance_type:
+        inst = instance(options.instance_type)
+        why = check(inst, image.manifest, image.architecture)
+    else:
+        inst = default_instance(image.manifest, image.architecture)
+        why = ["default for the target"] + check(inst, image.manifest, image.architecture)
     if options.autoscale:
         autoscale_target(image, inst, options.target_invocations)
     current = read_current(clients, options, image)
-    return diff(current, desired(image, options, current), image)
+    return diff(current, desired(image, options, current, inst, why), image)
 
 
 def describe_result(plan: EndpointPlan) -> dict:

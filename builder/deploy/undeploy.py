@@ -48,8 +48,10 @@ def _not_ours(kind: str, name: str) -> DeployError:
 
 
 def _layer_key(arn: str) -> tuple[str, int]:
-    name, version = arn.split(":layer:", 1)[1].rsplit(":", 1)
-    return name, int(version)
+    """(the layer's ARN without its version, the version): the ARN, not the bare name, so
+    that the layer deleted is the one the function used."""
+    layer, version = arn.rsplit(":", 1)
+    return layer, int(version)
 
 
 def plan_function(clients, name: str) -> UndeployPlan:
@@ -61,7 +63,10 @@ def plan_function(clients, name: str) -> UndeployPlan:
     if TAG_MODEL not in (current.get("Tags") or {}):
         raise _not_ours("Lambda function", name)
     versions = listed(lam.list_versions_by_function, "Versions", f"listing versions of {name}", FunctionName=name)
-    ours = sorted({layer["Arn"] for v in versions for layer in v.get("Layers") or [] if RUNTIME_LAYER in layer["Arn"]})
+    # Runtime layers of this account only: one shared from another account is not ours to delete.
+    account = current["Configuration"]["FunctionArn"].split(":")[4]
+    ours = sorted({layer["Arn"] for v in versions for layer in v.get("Layers") or []
+                   if RUNTIME_LAYER in layer["Arn"] and layer["Arn"].split(":")[4] == account})
     aliases = listed(lam.list_aliases, "Aliases", f"listing aliases of {name}", FunctionName=name)
     plan.actions.append(Action("delete_function", f"delete function {name} ({len(versions) - 1} published "
                                f"version(s), alias(es) {', '.join(a['Name'] for a in aliases) or 'none'}, and any "
@@ -77,8 +82,8 @@ def plan_function(clients, name: str) -> UndeployPlan:
                                   f"{used[arn]} uses it")
                 continue
             layer, version = _layer_key(arn)
-            plan.actions.append(Action("delete_layer_version", f"delete runtime layer {layer} version {version}",
-                                       {"LayerName": layer, "VersionNumber": version}))
+            plan.actions.append(Action("delete_layer_version", f"delete runtime layer {layer.rsplit(':', 1)[-1]} "
+                                       f"version {version}", {"LayerName": layer, "VersionNumber": version}))
     return plan
 
 
