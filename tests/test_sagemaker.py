@@ -499,6 +499,10 @@ def test_undeploy_function_keeps_a_layer_another_function_uses(tiny_bert_build, 
                      clients=Clients(region=REGION))
     after = lam.get_function(FunctionName="fn-a")["Tags"]
     assert after["edgebundle:fingerprint"] == changed["fingerprint"][:16] != before["edgebundle:fingerprint"]
+    rec = Recorder()
+    dry = undeploy(UndeployOptions(function_name="fn-a", dry_run=True), Progress(quiet=True),
+                   Clients(region=REGION, factory=rec))
+    assert dry["dry_run"] and _writes(rec) == [] and [r.split(" ")[0] for r in dry["removed"]] == ["delete"]
     out = io.StringIO()
     result = undeploy(UndeployOptions(function_name="fn-a"), Progress(stream=out), Clients(region=REGION))
     assert result["changed"] and "kept: function fn-b uses it" in out.getvalue()
