@@ -21,19 +21,11 @@ import threading
 import time
 from pathlib import Path
 
-from .limits import MAX_INPUTS
+from .server import Options
 
 DEFAULT_PORT = 8080  # SageMaker's
-# Measured with examples/bench/serve_load.py (all-MiniLM-L6-v2, 16 clients, short sentences,
-# 2 cores): windows of 2, 5 and 10 ms gave 1.67x, 1.63x and 1.31x the requests/s of unbatched
-# serving in one run; a lone client never waits (runtime/batching.py).
-DEFAULT_BATCH_WINDOW_MS = 2.0
-# Rows (one per text or image; a tensor request's batch) waiting for the model: two full
-# batches of a typical max batch of 32, and at least one request of MAX_INPUTS (a request
-# of more rows than the queue holds is a 413, never a 503 to retry). Each waiting
-# request holds a server thread, and the threads' native memory is most of the server's
-# RSS growth under load (tests/test_server.py's load test): rows bound requests too.
-DEFAULT_MAX_QUEUE = 64
+# The serving knobs' defaults are Options' (runtime/server.py), written once.
+DEFAULTS = Options()
 WAITRESS_MISSING = ("the model server needs waitress, which serving images and edge installs carry; "
                     "on a development machine: pip install waitress")
 
@@ -58,15 +50,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"port, 0-65535 (default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}, SageMaker's)")
     p.add_argument("--max-batch", type=int,
                    help="most rows per model call (default: the model's max batch; 1 turns batching off)")
-    p.add_argument("--batch-window-ms", type=float, default=DEFAULT_BATCH_WINDOW_MS,
+    p.add_argument("--batch-window-ms", type=float, default=DEFAULTS.batch_window_ms,
                    help=f"how long an idle model waits for requests still being decoded to join a batch "
-                        f"(default {DEFAULT_BATCH_WINDOW_MS:g})")
-    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"rows (inputs) waiting for the model before new requests get 503 (default {DEFAULT_MAX_QUEUE})")
-    p.add_argument("--max-inputs", type=int, default=MAX_INPUTS,
-                   help=f"most texts or images in one task-mode request; more get 400 (default {MAX_INPUTS})")
-    p.add_argument("--timeout-s", type=float, default=30.0,
-                   help="most time a request may wait for its answer; then 504 (default 30)")
+                        f"(default {DEFAULTS.batch_window_ms:g})")
+    p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
+                   help=f"rows (inputs) waiting for the model before new requests get 503 (default {DEFAULTS.max_queue})")
+    p.add_argument("--max-inputs", type=int, default=DEFAULTS.max_inputs,
+                   help=f"most texts or images in one task-mode request; more get 400 (default {DEFAULTS.max_inputs})")
+    p.add_argument("--timeout-s", type=float, default=DEFAULTS.timeout_s,
+                   help=f"most time a request may wait for its answer; then 504 (default {DEFAULTS.timeout_s:g})")
     p.add_argument("--max-body-mb", type=float, default=6.0,
                    help="largest request body; larger ones get 413 before being read (default 6, Lambda's)")
     p.add_argument("--idle-timeout-s", type=float, default=60.0,
@@ -78,8 +70,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="on SIGTERM, most time spent finishing received requests (default 30)")
 
 
+def python_mismatch() -> str | None:
+    """Why this Python cannot serve the image: its packages (compiled extensions such as
+    Pillow's and tokenizers') were vendored for EDGEBUNDLE_PYTHON, which the serving image
+    sets; a --base-image of another version would fail on an import deep in a request."""
+    wanted = os.environ.get("EDGEBUNDLE_PYTHON")
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not wanted or wanted == running:
+        return None
+    return (f"this image's packages were vendored for python{wanted}, but its base image runs python{running}; "
+            f"rebuild with --python {running}, or use a --base-image whose python3 is {wanted}")
+
+
 def serve(model_dir: Path, args, ready_message=None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit status."""
+    mismatch = python_mismatch()
+    if mismatch:
+        print(f"error: {mismatch}", file=sys.stderr)
+        return 2
     for name, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
                         ("--max-inputs", args.max_inputs),
                         ("--timeout-s", args.timeout_s), ("--max-body-mb", args.max_body_mb),
@@ -107,7 +115,7 @@ def serve(model_dir: Path, args, ready_message=None) -> int:
         print(f"error: {WAITRESS_MISSING}", file=sys.stderr)
         return 2
     from .manifest import ManifestError
-    from .server import App, Options
+    from .server import App
 
     token = None
     if getattr(args, "token_file", None):

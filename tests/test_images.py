@@ -147,6 +147,7 @@ def test_contexts_layout_deterministic_and_yaml(tiny_bert_build, tmp_path):
     assert dockerfile.index('COPY ["deps/"') < dockerfile.index('COPY ["model/"') < dockerfile.index('COPY ["code/"')
     assert "FROM localhost/base:1" in dockerfile and "USER 65532:65532" in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/ping" in dockerfile
+    assert 'EDGEBUNDLE_PYTHON="3.13"' in dockerfile  # what the server checks its Python against
     assert not [line for line in dockerfile.splitlines() if line.startswith("RUN ")]  # nothing to emulate
     assert (ctx / "deps" / "waitress" / "__init__.py").is_file() and (ctx / "deps" / "libtvm_runtime.so").is_file()
     assert (ctx / "code" / "runtime" / "serve.py").is_file() and (ctx / "model" / "model.weights").is_file()

@@ -559,6 +559,17 @@ def test_cli_refuses_bad_options_and_missing_model(tmp_path):
     assert p.returncode == 1 and "no such file" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
+def test_serving_image_on_another_python_is_refused(tiny_bert_build):
+    """The serving image records the Python its packages were vendored for
+    (EDGEBUNDLE_PYTHON); a base of another version is refused at start, naming both."""
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    env = {**os.environ, "EDGEBUNDLE_PYTHON": "3.99"}
+    p = subprocess.run([sys.executable, "-m", "runtime.serve", str(tiny_bert_build), "--port", "0"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2 and "vendored for python3.99" in p.stderr and f"runs python{running}" in p.stderr
+    assert f"--python {running}" in p.stderr and "Traceback" not in p.stderr
+
+
 # -- the server over HTTP, on the tiny builds --------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tiny_bert_build):

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from builder.errors import InvokeError
 
@@ -66,12 +66,23 @@ class _Server(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class Note(NamedTuple):
+    """What the runtime (or its process) reports to the driver, in order of arrival."""
+
+    kind: str  # "next" | "response" | "error" | "init_error" | "exit"
+    at: float = 0.0  # perf_counter() when it arrived
+    request_id: str | None = None  # response, error
+    body: bytes = b""  # response, error, init_error
+    error_type: str | None = None  # init_error: Lambda-Runtime-Function-Error-Type
+    exit_code: int | None = None  # exit
+
+
 class RuntimeAPI:
     """The Lambda Runtime API, enough of it for one function instance.
 
     The server threads talk to the driver (``invoke_zip``) through two queues: invocations
     go out through ``pending`` (a blocked ``/next`` takes one), and everything the runtime
-    reports comes back through ``notes`` as tuples, together with the process's exit
+    reports comes back through ``notes`` as Notes, together with the process's exit
     (posted by a watcher thread), so the driver waits on exactly one thing.
     """
 
@@ -156,7 +167,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path != f"{RUNTIME_API_PREFIX}/invocation/next":
             return self._send_json(404, {"errorType": "NotFound", "errorMessage": self.path})
-        self.api.notes.put(("next", time.perf_counter()))
+        self.api.notes.put(Note("next", time.perf_counter()))
         item = self.api.pending.get()
         if item is None:
             self.api.pending.put(None)  # for any other waiter
@@ -183,7 +194,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith(RUNTIME_API_PREFIX + "/") and parts == ["init", "error"]:
             # Acknowledge before telling the driver, which may then stop the process.
             self._send_json(202, {"status": "OK"})
-            self.api.notes.put(("init_error", body, self.headers.get("Lambda-Runtime-Function-Error-Type")))
+            self.api.notes.put(Note("init_error", time.perf_counter(), body=body,
+                                    error_type=self.headers.get("Lambda-Runtime-Function-Error-Type")))
             return
         if (
             self.path.startswith(RUNTIME_API_PREFIX + "/")
@@ -198,7 +210,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 )
             arrived = time.perf_counter()
             self._send_json(202, {"status": "OK"})
-            self.api.notes.put((parts[2], request_id, body, arrived))
+            self.api.notes.put(Note(parts[2], arrived, request_id, body))
             return
         self._send_json(404, {"errorType": "NotFound", "errorMessage": self.path})
 
@@ -252,7 +264,7 @@ def converse(start, api: RuntimeAPI, events: list[bytes], out: TextIO, err: Text
     pump = _LogPump(proc.stdout, err)
     pump.start()
     threading.Thread(
-        target=lambda p=proc: api.notes.put(("exit", p.wait())), name="lambda-exit", daemon=True
+        target=lambda p=proc: api.notes.put(Note("exit", exit_code=p.wait())), name="lambda-exit", daemon=True
     ).start()
 
     def crashed(when: str, rc: int) -> InvokeError:
@@ -272,7 +284,7 @@ def converse(start, api: RuntimeAPI, events: list[bytes], out: TextIO, err: Text
             hint="the handler hangs or is too slow; Lambda would stop it at its timeout too",
         )
 
-    def next_note(deadline: float, when: str):
+    def next_note(deadline: float, when: str) -> Note:
         try:
             return api.notes.get(timeout=max(0.0, deadline - time.perf_counter()))
         except queue.Empty:
@@ -282,19 +294,19 @@ def converse(start, api: RuntimeAPI, events: list[bytes], out: TextIO, err: Text
     deadline = t0 + timeout_s
     while True:
         note = next_note(deadline, "during init")
-        if note[0] == "next":
-            print(f"init: {(note[1] - t0) * 1000:.0f} ms", file=err, flush=True)
+        if note.kind == "next":
+            print(f"init: {(note.at - t0) * 1000:.0f} ms", file=err, flush=True)
             break
-        if note[0] == "init_error":
-            print(one_line_json(note[1]), file=out, flush=True)
+        if note.kind == "init_error":
+            print(one_line_json(note.body), file=out, flush=True)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
             pump.join(timeout=2)
             return 2
-        if note[0] == "exit":
-            raise crashed("during init", note[1])
+        if note.kind == "exit":
+            raise crashed("during init", note.exit_code)
 
     status = 0
     for i, event in enumerate(events, 1):
@@ -310,13 +322,13 @@ def converse(start, api: RuntimeAPI, events: list[bytes], out: TextIO, err: Text
         deadline = t1 + timeout_s
         while True:
             note = next_note(deadline, f"to event {i}")
-            if note[0] in ("response", "error") and note[1] == request_id:
+            if note.kind in ("response", "error") and note.request_id == request_id:
                 break
-            if note[0] == "exit":
-                raise crashed(f"while handling event {i}", note[1])
-        print(f"invoke {i}: {(note[3] - t1) * 1000:.1f} ms", file=err, flush=True)
-        body = note[2]
-        if note[0] == "error":
+            if note.kind == "exit":
+                raise crashed(f"while handling event {i}", note.exit_code)
+        print(f"invoke {i}: {(note.at - t1) * 1000:.1f} ms", file=err, flush=True)
+        body = note.body
+        if note.kind == "error":
             status = 1
         elif len(body) > MAX_RESPONSE_BYTES:
             status = 1

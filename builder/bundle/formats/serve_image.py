@@ -79,7 +79,7 @@ def build(target_dir: Path, target: TargetSpec, options: BuildOptions, progress)
     record = write_context(
         ctx, target_dir, manifest, target, python=python, template="image/serve.Dockerfile.j2",
         title="model server image",
-        values={"gpu_env": CUDA_ENV if gpu else {}, "port": PORT, "start_period_s": 60,
+        values={"gpu_env": CUDA_ENV if gpu else {}, "python": python, "port": PORT, "start_period_s": 60,
                 "healthcheck": health, "entrypoint": entrypoint},
         code={}, extra_requirements=(pinned("waitress"),),
         info={"format": NAME, "base_image": base, "base_image_default": given is None, "port": PORT,
