@@ -68,84 +68,14 @@ def decode(model, manifest, model_name: str, request, binary: memoryview | None 
     tensors = {}
     offset = 0  # into binary: each binary input takes the next binary_data_size bytes
     for n, entry in enumerate(request["inputs"]):
-        fields = (f'"inputs"[{n}] must have "name", "shape", "datatype" and "data" (or '
-                  '"parameters": {"binary_data_size": N})')
-        if not isinstance(entry, dict) or not {"name", "shape", "datatype"} <= set(entry):
-            raise BadInput(fields)
-        size = _parameters(entry, f'"inputs"[{n}]').get("binary_data_size")
-        name = entry["name"]
-        if not isinstance(name, str):
-            raise BadInput(f'"inputs"[{n}]: "name" must be a string')
-        spec = specs.get(name)
-        if spec is None:
-            raise BadInput(f'unknown input {name!r}; the model takes {list(specs)}')
-        if name in tensors:
-            raise BadInput(f'input {name!r} is given twice')
-        want = V2_DATATYPES[spec.dtype]
-        if entry["datatype"] != want:
-            raise BadInput(f'input {name!r} has datatype {entry["datatype"]!r}; the model takes {want}')
-        shape = entry["shape"]
-        if (not isinstance(shape, list) or not shape
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-            raise BadInput(f'input {name!r}: "shape" must be a list of positive integers')
-        limit = model.max_elements(spec)
-        if any(d > limit for d in shape):  # before the product, which could be a huge number
-            raise BadInput(f'input {name!r}: a dimension of "shape" exceeds the {limit} values it may hold')
-        if len(shape) != len(spec.shape):
-            raise BadInput(f'input {name!r} has shape {shape[:8]}{"..." if len(shape) > 8 else ""} '
-                           f'({len(shape)} dimensions); the model takes {len(spec.shape)}: {list(spec.shape)}')
-        if size is not None:
-            if "data" in entry:
-                raise BadInput(f'input {name!r} has both "data" and a binary_data_size; send one')
-            if binary is None:
-                raise BadInput(f'input {name!r} has a binary_data_size but the request has no binary part '
-                               '(no Inference-Header-Content-Length header)')
-            want_bytes = math.prod(shape) * WEIGHT_SIZES[spec.dtype]
-            if not isinstance(size, int) or isinstance(size, bool) or size != want_bytes:
-                raise BadInput(f'input {name!r}: binary_data_size {size!r} is not the {want_bytes} bytes '
-                               f'{spec.dtype} of shape {shape} take')
-            if offset + size > len(binary):
-                raise BadInput(f'input {name!r}: its {size} bytes run past the body ({len(binary) - offset} '
-                               'binary bytes left)')
-            raw = shaped(binary[offset:offset + size], spec.dtype, shape)
-            offset += size
-            if dtype_kind(spec.dtype) == "f" and not all_finite(raw):
-                raise BadInput(f'input {name!r} holds a NaN or an infinity')
-            tensors[name] = raw
-            continue
-        if "data" not in entry:
-            raise BadInput(fields)
-        data = entry["data"]
-        if not isinstance(data, list):
-            raise BadInput(f'input {name!r}: "data" must be a list')
-        view = as_tensor(data, name, spec.dtype, max_ndim=len(spec.shape), max_elements=limit)
-        if math.prod(view.shape) != math.prod(shape):
-            raise BadInput(f'input {name!r} has {math.prod(view.shape)} values; shape {shape} needs '
-                           f'{math.prod(shape)}')
-        tensors[name] = shaped(view.cast("B"), spec.dtype, shape)
+        name, tensor, offset = _input(model, specs, n, entry, binary, offset, tensors)
+        tensors[name] = tensor
     if binary is not None and offset != len(binary):
         raise BadInput(f"the binary part of the body is {len(binary)} bytes; the inputs' binary_data_size "
                        f"add up to {offset}")
     if "id" in request and not isinstance(request["id"], str):
         raise BadInput('"id" must be a string (the Open Inference Protocol\'s request id)')
-    wanted = [t.name for t in manifest.outputs]
-    as_binary = _parameters(request, "the request").get("binary_data_output", False)
-    if not isinstance(as_binary, bool):
-        raise BadInput('"parameters": "binary_data_output" must be true or false')
-    binary_out = dict.fromkeys(wanted, as_binary)
-    if request.get("outputs") is not None:
-        asked = request["outputs"]
-        if not isinstance(asked, list) or not all(isinstance(o, dict) and "name" in o for o in asked):
-            raise BadInput('"outputs" must be a list of {"name": ...}')
-        unknown = [o["name"] for o in asked if o["name"] not in wanted]
-        if unknown:
-            raise BadInput(f'unknown outputs {unknown}; the model has {wanted}')
-        wanted = [o["name"] for o in asked]
-        for o in asked:
-            flag = _parameters(o, f'output {o["name"]!r}').get("binary_data", as_binary)
-            if not isinstance(flag, bool):
-                raise BadInput(f'output {o["name"]!r}: "binary_data" must be true or false')
-            binary_out[o["name"]] = flag
+    wanted, binary_out = _outputs(manifest, request)
     dtypes = {t.name: t.dtype for t in manifest.outputs}
     items = [model.prepare(tensors)]
 
@@ -166,6 +96,93 @@ def decode(model, manifest, model_name: str, request, binary: memoryview | None 
         return answer, blobs
 
     return items, finish
+
+
+def _input(model, specs: dict, n: int, entry, binary: memoryview | None, offset: int, seen: dict) -> tuple:
+    """(name, tensor, the binary offset after it) of the request's input `n`, checked
+    against the manifest's spec of that name before any of its data is read."""
+    fields = (f'"inputs"[{n}] must have "name", "shape", "datatype" and "data" (or '
+              '"parameters": {"binary_data_size": N})')
+    if not isinstance(entry, dict) or not {"name", "shape", "datatype"} <= set(entry):
+        raise BadInput(fields)
+    size = _parameters(entry, f'"inputs"[{n}]').get("binary_data_size")
+    name = entry["name"]
+    if not isinstance(name, str):
+        raise BadInput(f'"inputs"[{n}]: "name" must be a string')
+    spec = specs.get(name)
+    if spec is None:
+        raise BadInput(f'unknown input {name!r}; the model takes {list(specs)}')
+    if name in seen:
+        raise BadInput(f'input {name!r} is given twice')
+    want = V2_DATATYPES[spec.dtype]
+    if entry["datatype"] != want:
+        raise BadInput(f'input {name!r} has datatype {entry["datatype"]!r}; the model takes {want}')
+    shape = entry["shape"]
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise BadInput(f'input {name!r}: "shape" must be a list of positive integers')
+    limit = model.max_elements(spec)
+    if any(d > limit for d in shape):  # before the product, which could be a huge number
+        raise BadInput(f'input {name!r}: a dimension of "shape" exceeds the {limit} values it may hold')
+    if len(shape) != len(spec.shape):
+        raise BadInput(f'input {name!r} has shape {shape[:8]}{"..." if len(shape) > 8 else ""} '
+                       f'({len(shape)} dimensions); the model takes {len(spec.shape)}: {list(spec.shape)}')
+    if size is not None:
+        return name, *_binary_tensor(name, spec, shape, size, entry, binary, offset)
+    if "data" not in entry:
+        raise BadInput(fields)
+    data = entry["data"]
+    if not isinstance(data, list):
+        raise BadInput(f'input {name!r}: "data" must be a list')
+    view = as_tensor(data, name, spec.dtype, max_ndim=len(spec.shape), max_elements=limit)
+    if math.prod(view.shape) != math.prod(shape):
+        raise BadInput(f'input {name!r} has {math.prod(view.shape)} values; shape {shape} needs '
+                       f'{math.prod(shape)}')
+    return name, shaped(view.cast("B"), spec.dtype, shape), offset
+
+
+def _binary_tensor(name: str, spec, shape: list, size, entry: dict, binary: memoryview | None, offset: int):
+    """(tensor, next offset): the input's binary_data_size bytes at `offset`, bounds-checked."""
+    if "data" in entry:
+        raise BadInput(f'input {name!r} has both "data" and a binary_data_size; send one')
+    if binary is None:
+        raise BadInput(f'input {name!r} has a binary_data_size but the request has no binary part '
+                       '(no Inference-Header-Content-Length header)')
+    want_bytes = math.prod(shape) * WEIGHT_SIZES[spec.dtype]
+    if not isinstance(size, int) or isinstance(size, bool) or size != want_bytes:
+        raise BadInput(f'input {name!r}: binary_data_size {size!r} is not the {want_bytes} bytes '
+                       f'{spec.dtype} of shape {shape} take')
+    if offset + size > len(binary):
+        raise BadInput(f'input {name!r}: its {size} bytes run past the body ({len(binary) - offset} '
+                       'binary bytes left)')
+    raw = shaped(binary[offset:offset + size], spec.dtype, shape)
+    if dtype_kind(spec.dtype) == "f" and not all_finite(raw):
+        raise BadInput(f'input {name!r} holds a NaN or an infinity')
+    return raw, offset + size
+
+
+def _outputs(manifest, request: dict) -> tuple[list, dict]:
+    """(the output names to answer, in order; {name: as binary?}) from "outputs" and the
+    binary_data / binary_data_output parameters."""
+    wanted = [t.name for t in manifest.outputs]
+    as_binary = _parameters(request, "the request").get("binary_data_output", False)
+    if not isinstance(as_binary, bool):
+        raise BadInput('"parameters": "binary_data_output" must be true or false')
+    binary_out = dict.fromkeys(wanted, as_binary)
+    if request.get("outputs") is None:
+        return wanted, binary_out
+    asked = request["outputs"]
+    if not isinstance(asked, list) or not all(isinstance(o, dict) and "name" in o for o in asked):
+        raise BadInput('"outputs" must be a list of {"name": ...}')
+    unknown = [o["name"] for o in asked if o["name"] not in wanted]
+    if unknown:
+        raise BadInput(f'unknown outputs {unknown}; the model has {wanted}')
+    for o in asked:
+        flag = _parameters(o, f'output {o["name"]!r}').get("binary_data", as_binary)
+        if not isinstance(flag, bool):
+            raise BadInput(f'output {o["name"]!r}: "binary_data" must be true or false')
+        binary_out[o["name"]] = flag
+    return [o["name"] for o in asked], binary_out
 
 
 def _parameters(entry: dict, where: str) -> dict:
