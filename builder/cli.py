@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from builder.errors import EdgebundleError
-from builder.options import COMPUTE, QUANTIZE, STORAGES, BuildOptions
+from builder.options import COMPUTE, QUANTIZE, STORAGES, BuildOptions, DeployOptions, EndpointOptions
 from builder.progress import Progress
 
 # Where a failure that is edgebundle's own fault should be reported.
@@ -49,8 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"edgebundle {EDGEBUNDLE_VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
+    # Every subcommand takes --debug after its name too (hidden: the top-level one is documented);
+    # all but serve and inspect take --quiet.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    quiet = argparse.ArgumentParser(add_help=False, parents=[debug])
+    quiet.add_argument("--quiet", action="store_true", help="print only warnings and errors")
 
-    b = sub.add_parser("build", help="compile a model for one or more targets and write bundles")
+    b = sub.add_parser("build", parents=[quiet], help="compile a model for one or more targets and write bundles")
     b.add_argument("model", help="Hugging Face model directory, or a hub id present in the local HF cache")
     b.add_argument("--target", action="append", choices=list(TARGETS),
                    help="target to build for (repeatable; default x86_64): "
@@ -104,11 +110,10 @@ def _parser() -> argparse.ArgumentParser:
                         f"(fails below cosine 0.998). Default {BuildOptions.compute}")
     b.add_argument("--no-schedule", dest="schedule", action="store_false",
                    help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
-    b.add_argument("--quiet", action="store_true", help="print only warnings and errors")
-    b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    i = sub.add_parser("invoke", help="run a lambda.zip or Lambda container image locally the way AWS Lambda runs "
-                                      "it, or call a deployed function (--function)")
+    i = sub.add_parser("invoke", parents=[quiet],
+                       help="run a lambda.zip or Lambda container image locally the way AWS Lambda runs it, or call "
+                            "a deployed function (--function)")
     i.add_argument("bundle", nargs="?", help="a lambda.zip, a Lambda image's OCI archive (lambda-image.oci.tar), "
                                              "or a Lambda image tag (localhost/edgebundle/NAME:TARGET-SHA)")
     i.add_argument("--function", metavar="NAME[:ALIAS]",
@@ -125,25 +130,26 @@ def _parser() -> argparse.ArgumentParser:
                                                                   "first installed of podman, docker)")
     i.add_argument("--event", action="append", type=Path, required=True,
                    help="JSON event file (repeatable; all run in one warm sandbox, in order)")
-    i.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    d = sub.add_parser("deploy", help="put a Lambda zip or image on AWS (create or update the function, publish a "
-                                      "version, point an alias at it), or a serving image on a SageMaker endpoint "
-                                      "(planned first; safe to repeat)")
+    d = sub.add_parser("deploy", parents=[quiet],
+                       help="put a Lambda zip or image on AWS (create or update the function, publish a version, "
+                            "point an alias at it), or a serving image on a SageMaker endpoint (planned first; safe "
+                            "to repeat)")
     d.add_argument("bundle", type=Path, help="OUT/<target> (or its lambda.zip, or its lambda-image / serve-image "
                                              "context, built with `edgebundle image build`)")
     where = d.add_mutually_exclusive_group(required=True)
     where.add_argument("--function-name", help="the Lambda function to create or update")
-    where.add_argument("--sagemaker-endpoint", metavar="NAME",
+    where.add_argument("--sagemaker-endpoint", dest="endpoint_name", metavar="NAME",
                        help="the SageMaker real-time endpoint to create or update with OUT/<target>'s serve-image")
     d.add_argument("--role", help="execution role ARN or name (needed to create the function or the SageMaker model; "
                                   "given on an update it replaces the role)")
-    d.add_argument("--alias", default="live", help="alias pointed at the new version (default live)")
+    d.add_argument("--alias", default=DeployOptions.alias,
+                   help=f"alias pointed at the new version (default {DeployOptions.alias})")
     d.add_argument("--package", choices=["zip", "image"], help="which bundle, when OUT/<target> holds both")
-    d.add_argument("--memory", type=int, metavar="MB", help="memory in MB (default: sized from the model; see the "
-                                                            "README's Deploy section)")
-    d.add_argument("--timeout", type=int, metavar="S", help="timeout in seconds (default: sized from the model)")
+    d.add_argument("--memory", dest="memory_mb", type=int, metavar="MB",
+                   help="memory in MB (default: sized from the model; see the README's Deploy section)")
+    d.add_argument("--timeout", dest="timeout_s", type=int, metavar="S",
+                   help="timeout in seconds (default: sized from the model)")
     d.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE",
                    help="an environment variable for the function (repeatable; visible to other users in ps: "
                         "use --env-file for secrets)")
@@ -152,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
                         "comments ignored, no quoting (repeatable; --env given too wins)")
     d.add_argument("--s3-bucket", help="upload the zip to this bucket and deploy from there (always needed above "
                                        "Lambda's 50 MB direct upload); the key is named by the zip's sha256")
-    d.add_argument("--s3-prefix", default="edgebundle/", help="key prefix in --s3-bucket (default edgebundle/)")
+    d.add_argument("--s3-prefix", default=DeployOptions.s3_prefix,
+                   help=f"key prefix in --s3-bucket (default {DeployOptions.s3_prefix})")
     d.add_argument("--repository", help="images: the ECR repository (default edgebundle/<model>; created if missing)")
     d.add_argument("--push-tool", choices=["skopeo", "podman", "docker"],
                    help="images: what pushes the OCI archive (default: the first installed)")
@@ -177,45 +184,47 @@ def _parser() -> argparse.ArgumentParser:
     scale = sm.add_mutually_exclusive_group()
     scale.add_argument("--autoscale", type=_min_max, metavar="MIN:MAX",
                        help="target-tracking autoscaling on invocations per instance between MIN and MAX instances")
-    scale.add_argument("--no-autoscale", action="store_true", help="remove the autoscaling an earlier deploy set")
+    scale.add_argument("--no-autoscale", dest="autoscale_off", action="store_true",
+                       help="remove the autoscaling an earlier deploy set")
     sm.add_argument("--target-invocations", type=_at_least_one, metavar="N",
                     help="with --autoscale: invocations per instance per minute to hold (default: from the build's "
                          "timing x 0.5 headroom, shown in the plan)")
-    sm.add_argument("--keep", type=int, default=1, metavar="N",
-                    help="unused endpoint configs (and models) kept for a rollback after an update (default 1)")
+    sm.add_argument("--keep", type=int, default=EndpointOptions.keep, metavar="N",
+                    help=f"unused endpoint configs (and models) kept for a rollback after an update (default "
+                         f"{EndpointOptions.keep})")
     _plan_arguments(d)
 
-    u = sub.add_parser("undeploy", help="remove a deployed Lambda function or SageMaker endpoint and what edgebundle "
-                                        "created for it (planned first; only resources edgebundle tagged)")
+    u = sub.add_parser("undeploy", parents=[quiet],
+                       help="remove a deployed Lambda function or SageMaker endpoint and what edgebundle created for "
+                            "it (planned first; only resources edgebundle tagged)")
     what = u.add_mutually_exclusive_group(required=True)
-    what.add_argument("--function", metavar="NAME", help="the Lambda function (its versions, aliases, URL, and the "
-                                                         "runtime layer versions no other function uses)")
-    what.add_argument("--sagemaker-endpoint", metavar="NAME",
+    what.add_argument("--function", dest="function_name", metavar="NAME",
+                      help="the Lambda function (its versions, aliases, URL, and the runtime layer versions no other "
+                           "function uses)")
+    what.add_argument("--sagemaker-endpoint", dest="endpoint_name", metavar="NAME",
                       help="the SageMaker endpoint (its autoscaling, endpoint configs and models)")
     _plan_arguments(u)
 
-    sv = sub.add_parser("serve", help="serve OUT/<target> over HTTP (SageMaker, KServe v2, /metrics), as the "
-                                      "serving image does")
+    sv = sub.add_parser("serve", parents=[debug],
+                        help="serve OUT/<target> over HTTP (SageMaker, KServe v2, /metrics), as the serving image does")
     sv.add_argument("model_dir", type=Path, help="a built target directory, OUT/<target>")
     from runtime.serve import add_arguments
 
     add_arguments(sv)
-    sv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     im = sub.add_parser("image", help="container images from image contexts (lambda-image, serve-image)")
     isub = im.add_subparsers(dest="image_command", required=True)
-    ib = isub.add_parser("build", help="build an image context with podman, buildah or docker; tag it and write "
-                                       "an OCI archive beside it")
+    ib = isub.add_parser("build", parents=[quiet],
+                         help="build an image context with podman, buildah or docker; tag it and write an OCI archive "
+                              "beside it")
     ib.add_argument("context", type=Path, help="OUT/<target>/lambda-image or OUT/<target>/serve-image")
     ib.add_argument("--engine", choices=["podman", "buildah", "docker"],
                     help="default: the first installed of podman, buildah, docker")
     ib.add_argument("--tag", help="image tag (default: the context's, localhost/edgebundle/NAME:TARGET-SHA)")
     ib.add_argument("--no-archive", dest="archive", action="store_false",
                     help="do not write CONTEXT.oci.tar")
-    ib.add_argument("--quiet", action="store_true")
-    ib.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    bn = sub.add_parser("bench", help="our module vs PyTorch eager vs ONNX Runtime, side by side")
+    bn = sub.add_parser("bench", parents=[quiet], help="our module vs PyTorch eager vs ONNX Runtime, side by side")
     bn.add_argument("model", help="a build's OUT directory, or a model to build first")
     bn.add_argument("--target", default="x86_64", choices=list(TARGETS))
     bn.add_argument("--threads", type=_at_least_one, help="threads for all three (default: the CPUs this process may use)")
@@ -234,10 +243,8 @@ def _parser() -> argparse.ArgumentParser:
                          "activations); on by default when the build is int8")
     bn.add_argument("--json", type=Path, help="write the results as JSON")
     bn.add_argument("--plot", type=Path, help="draw a bar chart (PNG)")
-    bn.add_argument("--quiet", action="store_true")
-    bn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    t = sub.add_parser("tune", help="search CPU schedule parameters for one model (optional)")
+    t = sub.add_parser("tune", parents=[quiet], help="search CPU schedule parameters for one model (optional)")
     t.add_argument("model", help="Hugging Face model directory or cached hub id")
     t.add_argument("--target", default="x86_64", choices=list(TARGETS))
     t.add_argument("--out", type=Path, required=True, help="the JSON database to write (for build --tuning-db)")
@@ -248,13 +255,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--runs", type=int, default=10, help="timed runs per candidate")
     t.add_argument("--weights", choices=list(STORAGES), default=BuildOptions.weights,
                    help="weight storage the kernels are timed with: as the build will use (default %(default)s)")
-    t.add_argument("--quiet", action="store_true")
-    t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    n = sub.add_parser("inspect", help="describe a built target directory (OUT/<target>)")
+    n = sub.add_parser("inspect", parents=[debug], help="describe a built target directory (OUT/<target>)")
     n.add_argument("target_dir", type=Path)
     n.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    n.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -279,8 +283,6 @@ def _plan_arguments(p) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     _aws_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _aws_arguments(p) -> None:
@@ -289,32 +291,22 @@ def _aws_arguments(p) -> None:
                                     "honoured as by the AWS CLI")
 
 
-def _read_events(paths) -> list[bytes]:
-    from builder.errors import InvokeError
-
-    events = []
-    for path in paths:
-        try:
-            events.append(path.read_bytes())
-        except OSError as e:
-            raise InvokeError(f"cannot read event file: {e.strerror}", where=str(path)) from None
-    return events
-
-
-# Flags of the Lambda path only, refused with --sagemaker-endpoint: (dest, flag, its default).
-_LAMBDA_ONLY = (("alias", "--alias", "live"), ("package", "--package", None), ("memory", "--memory", None),
-                ("timeout", "--timeout", None), ("s3_bucket", "--s3-bucket", None),
-                ("function_url", "--function-url", None), ("snapstart", "--snapstart", None),
-                ("runtime_layer", "--runtime-layer", False), ("s3_prefix", "--s3-prefix", "edgebundle/"))
-_ENDPOINT_ONLY = (("instance_type", "--instance-type", None), ("instances", "--instances", None),
-                  ("autoscale", "--autoscale", None), ("no_autoscale", "--no-autoscale", False),
-                  ("target_invocations", "--target-invocations", None), ("keep", "--keep", 1))
+# Flags of one path only, refused on the other: (the options' field, its flag); unchanged
+# is the field's default.
+_LAMBDA_ONLY = (DeployOptions, (("alias", "--alias"), ("package", "--package"), ("memory_mb", "--memory"),
+                                ("timeout_s", "--timeout"), ("s3_bucket", "--s3-bucket"),
+                                ("function_url", "--function-url"), ("snapstart", "--snapstart"),
+                                ("runtime_layer", "--runtime-layer"), ("s3_prefix", "--s3-prefix")))
+_ENDPOINT_ONLY = (EndpointOptions, (("instance_type", "--instance-type"), ("instances", "--instances"),
+                                    ("autoscale", "--autoscale"), ("autoscale_off", "--no-autoscale"),
+                                    ("target_invocations", "--target-invocations"), ("keep", "--keep")))
 
 
 def _refuse_other_path(args, flags, path: str) -> None:
     from builder.errors import DeployError
 
-    given = [flag for dest, flag, default in flags if getattr(args, dest) != default]
+    options, fields = flags
+    given = [flag for field, flag in fields if getattr(args, field) != getattr(options, field)]
     if given:
         raise DeployError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to {path} only",
                           hint="drop " + ", ".join(given))
@@ -325,30 +317,16 @@ def cmd_deploy(args) -> int:
 
     from builder.deploy import deploy, deploy_endpoint
     from builder.deploy.executor import Pusher
-    from builder.options import DeployOptions, EndpointOptions
 
     environment = tuple(pair for path in args.env_file for pair in read_env_file(path)) + tuple(args.env)
-    if args.sagemaker_endpoint:
+    if args.endpoint_name:
         _refuse_other_path(args, _LAMBDA_ONLY, "Lambda functions (--function-name)")
-        options = EndpointOptions(
-            endpoint_name=args.sagemaker_endpoint, role=args.role, instance_type=args.instance_type,
-            instances=args.instances, autoscale=args.autoscale, autoscale_off=args.no_autoscale,
-            target_invocations=args.target_invocations, keep=args.keep, environment=environment,
-            repository=args.repository, push_tool=args.push_tool, profile=args.profile, region=args.region,
-            dry_run=args.dry_run)
-        result = deploy_endpoint(args.bundle, options, Progress(quiet=args.quiet), pusher=Pusher(args.push_tool))
-        if args.json:
-            print(json.dumps(result, sort_keys=True))
-        return 0
-    _refuse_other_path(args, _ENDPOINT_ONLY, "SageMaker endpoints (--sagemaker-endpoint)")
-    options = DeployOptions(
-        function_name=args.function_name, role=args.role, alias=args.alias, package=args.package,
-        memory_mb=args.memory, timeout_s=args.timeout,
-        environment=environment, s3_bucket=args.s3_bucket,
-        s3_prefix=args.s3_prefix, repository=args.repository, function_url=args.function_url,
-        snapstart=args.snapstart, runtime_layer=args.runtime_layer, push_tool=args.push_tool,
-        profile=args.profile, region=args.region, dry_run=args.dry_run)
-    result = deploy(args.bundle, options, Progress(quiet=args.quiet), pusher=Pusher(args.push_tool))
+        result = deploy_endpoint(args.bundle, EndpointOptions.from_args(args, environment=environment),
+                                 Progress(quiet=args.quiet), pusher=Pusher(args.push_tool))
+    else:
+        _refuse_other_path(args, _ENDPOINT_ONLY, "SageMaker endpoints (--sagemaker-endpoint)")
+        result = deploy(args.bundle, DeployOptions.from_args(args, environment=environment),
+                        Progress(quiet=args.quiet), pusher=Pusher(args.push_tool))
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0
@@ -356,46 +334,27 @@ def cmd_deploy(args) -> int:
 
 def cmd_invoke(args) -> int:
     from builder.errors import InvokeError
-    from builder.local.lambda_runtime import invoke_image, invoke_zip
+    from builder.local.invoke import invoke_local, read_events
 
     if args.function and args.sagemaker_endpoint:
         raise InvokeError("--function and --sagemaker-endpoint: give one", hint="call one deployment at a time")
-    if args.function or args.sagemaker_endpoint:
-        flag = "--function" if args.function else "--sagemaker-endpoint"
-        if args.bundle or args.layer:
-            raise InvokeError(f"{flag} calls a deployment: give no local bundle or --layer with it",
-                              hint=f"edgebundle invoke {flag} NAME --event FILE")
-        from builder.deploy import _require_boto3
-        from builder.deploy.aws import Clients
-        from builder.deploy.remote import invoke_endpoint, invoke_function
+    if not (args.function or args.sagemaker_endpoint):
+        return invoke_local(args.bundle, args.event, layers=args.layer, engine=args.engine,
+                            progress=Progress(quiet=args.quiet))
+    flag = "--function" if args.function else "--sagemaker-endpoint"
+    if args.bundle or args.layer:
+        raise InvokeError(f"{flag} calls a deployment: give no local bundle or --layer with it",
+                          hint=f"edgebundle invoke {flag} NAME --event FILE")
+    from builder.deploy import _require_boto3
+    from builder.deploy.aws import Clients
+    from builder.deploy.remote import invoke_endpoint, invoke_function
 
-        _require_boto3()
-        events = _read_events(args.event)
-        clients = Clients(args.profile, args.region)
-        if args.sagemaker_endpoint:
-            return invoke_endpoint(args.sagemaker_endpoint, events, clients)
-        return invoke_function(args.function, events, clients, progress=Progress(quiet=args.quiet))
-    if not args.bundle:
-        raise InvokeError("nothing to invoke", hint="pass a lambda.zip, an image, --function NAME[:ALIAS] or "
-                                                    "--sagemaker-endpoint NAME")
-    bundle = Path(args.bundle)
-    image = None
-    if bundle.is_dir():
-        raise InvokeError("that is a directory", where=str(bundle),
-                          hint="pass OUT/<target>/lambda.zip, a Lambda image's OCI archive or its tag")
-    if not bundle.is_file():
-        if args.bundle.endswith((".zip", ".tar", ".json")) or not args.bundle.strip():
-            raise InvokeError("no such bundle", where=str(bundle),
-                              hint="pass OUT/<target>/lambda.zip, a Lambda image's OCI archive or its tag")
-        image = args.bundle  # an image reference (the engine says if it has none such)
-    elif not args.bundle.endswith(".zip"):
-        image = bundle  # an OCI archive
-    events = _read_events(args.event)
-    if image is not None:
-        if args.layer:
-            raise InvokeError("--layer applies to zips: an image carries its own layers")
-        return invoke_image(image, events, engine=args.engine, progress=Progress(quiet=args.quiet))
-    return invoke_zip(bundle, events, layers=args.layer, progress=Progress(quiet=args.quiet))
+    _require_boto3()
+    events = read_events(args.event)
+    clients = Clients(args.profile, args.region)
+    if args.sagemaker_endpoint:
+        return invoke_endpoint(args.sagemaker_endpoint, events, clients)
+    return invoke_function(args.function, events, clients, progress=Progress(quiet=args.quiet))
 
 
 def cmd_undeploy(args) -> int:
@@ -404,9 +363,7 @@ def cmd_undeploy(args) -> int:
     from builder.deploy import undeploy
     from builder.options import UndeployOptions
 
-    result = undeploy(UndeployOptions(function_name=args.function, endpoint_name=args.sagemaker_endpoint,
-                                      profile=args.profile, region=args.region, dry_run=args.dry_run),
-                      Progress(quiet=args.quiet))
+    result = undeploy(UndeployOptions.from_args(args), Progress(quiet=args.quiet))
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0

@@ -102,9 +102,19 @@ class BuildOptions:
         return None
 
 
+class _FromArgs:
+    @classmethod
+    def from_args(cls, args, **given):
+        """The options from parsed command-line arguments: every field from the argument of its
+        name (a missing one is an error, not a silent default), or from `given`."""
+        return cls(**{f.name: given[f.name] if f.name in given else getattr(args, f.name)
+                      for f in dataclasses.fields(cls)})
+
+
 @dataclasses.dataclass(frozen=True)
-class DeployOptions:
-    """What `edgebundle deploy` is asked to do; builder.deploy reads it."""
+class DeployOptions(_FromArgs):
+    """What `edgebundle deploy` is asked to do; builder.deploy reads it. The options alone are
+    checked here, before any AWS call; builder/deploy/plan.py checks them against the bundle."""
 
     function_name: str
     role: str | None = None  # ARN or role name; required to create the function
@@ -124,9 +134,32 @@ class DeployOptions:
     region: str | None = None
     dry_run: bool = False
 
+    def __post_init__(self):
+        import re
+
+        from builder.bundle.sizing import check_memory, check_timeout
+        from builder.deploy.plan import RESERVED_ENV
+        from builder.errors import DeployError
+
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.function_name):
+            raise DeployError(f"function name {self.function_name!r}: Lambda allows 1-64 letters, digits, - and _",
+                              hint="pass another --function-name")
+        if not re.fullmatch(r"(?!^[0-9]+$)[A-Za-z0-9_-]{1,128}", self.alias):
+            raise DeployError(f"alias {self.alias!r}: 1-128 letters, digits, - and _, not only digits",
+                              hint="pass another --alias")
+        if self.memory_mb is not None:
+            check_memory(self.memory_mb)
+        if self.timeout_s is not None:
+            check_timeout(self.timeout_s)
+        for key, _ in self.environment:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]+", key) or key in RESERVED_ENV:
+                raise DeployError(f"environment variable {key!r}: names are a letter then letters, digits and _, "
+                                  "and AWS_REGION, LAMBDA_TASK_ROOT and the like are reserved by Lambda",
+                                  hint="rename it")
+
 
 @dataclasses.dataclass(frozen=True)
-class EndpointOptions:
+class EndpointOptions(_FromArgs):
     """What `edgebundle deploy --sagemaker-endpoint` is asked to do (builder/deploy/sagemaker.py)."""
 
     endpoint_name: str
@@ -146,7 +179,7 @@ class EndpointOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class UndeployOptions:
+class UndeployOptions(_FromArgs):
     """What `edgebundle undeploy` removes: a Lambda function or a SageMaker endpoint, with
     what edgebundle created for it (builder/deploy/undeploy.py)."""
 

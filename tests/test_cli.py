@@ -142,3 +142,85 @@ def test_manifest_errors_are_the_users_to_fix(monkeypatch, capsys):
     assert cli.main(["inspect", "OUT/x86_64"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: OUT/x86_64/model.json has manifest schema 1") and "unexpected" not in err
+
+
+@pytest.mark.parametrize("command, quiet", [
+    (["build", "m", "--out", "o"], True), (["invoke", "b.zip", "--event", "e.json"], True),
+    (["deploy", "b", "--function-name", "f"], True), (["undeploy", "--function", "f"], True),
+    (["image", "build", "ctx"], True), (["bench", "m"], True), (["tune", "m", "--out", "db.json"], True),
+    (["serve", "d"], False), (["inspect", "d"], False)])
+def test_quiet_and_debug_after_the_subcommand(command, quiet, capsys):
+    """--debug (hidden) after any subcommand; --quiet where a subcommand prints progress."""
+    from builder.cli import _parser
+
+    assert _parser().parse_args(command).debug is False
+    assert _parser().parse_args([*command, "--debug"]).debug is True
+    if quiet:
+        assert _parser().parse_args([*command, "--quiet"]).quiet is True
+    else:
+        with pytest.raises(SystemExit):
+            _parser().parse_args([*command, "--quiet"])
+        assert "unrecognized arguments: --quiet" in capsys.readouterr().err
+
+
+def test_deploy_options_from_the_command_line():
+    """Each option's field from the flag of its name; the defaults are the dataclasses'."""
+    from builder.cli import _parser
+    from builder.options import DeployOptions, EndpointOptions, UndeployOptions
+
+    args = _parser().parse_args(["deploy", "b", "--function-name", "f", "--memory", "2048", "--timeout", "60",
+                                 "--no-snapstart", "--public-function-url", "--dry-run"])
+    assert DeployOptions.from_args(args, environment=(("AB", "1"),)) == DeployOptions(
+        "f", memory_mb=2048, timeout_s=60, snapstart=False, function_url="NONE", dry_run=True,
+        environment=(("AB", "1"),))
+    args = _parser().parse_args(["deploy", "b", "--sagemaker-endpoint", "e", "--autoscale", "1:3", "--keep", "0"])
+    assert EndpointOptions.from_args(args, environment=()) == EndpointOptions("e", autoscale=(1, 3), keep=0)
+    args = _parser().parse_args(["undeploy", "--sagemaker-endpoint", "e"])
+    assert UndeployOptions.from_args(args) == UndeployOptions(endpoint_name="e")
+
+
+@pytest.mark.parametrize("flags, refused", [
+    (["--sagemaker-endpoint", "e", "--alias", "blue", "--memory", "256"], "--alias, --memory apply to Lambda "
+                                                                          "functions (--function-name) only"),
+    (["--sagemaker-endpoint", "e", "--s3-prefix", "x/"], "--s3-prefix applies to Lambda functions"),
+    (["--function-name", "f", "--keep", "2", "--no-autoscale"], "--no-autoscale, --keep apply to SageMaker "
+                                                                "endpoints (--sagemaker-endpoint) only"),
+    (["--function-name", "bad name"], "function name 'bad name'"),
+    (["--function-name", "f", "--alias", "1"], "alias '1'"),
+    (["--function-name", "f", "--env", "AWS_REGION=x"], "reserved by Lambda"),
+])
+def test_deploy_flags_refused_before_anything_is_read(tmp_path, flags, refused, capsys):
+    """Flags of the other path, and options Lambda refuses: one error line, before the bundle
+    is opened (tmp_path is none)."""
+    from builder.cli import main
+
+    assert main(["deploy", str(tmp_path), *flags]) == 1
+    err = capsys.readouterr().err
+    assert refused in err and "Traceback" not in err
+
+
+def test_deploy_flags_at_their_defaults_are_not_refused(tmp_path, capsys):
+    from builder.cli import main
+    from builder.options import DeployOptions
+
+    assert main(["deploy", str(tmp_path), "--sagemaker-endpoint", "e", "--alias", DeployOptions.alias,
+                 "--s3-prefix", DeployOptions.s3_prefix]) == 1
+    err = capsys.readouterr().err
+    assert "appl" not in err and "error: no serving image here" in err
+
+
+def test_invoke_bundle_kinds(tmp_path):
+    """What `invoke BUNDLE` makes of its argument."""
+    from builder.errors import InvokeError
+    from builder.local.invoke import bundle_kind
+
+    (tmp_path / "lambda.zip").write_bytes(b"")
+    (tmp_path / "lambda-image.oci.tar").write_bytes(b"")
+    assert bundle_kind(str(tmp_path / "lambda.zip")) == ("zip", tmp_path / "lambda.zip")
+    assert bundle_kind(str(tmp_path / "lambda-image.oci.tar")) == ("image", tmp_path / "lambda-image.oci.tar")
+    assert bundle_kind("localhost/edgebundle/bert:x86_64-0123") == ("image", "localhost/edgebundle/bert:x86_64-0123")
+    for missing in (str(tmp_path / "gone.zip"), str(tmp_path / "gone.tar"), " "):
+        with pytest.raises(InvokeError, match="no such bundle"):
+            bundle_kind(missing)
+    with pytest.raises(InvokeError, match="that is a directory"):
+        bundle_kind(str(tmp_path))

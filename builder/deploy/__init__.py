@@ -2,7 +2,7 @@
 onto AWS Lambda, serving images onto SageMaker endpoints.
 
     bundle.py     what is deployed, found and checked before any AWS call
-    plan.py       Lambda: desired vs current state -> a Plan (read-only calls); --dry-run prints it
+    plan.py       Lambda: read_current (read-only calls) -> desired -> diff: a Plan; --dry-run prints it
     sagemaker.py  SageMaker endpoints: read_current -> desired -> diff, the same Plan shape
     instances.py  SageMaker instance types (CPU, GPU, memory) and the checks against a build
     undeploy.py   removing a function or an endpoint and what edgebundle made for it
@@ -26,8 +26,8 @@ def deploy(path: Path, options: DeployOptions, progress, clients=None, pusher=No
     function, alias, version, fingerprint, changed, url."""
     from builder.deploy.aws import Clients
     from builder.deploy.bundle import open_bundle
-    from builder.deploy.executor import Executor, describe_result
-    from builder.deploy.plan import make_plan
+    from builder.deploy.executor import Executor
+    from builder.deploy.plan import describe_result, make_plan
 
     _require_boto3()
     bundle = open_bundle(path, options.package)
@@ -95,8 +95,10 @@ def undeploy(options: UndeployOptions, progress, clients=None) -> dict:
 
 
 def _require_boto3() -> None:
+    import importlib
+
     try:
-        import boto3  # noqa: F401
+        importlib.import_module("boto3")
     except ImportError:
         from builder.errors import ToolMissingError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from builder.container.images import loaded_ref
 from builder.deploy import aws
-from builder.deploy.plan import FileBody, Plan, Ref
+from builder.deploy.resources import FileBody, Ref
 from builder.errors import DeployError, ToolMissingError
 from builder.fsutil import write_private
 
@@ -253,7 +253,7 @@ class Executor:
 
     # -- SageMaker -------------------------------------------------------------------------
     def _describe_endpoint(self, name: str, what: str) -> dict | None:
-        from builder.deploy.plan import get
+        from builder.deploy.resources import get
 
         return get(self.clients("sagemaker").describe_endpoint, what, EndpointName=name)
 
@@ -319,17 +319,3 @@ class Executor:
 
     def delete_layer_version(self, p, what):
         self._call("lambda", "delete_layer_version", what, **p)
-
-
-def describe_result(plan: Plan, values: dict) -> dict:
-    """What deploy prints and returns."""
-    version = values.get("version") or next(
-        (a.params["FunctionVersion"] for a in plan.actions if a.op in ("create_alias", "update_alias")), None) \
-        or plan.alias_version
-    if isinstance(version, Ref):  # a dry run: the version is published only when the plan runs
-        version = None
-    return {"function": plan.function, "alias": plan.alias, "version": version, "region": plan.region,
-            "fingerprint": plan.fingerprint, "changed": plan.changes, **({"url": values["url"]} if "url" in values
-                                                                       else {}),
-            **({"layer": values["layer_arn"]} if "layer_arn" in values else {}),
-            "bundle": str(plan.bundle.path)}

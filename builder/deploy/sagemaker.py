@@ -22,7 +22,7 @@ import re
 
 from builder.deploy.bundle import ServeImage
 from builder.deploy.instances import Instance, check, default_instance, instance
-from builder.deploy.plan import Action, default_repository, ecr_image, fingerprint, get, role_arn
+from builder.deploy.resources import Action, default_repository, ecr_image, fingerprint, get, role_arn
 from builder.errors import DeployError
 from builder.options import EndpointOptions
 from builder.versions import EDGEBUNDLE_VERSION

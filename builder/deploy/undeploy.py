@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from builder.deploy.plan import Action, get, listed
+from builder.deploy.resources import Action, get, listed
 from builder.deploy.sagemaker import POLICY, TAG_MODEL, owned, scaling_now, tags_of, target_key
 from builder.errors import DeployError
 from builder.options import UndeployOptions
