@@ -35,12 +35,6 @@ def _at_least_one(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from builder.bundle.formats import FORMATS
-    from builder.compiler.cuda import CUDA_ARCHS
-    from builder.compiler.targets import TARGETS
-    from builder.model.families import FAMILIES
-    from builder.options import DEFAULT_CUDA_ARCHS, DEFAULT_PYTHON, DEFAULT_SEQ_LEN
-    from builder.platforms import PLATFORMS
     from builder.versions import EDGEBUNDLE_VERSION
 
     p = argparse.ArgumentParser(prog="edgebundle", description=(
@@ -55,6 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     quiet = argparse.ArgumentParser(add_help=False, parents=[debug])
     quiet.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+
+    _build_command(sub, quiet)
+    _aws_commands(sub, quiet)
+    _serving_commands(sub, quiet, debug)
+    _tool_commands(sub, quiet)
+    return p
+
+
+def _build_command(sub, quiet) -> None:
+    """build: every option of BuildOptions."""
+    from builder.bundle.formats import FORMATS
+    from builder.compiler.cuda import CUDA_ARCHS
+    from builder.compiler.targets import TARGETS
+    from builder.model.families import FAMILIES
+    from builder.options import DEFAULT_CUDA_ARCHS, DEFAULT_PYTHON, DEFAULT_SEQ_LEN
+    from builder.platforms import PLATFORMS
 
     b = sub.add_parser("build", parents=[quiet], help="compile a model for one or more targets and write bundles")
     b.add_argument("model", help="Hugging Face model directory, or a hub id present in the local HF cache")
@@ -76,13 +86,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="text models: sequence lengths to compile, ending at --seq-len; a request runs on the "
                         "shortest that fits (default 16,32,64,...,--seq-len; one length: --seq-buckets 128)")
     b.add_argument("--python", metavar="X.Y", action="append",
-                   help=f"Python version of the bundle (default {DEFAULT_PYTHON}, or what the default base image "
-                        "runs: 3.12 for cuda serve-image; lambda: 3.12-3.14, and 3.10/3.11 for local-test zips only; "
-                        "edge: 3.11 = Debian 12, repeatable: the device may run any of them)")
+                   help=f"Python version of the bundle (default {DEFAULT_PYTHON}; lambda: 3.12-3.14, and 3.10/3.11 "
+                        "for local-test zips only; serve-image: 3.10-3.14; edge: 3.11 = Debian 12, repeatable: the "
+                        "device may run any of them)")
     b.add_argument("--base-image", action="append", type=_base_image, metavar="[KEY=]IMAGE",
                    help="base image of the image formats (default: AWS's Lambda Python image for lambda-image, "
-                        "python:X.Y-slim for serve-image, NVIDIA's CUDA 13 runtime for cuda serve-image); KEY "
-                        "narrows it to a format, a target or FORMAT/TARGET (repeatable)")
+                        "python:X.Y-slim for serve-image, cuda included: its CUDA runtime comes from NVIDIA's wheel); "
+                        "KEY narrows it to a format, a target or FORMAT/TARGET (repeatable)")
     b.add_argument("--cpu", action="append",
                    help="LLVM CPU to compile for: NAME, or TARGET=NAME with several targets (defaults: x86_64 "
                         "haswell = every Lambda x86_64 host; arm64 neoverse-n1 = Graviton2; e.g. cortex-a72 for a "
@@ -111,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-schedule", dest="schedule", action="store_false",
                    help="CPU targets: TVM's unscheduled default pipeline (slow; for comparison and debugging)")
 
+
+def _aws_commands(sub, quiet) -> None:
+    """invoke (local or deployed), deploy and undeploy."""
     i = sub.add_parser("invoke", parents=[quiet],
                        help="run a lambda.zip or Lambda container image locally the way AWS Lambda runs it, or call "
                             "a deployed function (--function)")
@@ -205,6 +218,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="the SageMaker endpoint (its autoscaling, endpoint configs and models)")
     _plan_arguments(u)
 
+
+def _serving_commands(sub, quiet, debug) -> None:
+    """serve, image build, inspect."""
     sv = sub.add_parser("serve", parents=[debug],
                         help="serve OUT/<target> over HTTP (SageMaker, KServe v2, /metrics), as the serving image does")
     sv.add_argument("model_dir", type=Path, help="a built target directory, OUT/<target>")
@@ -223,6 +239,16 @@ def _parser() -> argparse.ArgumentParser:
     ib.add_argument("--tag", help="image tag (default: the context's, localhost/edgebundle/NAME:TARGET-SHA)")
     ib.add_argument("--no-archive", dest="archive", action="store_false",
                     help="do not write CONTEXT.oci.tar")
+
+    n = sub.add_parser("inspect", parents=[debug], help="describe a built target directory (OUT/<target>)")
+    n.add_argument("target_dir", type=Path)
+    n.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def _tool_commands(sub, quiet) -> None:
+    """bench and tune."""
+    from builder.compiler.targets import TARGETS
+    from builder.options import DEFAULT_SEQ_LEN
 
     bn = sub.add_parser("bench", parents=[quiet], help="our module vs PyTorch eager vs ONNX Runtime, side by side")
     bn.add_argument("model", help="a build's OUT directory, or a model to build first")
@@ -255,11 +281,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--runs", type=int, default=10, help="timed runs per candidate")
     t.add_argument("--weights", choices=list(STORAGES), default=BuildOptions.weights,
                    help="weight storage the kernels are timed with: as the build will use (default %(default)s)")
-
-    n = sub.add_parser("inspect", parents=[debug], help="describe a built target directory (OUT/<target>)")
-    n.add_argument("target_dir", type=Path)
-    n.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    return p
 
 
 def build_options(args) -> BuildOptions:
