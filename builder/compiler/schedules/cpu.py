@@ -1,27 +1,32 @@
-"""CPU schedule rules, applied dlight-style after FuseTIR (no tuning step).
+"""CPU schedule rules, applied dlight-style after FuseTIR (no tuning step): their knobs
+(CpuParams, per-variant defaults), their order, and the Relax pipeline around them.
 
 Before legalization, stride-1 3x3 convs become Winograd computes (winograd.py) and 1x1 and
 strided convs packed-input GEMMs (packed.py); their own rules run first. Then:
-- Contraction: matmul / dense / batch matmul / conv2d (NHWC x HWIO) as C[S,I,J] += A[S,I,K]*B[S,J,K]:
-  an MR x NR register tile of outputs (NR = one or two vectors), the reduction unrolled by KU,
-  parallel outer loops, the fused epilogue (bias, GELU, residual, BatchNorm scale/shift, ReLU)
-  computed per tile, and constant weights packed to [N/NR, K..., NR] once at compile time.
+- Contraction (gemm.py): matmul / dense / batch matmul / conv2d (NHWC x HWIO) as register
+  tiles, the fused epilogue computed per tile, constant weights packed at compile time.
 - dlight's CPU Reduction rule: softmax, layer norm.
 - Fallback: every other loop nest parallel over its outer loops and vectorised inside.
 
-Every rule returns None instead of raising (an exception inside ApplyDefaultSchedule would
-abort the whole compile), so a shape a rule cannot handle falls through to the next one.
+Every rule returns None instead of raising (common.cpu_rule), so a shape a rule cannot
+handle falls through to the next one. A new rule goes into `cpu_rules`; helpers it shares
+with the others live in common.py, which imports none of the rule modules.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import threading
 
-# EDGEBUNDLE_SCHEDULE_DEBUG=1 re-raises inside rules instead of falling through.
+from .common import cpu_rule, parallel_nest
+from .gemm import contraction_rule
+# Kept importable from here: tests read _panel_and_tile, tools/tune.py reads_panel.
+from .gemm import _panel_and_tile, reads_panel
+
+__all__ = ["CpuParams", "TE_LOCK", "VARIANT_PARAMS", "_panel_and_tile", "contraction_rule", "cpu_pipeline",
+           "cpu_rules", "fallback_rule", "params_from_env", "pre_legalize_passes", "reads_panel"]
+
 TE_LOCK = threading.Lock()
-_DEBUG = bool(os.environ.get("EDGEBUNDLE_SCHEDULE_DEBUG"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,341 +75,25 @@ class CpuParams:
     parallel_min: int = 2048  # fewer output elements than this: no thread-pool dispatch
 
 
-def _const_int(x):
-    try:
-        return int(x)
-    except TypeError:
-        return None
-
-
-def _divisor(extent, prefs):
-    ext = _const_int(extent)
-    if ext is None:
-        return prefs[0]
-    for p in prefs:
-        if ext % p == 0:
-            return p
-    return 1
-
-
-def _classify(sch, block):
-    """Kinds of the block's iter vars: S (in A, B and C), I (A and C), J (B and C), K
-    (reduction), T (in no operand: extent 1). None when the block is not A*B summed."""
-    from tvm import tirx
-
-    stmt = sch.get(block)
-    if len(stmt.reads) < 2 or len(stmt.writes) != 1:
-        return None
-    out = stmt.writes[0].source
-    inputs = [r for r in stmt.reads if not r.source.same_as(out)]
-    if len(inputs) != 2:
-        return None
-
-    def used(region):
-        names = set()
-        for rng in region.region:
-            names.update(tirx.analysis.undefined_vars(rng.min))
-        return names
-
-    a_vars, b_vars = used(inputs[0]), used(inputs[1])
-    kinds = []
-    for iv in stmt.iter_vars:
-        v = iv.var
-        if iv.iter_type == tirx.IterVar.CommReduce:
-            kinds.append("K")
-        elif v in a_vars and v in b_vars:
-            kinds.append("S")
-        elif v in a_vars:
-            kinds.append("I")
-        elif v in b_vars:
-            kinds.append("J")
-        else:
-            kinds.append("T")
-    if "K" not in kinds or "J" not in kinds:
-        return None
-    return kinds, inputs
-
-
-def _pads(stmt) -> bool:
-    """Whether a producer block pads: it writes a buffer of the rank it reads, each dim equal
-    or, both static, larger, one at least larger (conv padding). A copy (topi's zero-size pad
-    of a 1x1 conv) or a transpose is inlined instead. Dims are compared as expressions: the
-    batch is symbolic."""
-    if len(stmt.writes) != 1 or len(stmt.reads) != 1:
-        return False
-    out, src = stmt.writes[0].source.shape, stmt.reads[0].source.shape
-    if len(out) != len(src):
-        return False
-    larger = False
-    for a, b in zip(out, src):
-        if str(a) == str(b):
-            continue
-        a, b = _const_int(a), _const_int(b)
-        if a is None or b is None or a < b or b == 1:  # b == 1: a broadcast, not padding
-            return False
-        larger = larger or a > b
-    return larger
-
-
-def _pack_map(ndim: int, jpos: int, nr: int):
-    """IndexMap B[..., j, ...] -> Bp[j // nr, ..., j % nr] (IndexMap.from_func binds every
-    parameter of the lambda, so the constants are closed over, not defaulted)."""
-    from tvm.tirx import IndexMap
-
-    def imap(*idx):
-        rest = [x for n, x in enumerate(idx) if n != jpos]
-        return (idx[jpos] // nr, *rest, idx[jpos] % nr)
-
-    return IndexMap.from_func(imap, ndim=ndim)
-
-
-def contraction_rule(params: CpuParams):
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-
-    from . import packed, winograd
-    from .gemm import cpu_rule
-
-    ours = {*packed.BLOCKS, *winograd.BLOCKS}
-
-    def _schedule(func, p: CpuParams):
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
-        # Our own conv computes (wino_*, pc_*) have their rules: this one's epilogue tiling
-        # cannot follow their flattened-pixel GEMMs (a parallel tile would read rows another
-        # thread has not written).
-        if any(sch.get(b.block_rv).name_hint in ours for b in infos):
-            return None
-        reductions = [b for b in infos if b.is_reduction()]
-        if len(reductions) != 1:
-            return None
-        mm = reductions[0].block_rv
-        # Producers (padding) stay separate loops; consumers collapse into one epilogue.
-        found = _classify(sch, mm)
-        if found is None:
-            return None
-        kinds, inputs = found
-        loops = sch.get_loops(mm)
-        if len(loops) != len(kinds):
-            return None
-        for b in infos:
-            if b.block_rv.same_as(mm) or not b.is_injective():
-                continue
-            if (any(sch.get(c).same_as(sch.get(mm)) for c in sch.get_consumers(b.block_rv))
-                    and _pads(sch.get(b.block_rv))):
-                continue  # padding: a separate pass keeps the bounds tests out of the inner loop
-            try:
-                sch.compute_inline(b.block_rv)
-            except Exception:
-                pass
-        consumers = sch.get_consumers(mm)
-        epi = None
-        if consumers:
-            if len(consumers) != 1 or sch.get_consumers(consumers[0]):
-                return None
-            epi = consumers[0]
-
-        s_loops = [l for l, k in zip(loops, kinds) if k == "S"]
-        i_loops = [l for l, k in zip(loops, kinds) if k == "I"]
-        j_loops = [l for l, k in zip(loops, kinds) if k == "J"]
-        k_loops = [l for l, k in zip(loops, kinds) if k == "K"]
-        t_loops = [l for l, k in zip(loops, kinds) if k == "T"]
-        if len(j_loops) != 1:
-            return None
-        extent = lambda l: sch.get(l).extent  # noqa: E731
-        stmt = sch.get(mm)
-        b_region = inputs[1]
-        b_index = [r.min for r in b_region.region]
-        # A conv's weight is HWIO (4-D, also for 1x1 convs); a dense weight is 2-D whatever
-        # the rank of its input (a 3-D Linear has two I loops, like a conv's h and w).
-        is_conv = len(b_index) > 2 and not s_loops
-        want_mr, want_nr = (p.conv_mr, p.conv_nr) if is_conv else (p.mr, p.nr)
-        ku = p.ku
-        if is_conv and i_loops:
-            out_w = _const_int(extent(i_loops[-1]))
-            a_shape = [_const_int(d) for d in inputs[0].source.shape]
-            # stride 1: the (padded) input row is at most kernel - 1 wider than the output
-            stride1 = out_w is not None and a_shape[-2] is not None and a_shape[-2] < 2 * out_w
-            if out_w is not None and out_w % p.spatial_mr == 0 and len(k_loops) > 1 and stride1:
-                want_mr, want_nr, ku = p.spatial_mr, p.spatial_nr, p.spatial_ku
-            elif out_w is not None and out_w == p.narrow_mr:
-                want_mr, want_nr, ku = p.narrow_mr, p.narrow_nr, p.narrow_ku
-        n_ext = _const_int(extent(j_loops[0]))
-        panel, nr = _panel_and_tile(n_ext, p.conv_panel if is_conv else p.dense_panel, want_nr, p.vector)
-        # Rows that divide the extent: a partial tile's predicates cost more than a few
-        # spilled accumulators (measured on ResNet50's 7- and 14-wide feature maps).
-        mr = _divisor(extent(i_loops[-1]), (want_mr, 4, 8, 7, 6, 5, 3, 2)) if i_loops else 1
-
-        # Pack constant weights B[K..., J] -> [J/NR, K..., J%NR]: contiguous NR-wide loads.
-        iv_kind = {iv.var: k for iv, k in zip(stmt.iter_vars, kinds)}
-        packed = False
-        if (p.pack and not s_loops and n_ext is not None and n_ext % nr == 0 and n_ext % panel == 0
-                and all((isinstance(e, tirx.Var) and e in iv_kind) or _const_int(e) is not None for e in b_index)):
-            # constant indices: size-1 dims (the kh, kw of a 1x1 conv)
-            names = [iv_kind[e] if isinstance(e, tirx.Var) else "1" for e in b_index]
-            if names.count("J") == 1 and all(n in ("J", "K", "1") for n in names):
-                jpos = names.index("J")
-                read_idx = [i for i, r in enumerate(stmt.reads) if r.source.same_as(b_region.source)][0]
-
-                pk = sch.cache_read(mm, read_idx, "global")
-                sch.transform_layout(mm, ("read", read_idx), _pack_map(len(b_index), jpos, panel))
-                sch.annotate(pk, "meta_schedule.layout_rewrite_preproc", True)
-                packed = True
-
-        if packed and nr < panel:  # tiles a divisor of the panel: j = (panel index, tile in panel, lane)
-            jp, jm, ji = sch.split(j_loops[0], [None, panel // nr, nr])
-            jo = [jp, jm]
-        else:
-            jo, ji = sch.split(j_loops[0], [None, nr])
-            jo = [jo]
-        if i_loops:
-            io, ii = sch.split(i_loops[-1], [None, mr])
-            i_outer = [*i_loops[:-1], io]
-        else:
-            ii, i_outer = None, []
-        ko, ki = sch.split(k_loops[-1], [None, _divisor(extent(k_loops[-1]), (ku, 2))])
-        k_outer = [*k_loops[:-1], ko]
-        inner = [ki] + ([ii] if ii is not None else []) + [ji]
-        # jo outside the row tiles: a packed weight panel stays in cache across rows.
-        sch.reorder(*t_loops, *s_loops, *jo, *i_outer, *k_outer, *inner)
-        outer = sch.fuse(*t_loops, *s_loops, *jo, *i_outer)
-        sch.parallel(outer)
-        vectorize_columns(sch, ji, nr, panel if packed and nr > panel else nr, p.vector)
-        if ii is not None:
-            sch.unroll(ii)
-        sch.unroll(ki)
-        if epi is None:
-            epi = sch.cache_write(mm, 0, "global")
-        sch.reverse_compute_at(epi, outer)
-        sch.vectorize(sch.get_loops(epi)[-1])
-        # Before the reduction is split: afterwards its init block is a producer too.
-        producers = sch.get_producers(mm)
-        init = sch.decompose_reduction(mm, k_outer[0])
-        sch.vectorize(sch.get_loops(init)[-1])
-        # Producers left as loops of their own (conv padding) would run on one thread.
-        for producer in producers:
-            if sch.get_loops(producer) and len(sch.get_loops(producer)) == len(sch.get(producer).iter_vars):
-                parallel_nest(sch, producer, p)
-        return sch
-
-    return cpu_rule("EdgebundleCPUContraction", lambda func: _schedule(func, params))
-
-
-def _panel_and_tile(n, shared: int, want: int, vector: int) -> tuple[int, int]:
-    """(weight panel width, tile columns) for N output columns. The panel depends on N and
-    the shared width only, so every variant packs a weight alike; the tile is the first of
-    the variant's choices dividing N that reads whole panels or whole parts of one.
-    (ResNet50's 1000 classes keep 8-wide panels: a 40-wide one, read whole at batch 1, ran
-    its classifier faster alone but slower in the model, 0.99 vs 0.46 ms AVX2, 0.61 vs
-    0.52 AVX-512, Zen 5.)"""
-    own = next((c for c in (want, 2 * vector, vector) if n is not None and n % c == 0), vector)
-    panel = next((c for c in (shared, 16, 8) if shared and n is not None and n % c == 0), None)
-    if panel is None:  # not shared, or no panel fits: packed (or not) as the tile reads
-        return own, own
-    tiles = [c for c in (want, 2 * vector, vector, 8, 4) if n % c == 0]
-    return panel, next((c for c in tiles if reads_panel(c, panel)), panel)
-
-
-def reads_panel(tile: int, panel: int) -> bool:
-    """Whether a tile of this many columns reads weight panels of this width whole or in
-    equal parts (a multiple or a divisor of it): the tiles a shared panel admits."""
-    return panel % tile == 0 or tile % panel == 0
-
-
-def vectorize_columns(sch, loop, width: int, piece: int, vector: int) -> None:
-    """A tile's `width` columns vectorised: in pieces of `piece` contiguous lanes (a weight
-    panel narrower than the tile), each as one vector when it is a power-of-two number of
-    hardware vectors (measured faster as one wide vector), else as unrolled vector-wide
-    parts (LLVM handles a 24-lane vector badly; three 8-lane ones are what AVX2 has)."""
-    if piece < width:
-        outer, loop = sch.split(loop, [None, piece])
-        sch.unroll(outer)
-    # A piece that is no multiple of the vector (AVX-512 reading 24 columns) goes in narrower
-    # vectors: LLVM lowers a 24-lane vector on AVX-512 ~6x slower than 3 x 8, and a 48-lane
-    # one on AVX2 4.4x slower than 6 x 8 (BERT-base, 2x48 tiles: 464 vs 106 ms, Zen 5).
-    vector = math.gcd(piece, vector)
-    count = piece // vector
-    if count > 1 and count & (count - 1):  # not a power of two
-        jv, jl = sch.split(loop, [None, vector])
-        sch.vectorize(jl)
-        sch.unroll(jv)
-    else:
-        sch.vectorize(loop)
-
-
-def parallel_nest(sch, block, params: CpuParams) -> None:
-    """Leading spatial loops fused and parallel, the innermost vectorised when possible."""
-    from tvm import tirx
-
-    loops = sch.get_loops(block)
-    stmt = sch.get(block)
-    if not loops or len(loops) != len(stmt.iter_vars):
-        return
-    spatial = []
-    for loop, iv in zip(loops, stmt.iter_vars):
-        if iv.iter_type != tirx.IterVar.DataPar:
-            break
-        spatial.append(loop)
-    if not spatial:
-        return
-    # Parallel over just enough outer loops; inner loops stay as they are, so LLVM
-    # still vectorises them (fusing everything turns indices into div/mod).
-    # A symbolic extent is the batch: usually 1, so it does not count as parallel work.
-    extents = [_const_int(sch.get(l).extent) for l in spatial]
-    take, work = 0, 1
-    while take < len(spatial) - (1 if len(spatial) > 1 else 0):
-        work *= extents[take] or 1
-        take += 1
-        if work >= 64:
-            break
-    total = 1
-    for e in extents:
-        total *= e or 1
-    if total >= params.parallel_min and work >= 2:
-        outer = sch.fuse(*spatial[:take]) if take > 1 else spatial[0]
-        sch.parallel(outer)
-    last = spatial[-1]
-    # TVM 0.27 cannot vectorise stores to bool buffers (int8xN vs bool lanes at lowering).
-    has_bool = any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
-    if len(spatial) == len(loops) and len(spatial) > take and not has_bool:
-        ext = extents[-1]
-        if ext is not None and ext % params.vector == 0:
-            if ext <= 8 * params.vector:
-                sch.vectorize(last)
-            else:
-                _, vec = sch.split(last, [None, params.vector])
-                sch.vectorize(vec)
-
-
 def fallback_rule(params: CpuParams):
     """Everything else: per top-level loop nest, leading spatial loops fused and parallel,
     the innermost spatial loop vectorised when it has a usable constant extent."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir import dlight as dl
+    from tvm import s_tir
 
-    def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        try:
-            sch = s_tir.Schedule(func)
-            root = sch.get_sblock("root") if _has_root(sch) else None
-            blocks = sch.get_child_blocks(root) if root is not None else []
-            # An elementwise chain (GELU = multiply, erf, multiply, add) is one pass over
-            # memory, not one per op: inline every block whose result only feeds others.
-            for block in blocks[:-1]:
-                try:
-                    sch.compute_inline(block)
-                except Exception:
-                    pass
-            for block in sch.get_child_blocks(root) if root is not None else []:
-                parallel_nest(sch, block, params)
-            return sch
-        except Exception:
-            if _DEBUG:
-                raise
-            return None
+    def _schedule(func):
+        sch = s_tir.Schedule(func)
+        root = sch.get_sblock("root") if _has_root(sch) else None
+        blocks = sch.get_child_blocks(root) if root is not None else []
+        # An elementwise chain (GELU = multiply, erf, multiply, add) is one pass over
+        # memory, not one per op: inline every block whose result only feeds others.
+        for block in blocks[:-1]:
+            try:
+                sch.compute_inline(block)
+            except Exception:
+                pass
+        for block in sch.get_child_blocks(root) if root is not None else []:
+            parallel_nest(sch, block, params)
+        return sch
 
     def _has_root(sch):
         try:
@@ -413,7 +102,7 @@ def fallback_rule(params: CpuParams):
         except Exception:
             return False
 
-    return dl.ScheduleRule.from_callable("EdgebundleCPUFallback")(apply)
+    return cpu_rule("EdgebundleCPUFallback", _schedule)
 
 
 # Each variant's defaults (runtime/cpu.py names the variants). AVX-512 has 16 fp32 lanes and

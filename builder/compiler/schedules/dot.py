@@ -201,7 +201,7 @@ def dense_pass(scheme: Scheme, name: str):
 
     @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
-        from .gemm import op_rewrite_pass
+        from .common import op_rewrite_pass
 
         mod = op_rewrite_pass(name + "Calls", _rewriter(scheme))(mod)
         return relax.transform.DeadCodeElimination()(mod)
@@ -252,8 +252,8 @@ def _rewriter(scheme: Scheme):
     import tvm_ffi
     from tvm import relax
 
-    from .cpu import _const_int
-    from .gemm import static_conv
+    from .common import const_int as _const_int
+    from .common import static_conv
     from .storage import big_const, plain_take
 
     funcs: dict = {}

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gemm import (TILE_ATTR, conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows,
-                   vectorize_inner)
+from .common import conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, vectorize_inner
+from .gemm import TILE_ATTR, schedule_gemm, tile_rows
 from .storage import narrow, widen
 
 BLOCKS = ("pc_pack", "pc_gemm", "pc_out")
@@ -25,7 +25,7 @@ BLOCKS = ("pc_pack", "pc_gemm", "pc_out")
 
 def pack_weights(w_hwio: np.ndarray, nr: int) -> np.ndarray:
     """HWIO weights -> [CO/nr, KH*KW*CI, nr] panels; a 1x1 conv's as [CO/nr, 1, 1, CI, nr]:
-    the shape (and bytes) the direct rule packs the same weights to (schedules/cpu.py's
+    the shape (and bytes) the direct rule packs the same weights to (schedules/gemm.py's
     _pack_map), so a variant running 1x1 convs direct shares them in model.weights."""
     kh, kw, ci, co = w_hwio.shape
     panels = np.ascontiguousarray(w_hwio.reshape(kh * kw * ci, co // nr, nr).transpose(1, 0, 2))

@@ -153,7 +153,7 @@ def store_weights(storage: str):
     stored as `storage` (fp16 or bf16) through the computes above."""
     from tvm import relax
 
-    from .gemm import op_rewrite_pass, static_conv
+    from .common import op_rewrite_pass, static_conv
 
     def rewrite(bb, call):
         name = call.op.name

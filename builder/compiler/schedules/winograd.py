@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gemm import (TILE_ATTR, conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, schedule_gemm, tile_rows,
-                   vectorize_inner)
+from .common import const_int, conv_rewrite_pass, cpu_rule, inline_epilogue, named_blocks, vectorize_inner
+from .gemm import TILE_ATTR, schedule_gemm, tile_rows
 from .storage import narrow, widen
 
 # F(m x m, 3x3) (Lavin & Gray): Y = A^T [(G g G^T) . (B^T d B)] A, per output tile size m.
@@ -157,8 +157,6 @@ def winograd_rule(params):
     outer loop: fused into the parallel loop, its symbolic strides cost 20-40% per kernel."""
     from tvm import s_tir
 
-    from .cpu import _const_int
-
     def _schedule(func):
         sch = s_tir.Schedule(func)
         found = named_blocks(sch, BLOCKS)
@@ -176,7 +174,7 @@ def winograd_rule(params):
         e, n, b, p, c = sch.get_loops(pack)
         sch.reorder(b, p, c, e, n)
         sch.parallel(p)
-        if (_const_int(sch.get(c).extent) or 1) % vec == 0:
+        if (const_int(sch.get(c).extent) or 1) % vec == 0:
             co_, ci = sch.split(c, [None, vec])
             sch.reorder(co_, e, n, ci)
             sch.vectorize(ci)
@@ -189,7 +187,7 @@ def winograd_rule(params):
         m = int(sch.get(gemm).iter_vars[0].dom.extent) - 2  # the tile size: a = m + 2
         yo, yi = sch.split(y, [None, m])
         xo, xi = sch.split(x, [None, m])
-        width = next(v for v in (vec, 4, 1) if (_const_int(sch.get(c).extent) or 1) % v == 0)
+        width = next(v for v in (vec, 4, 1) if (const_int(sch.get(c).extent) or 1) % v == 0)
         co_, ci = sch.split(c, [None, width])
         sch.reorder(b, yo, xo, co_, yi, xi, ci)
         sch.parallel(yo)

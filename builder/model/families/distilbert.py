@@ -11,6 +11,5 @@ class DistilBertFamily(TextFamily):
     architectures = ("DistilBertModel", "DistilBertForSequenceClassification")
     classifiers = ("DistilBertForSequenceClassification",)
     model_types = ("distilbert",)
-    # No segment embeddings: forward() takes no token_type_ids.
-    inputs = (("input_ids", "ids"), ("attention_mask", "attention_mask"))
-    hidden_size_key = "dim"
+    token_types = False  # no segment embeddings
+    normalized_config = TextFamily.normalized_config.with_args(hidden_size="dim")

@@ -15,10 +15,12 @@ class RobertaFamily(TextFamily):
                      "XLMRobertaModel", "XLMRobertaForSequenceClassification")
     classifiers = ("RobertaForSequenceClassification", "XLMRobertaForSequenceClassification")
     model_types = ("roberta", "xlm-roberta")
-    # One segment type only: the tokenizer's type_ids carry nothing, the model fills zeros.
-    inputs = (("input_ids", "ids"), ("attention_mask", "attention_mask"))
+    token_types = False  # one segment type only
+    normalized_config = TextFamily.normalized_config.with_args(
+        defaults={"max_position_embeddings": 514, "pad_token_id": 1})
     default_pad_token = "<pad>"
 
     def max_seq_len(self, config: dict) -> int:
         # Positions start after padding_idx (pad_token_id + 1): 514 embeddings give 512 tokens.
-        return int(config.get("max_position_embeddings", 514)) - int(config.get("pad_token_id", 1)) - 1
+        c = self.normalized_config(config)
+        return c.max_position_embeddings - c.pad_token_id - 1

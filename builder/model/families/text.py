@@ -1,10 +1,13 @@
 """Hugging Face text encoders (BERT, DistilBERT, RoBERTa, ...): what every text family
 shares. feature-extraction with the pooling and normalisation a sentence-transformers
 checkpoint asks for (plain checkpoints are mean-pooled), text-classification with the
-checkpoint's own head. A family is a subclass naming its architectures and inputs."""
+checkpoint's own head. A family is a subclass naming its architectures and saying how its
+config's names and its inputs differ from BERT's; a task is a `_load_<task>` method."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 from builder.errors import ModelSourceError, UnsupportedModelError
 from builder.options import BuildOptions
@@ -164,17 +167,63 @@ def _classifier_module(model, names: tuple):
     return Classifier().eval()
 
 
+class NormalizedTextConfig:
+    """A transformers config read under one set of names, as optimum's NormalizedTextConfig
+    reads it: a family whose config spells a field differently, or assumes another default
+    for a missing one, says only that (`with_args(hidden_size="dim")`). Fields without a
+    default are required (a KeyError names the config's own key)."""
+
+    NAMES = {"hidden_size": "hidden_size", "vocab_size": "vocab_size",
+             "max_position_embeddings": "max_position_embeddings", "type_vocab_size": "type_vocab_size",
+             "pad_token_id": "pad_token_id"}
+    DEFAULTS = {"max_position_embeddings": 512, "type_vocab_size": 2}
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    @classmethod
+    def with_args(cls, defaults: dict | None = None, **names: str) -> type[NormalizedTextConfig]:
+        return type(cls.__name__, (cls,), {"NAMES": {**cls.NAMES, **names},
+                                           "DEFAULTS": {**cls.DEFAULTS, **(defaults or {})}})
+
+    def __getattr__(self, name: str) -> int:
+        if name not in self.NAMES:
+            raise AttributeError(name)
+        key = self.NAMES[name]
+        return int(self.config.get(key, self.DEFAULTS[name]) if name in self.DEFAULTS else self.config[key])
+
+
+@dataclasses.dataclass
+class Head:
+    """What a task puts on the encoder: the module exported, its one output, how runtime/
+    reads that output, and the labels of its classes."""
+
+    module: Any
+    output: Tensor
+    postprocessing: Postprocessing
+    labels: list[str] | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+# The encoder's inputs in forward() order: (name, tokenizers Encoding field).
+_INPUTS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
+
+
 class TextFamily(Family):
-    """A transformers encoder with a feature-extraction and a text-classification variant.
-    Subclasses set the class attributes; most need nothing else."""
+    """A transformers encoder with a head per task, each made by `_load_<task>` (dashes as
+    underscores). Subclasses set the class attributes; most need nothing else."""
 
     tasks = ("feature-extraction", "text-classification")
     classifiers: tuple[str, ...] = ()  # architectures with a sequence-classification head
-    # The model's inputs in forward() order: (name, tokenizers Encoding field).
-    inputs: tuple[tuple[str, str], ...] = (("input_ids", "ids"), ("attention_mask", "attention_mask"),
-                                           ("token_type_ids", "type_ids"))
-    hidden_size_key = "hidden_size"
+    normalized_config = NormalizedTextConfig
+    # False where forward() takes no token_type_ids: no segment embeddings (DistilBERT) or one
+    # segment type only (RoBERTa: the tokenizer's type_ids carry nothing, the model fills zeros).
+    token_types = True
     default_pad_token = "[PAD]"
+
+    @property
+    def inputs(self) -> tuple[tuple[str, str], ...]:
+        return _INPUTS if self.token_types else _INPUTS[:2]
 
     def default_task(self, config: dict) -> str:
         if any(a in self.classifiers for a in config.get("architectures") or []):
@@ -183,30 +232,57 @@ class TextFamily(Family):
 
     def max_seq_len(self, config: dict) -> int:
         """Tokens the position embeddings cover."""
-        return int(config.get("max_position_embeddings", 512))
+        return self.normalized_config(config).max_position_embeddings
 
     def input_range(self, name: str, config: dict) -> list[int]:
         """[low, high) of an input's values (ids index embedding tables)."""
-        return {"input_ids": [0, int(config["vocab_size"])], "attention_mask": [0, 2],
-                "token_type_ids": [0, int(config.get("type_vocab_size", 2))]}[name]
+        c = self.normalized_config(config)
+        return {"input_ids": [0, c.vocab_size], "attention_mask": [0, 2], "token_type_ids": [0, c.type_vocab_size]}[name]
 
-    def load_model(self, model_dir: Path, task: str):
+    def load_model(self, model_dir: Path, auto_class: str, task: str):
         import torch
         import transformers
 
-        cls = (transformers.AutoModel if task == "feature-extraction"
-               else transformers.AutoModelForSequenceClassification)
         try:
             # Eager attention exports as plain matmul + softmax, which TVM's frontend and
             # our schedules handle; SDPA's fused op adds a bool-mask path we gain nothing from.
-            return cls.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
+            return getattr(transformers, auto_class).from_pretrained(
+                str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
         except Exception as e:  # transformers raises many types for unreadable weights
             raise ModelSourceError(f"cannot load the {self.name} weights for {task}: {type(e).__name__}: {e}",
                                    where=str(model_dir)) from e
 
-    def load(self, model_dir: Path, config: dict, task: str, options: BuildOptions) -> ModelSpec:
-        import numpy as np
+    def _load_feature_extraction(self, model_dir: Path, config: dict) -> Head:
+        model = self.load_model(model_dir, "AutoModel", "feature-extraction")
+        st = sentence_transformers_layout(model_dir)
+        notes = []
+        if st is None:
+            st = {"pooling": ["mean_tokens"], "normalize": False}
+            notes.append("no sentence-transformers config: embeddings are mean-pooled, not normalised")
+        names = tuple(name for name, _ in self.inputs)
+        width = self.normalized_config(config).hidden_size * len(st["pooling"])
+        return Head(_encoder_module(model, names, st["pooling"], st["normalize"]),
+                    Tensor("sentence_embedding", ("batch", width), "float32"),
+                    Postprocessing("embedding", "sentence_embedding", pooling=tuple(st["pooling"]),
+                                   normalize=st["normalize"]),
+                    notes=notes)
 
+    def _load_text_classification(self, model_dir: Path, config: dict) -> Head:
+        if not any(a in self.classifiers for a in config.get("architectures") or []):
+            raise UnsupportedModelError(
+                f"text-classification needs a checkpoint with a classification head ({', '.join(self.classifiers)}); "
+                "this one would get a random head",
+                where=str(model_dir / "config.json"), hint="use --task feature-extraction, or a fine-tuned classifier")
+        model = self.load_model(model_dir, "AutoModelForSequenceClassification", "text-classification")
+        labels = id2label(config) or [f"LABEL_{i}" for i in range(model.config.num_labels)]
+        multi = config.get("problem_type") == "multi_label_classification"
+        return Head(_classifier_module(model, tuple(name for name, _ in self.inputs)),
+                    Tensor("logits", ("batch", len(labels)), "float32"),
+                    Postprocessing("classification", "logits", function="sigmoid" if multi else "softmax",
+                                   top_k=min(5, len(labels))),
+                    labels=labels)
+
+    def load(self, model_dir: Path, config: dict, task: str, options: BuildOptions) -> ModelSpec:
         quiet_transformers()
         check_task(self, task)
         seq_len = int(options.seq_len)
@@ -214,68 +290,46 @@ class TextFamily(Family):
         if not 1 <= seq_len <= max_len:
             raise UnsupportedModelError(f"--seq-len {seq_len} is outside 1..{max_len}",
                                         hint=f"this model has position embeddings for {max_len} tokens")
-        archs = config.get("architectures") or []
-        if task == "text-classification" and not any(a in self.classifiers for a in archs):
-            raise UnsupportedModelError(
-                f"text-classification needs a checkpoint with a classification head ({', '.join(self.classifiers)}); "
-                "this one would get a random head",
-                where=str(model_dir / "config.json"), hint="use --task feature-extraction, or a fine-tuned classifier")
         tok = build_tokenizer(model_dir, seq_len, self.default_pad_token)
-        model = self.load_model(model_dir, task)
-        names = tuple(name for name, _ in self.inputs)
-        notes = []
-        labels = None
-        if task == "feature-extraction":
-            st = sentence_transformers_layout(model_dir)
-            if st is None:
-                st = {"pooling": ["mean_tokens"], "normalize": False}
-                notes.append("no sentence-transformers config: embeddings are mean-pooled, not normalised")
-            module = _encoder_module(model, names, st["pooling"], st["normalize"])
-            width = int(config[self.hidden_size_key]) * len(st["pooling"])
-            outputs = [Tensor("sentence_embedding", ("batch", width), "float32")]
-            post = Postprocessing("embedding", "sentence_embedding", pooling=tuple(st["pooling"]),
-                                  normalize=st["normalize"])
-        else:
-            labels = id2label(config) or [f"LABEL_{i}" for i in range(model.config.num_labels)]
-            module = _classifier_module(model, names)
-            outputs = [Tensor("logits", ("batch", len(labels)), "float32")]
-            multi = config.get("problem_type") == "multi_label_classification"
-            post = Postprocessing("classification", "logits", function="sigmoid" if multi else "softmax",
-                                  top_k=min(5, len(labels)))
-
+        head = getattr(self, "_load_" + task.replace("-", "_"))(model_dir, config)
         buckets = _buckets(options.seq_buckets, seq_len)
         pads = {"ids": tok.padding["pad_id"], "attention_mask": 0, "type_ids": 0}
         inputs = [Tensor(name, ("batch", "seq"), "int64", tuple(self.input_range(name, config)), pad=pads[source],
                          source=source) for name, source in self.inputs]
+        from builder.validate import accuracy
+
+        gate_texts = accuracy.texts()
+        archs = config.get("architectures") or []
+        return ModelSpec(
+            family=self.name, task=task,
+            architecture=(archs or [self.architectures[0]])[0],
+            module=head.module, inputs=inputs, outputs=[head.output],
+            validation_inputs=self._validation_inputs(tok, inputs, config, seq_len, buckets),
+            tolerance=dict(self.tolerance),
+            # Text far beyond what the model sees is refused, not silently cut: it is almost
+            # always a client bug, and it bounds tokenizer time.
+            preprocessing=TextPreprocessing("tokenizer.json", max_length=seq_len, max_chars=100 * seq_len),
+            postprocessing=head.postprocessing, labels=head.labels,
+            files={"tokenizer.json": tok.to_str().encode()},
+            notes=head.notes,
+            seq_buckets=buckets,
+            accuracy_inputs=accuracy.batches(encode(tok, gate_texts, inputs)),
+            accuracy_labels=gate_texts,
+        )
+
+    def _validation_inputs(self, tok, inputs: list[Tensor], config: dict, seq_len: int, buckets: list[int]) -> list:
+        """Every compiled length, on real text padded to it and on random ids filling it; the
+        text at its own length also checks runtime/'s padding to a bucket."""
+        import numpy as np
+
         rng = np.random.default_rng(0)
         vocab = self.input_range("input_ids", config)[1]
         full = {"input_ids": rng.integers(0, vocab, size=(1, seq_len), dtype=np.int64),
                 "attention_mask": np.ones((1, seq_len), dtype=np.int64),
                 "token_type_ids": np.zeros((1, seq_len), dtype=np.int64)}
-        full = {name: full[name] for name in names}
+        full = {name: full[name] for name, _ in self.inputs}
         texts = encode(tok, VALIDATION_TEXTS, inputs)
-        # Every compiled length is validated, on real text padded to it and on random ids
-        # filling it; the text at its own length also checks runtime/'s padding to a bucket.
-        validation = [fit_seq(a, inputs, n) for n in buckets for a in (texts, full)] + [texts]
-        from builder.validate import accuracy
-
-        gate_texts = accuracy.texts()
-        return ModelSpec(
-            family=self.name, task=task,
-            architecture=(archs or [self.architectures[0]])[0],
-            module=module, inputs=inputs, outputs=outputs,
-            validation_inputs=validation,
-            tolerance=dict(self.tolerance),
-            # Text far beyond what the model sees is refused, not silently cut: it is almost
-            # always a client bug, and it bounds tokenizer time.
-            preprocessing=TextPreprocessing("tokenizer.json", max_length=seq_len, max_chars=100 * seq_len),
-            postprocessing=post, labels=labels,
-            files={"tokenizer.json": tok.to_str().encode()},
-            notes=notes,
-            seq_buckets=buckets,
-            accuracy_inputs=accuracy.batches(encode(tok, gate_texts, inputs)),
-            accuracy_labels=gate_texts,
-        )
+        return [fit_seq(a, inputs, n) for n in buckets for a in (texts, full)] + [texts]
 
 
 def _buckets(requested, seq_len: int) -> list[int]:
