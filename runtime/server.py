@@ -189,7 +189,8 @@ class App:
             endpoint, handler = self._route(method, path)
             response = handler(environ)
         except Exception as e:  # noqa: BLE001 - every failure becomes a status
-            failure = e if isinstance(e, HTTPError) else self._failure(e)
+            # Outside _run (which maps the whole table), only a malformed body is the client's.
+            failure = e if isinstance(e, HTTPError) else self._failure(e) if isinstance(e, BadInput) else None
             if failure is None:  # a bug: the client gets a 500 without internals, the log the traceback
                 traceback.print_exc(file=sys.stderr)
                 failure = HTTPError(500, "internal error; see the server's log")
@@ -306,6 +307,11 @@ class App:
             items, finish = decode_items()
             outputs, batches = self.batcher.submit(items, self.options.timeout_s, on_queued=on_queued)
             return finish(outputs), batches
+        except Exception as e:  # noqa: BLE001 - the table says what the client gets; the rest is a 500
+            failure = self._failure(e)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             if not queued:
                 with self._lock:
@@ -322,6 +328,7 @@ class App:
         (answer, blobs), batches = self._run(lambda: v2.decode(self.model, self.manifest, self.name, request, binary))
         body, content_type, headers = v2.encode(answer, blobs)
         return Response(body, content_type=content_type, headers=tuple(headers), batches=batches)
+
 
 def default_name(model_name: str) -> str:
     """The name a model is served under: the manifest's, without a hub id's owner."""

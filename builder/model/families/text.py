@@ -267,12 +267,14 @@ class TextFamily(Family):
                                    normalize=st["normalize"]),
                     notes=notes)
 
-    def _load_text_classification(self, model_dir: Path, config: dict) -> Head:
+    def _check_text_classification(self, model_dir: Path, config: dict) -> None:
         if not any(a in self.classifiers for a in config.get("architectures") or []):
             raise UnsupportedModelError(
                 f"text-classification needs a checkpoint with a classification head ({', '.join(self.classifiers)}); "
                 "this one would get a random head",
                 where=str(model_dir / "config.json"), hint="use --task feature-extraction, or a fine-tuned classifier")
+
+    def _load_text_classification(self, model_dir: Path, config: dict) -> Head:
         model = self.load_model(model_dir, "AutoModelForSequenceClassification", "text-classification")
         labels = id2label(config) or [f"LABEL_{i}" for i in range(model.config.num_labels)]
         multi = config.get("problem_type") == "multi_label_classification"
@@ -290,8 +292,11 @@ class TextFamily(Family):
         if not 1 <= seq_len <= max_len:
             raise UnsupportedModelError(f"--seq-len {seq_len} is outside 1..{max_len}",
                                         hint=f"this model has position embeddings for {max_len} tokens")
+        task_name = task.replace("-", "_")
+        # What the config alone refutes is said before the tokenizer is built.
+        getattr(self, "_check_" + task_name, lambda model_dir, config: None)(model_dir, config)
         tok = build_tokenizer(model_dir, seq_len, self.default_pad_token)
-        head = getattr(self, "_load_" + task.replace("-", "_"))(model_dir, config)
+        head = getattr(self, "_load_" + task_name)(model_dir, config)
         buckets = _buckets(options.seq_buckets, seq_len)
         pads = {"ids": tok.padding["pad_id"], "attention_mask": 0, "type_ids": 0}
         inputs = [Tensor(name, ("batch", "seq"), "int64", tuple(self.input_range(name, config)), pad=pads[source],
