@@ -94,3 +94,11 @@ def check_timeout(timeout_s: int) -> None:
     if not 1 <= timeout_s <= MAX_TIMEOUT_S:
         raise DeployError(f"--timeout {timeout_s}: Lambda allows 1 to {MAX_TIMEOUT_S} s",
                           hint="pass a timeout in seconds within that range")
+
+
+def server_memory(manifest) -> int:
+    """Bytes the model server needs resident (a Kubernetes request, a SageMaker instance):
+    the mapped weights and code count in full once warm, plus 25% for a max batch's
+    activations and 256 MiB for Python, the tokenizer and the server."""
+    files = sum(rec["size"] for rec in manifest.files.values())
+    return int(files * 1.25 + 256 * MB)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from builder.bundle.sizing import server_memory
 from builder.errors import DeployError
 
 GIB = 1024 ** 3
@@ -140,14 +141,6 @@ def instance(name: str) -> Instance:
     return Instance(name, family, _vcpus(m.group(2)))
 
 
-def model_memory(manifest) -> int:
-    """What the server needs resident: the mapped weights and code in full once warm, plus
-    25% for a max batch's activations and 256 MiB for Python, the tokenizer and the server
-    (the serve-image format's Kubernetes request, by the same rule)."""
-    files = sum(rec["size"] for rec in manifest.files.values())
-    return int(files * 1.25 + 256 * MIB)
-
-
 def check(inst: Instance, manifest, image_arch: str) -> list[str]:
     """Refuse an instance the build cannot run on; returns the reasons it can, for the plan."""
     target = manifest.target
@@ -177,7 +170,7 @@ def check(inst: Instance, manifest, image_arch: str) -> list[str]:
     elif inst.gpu is not None:
         raise DeployError(f"this is a {target.name} build (CPU code) and {inst.name} is a GPU type: its GPU would "
                           "sit idle", where=where, hint="pick a CPU type, or build --target cuda for the GPU")
-    need = model_memory(manifest)
+    need = server_memory(manifest)
     if need > inst.memory_bytes * (1 - RESERVED_FRACTION):
         raise DeployError(f"the model needs about {need / GIB:.1f} GiB of memory and {inst.name} has "
                           f"{inst.memory_bytes / GIB:.0f} GiB ({RESERVED_FRACTION:.0%} of it kept by the instance)",

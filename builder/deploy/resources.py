@@ -69,14 +69,17 @@ def get(fn, what: str, missing: tuple = (), **params):
         raise aws.translate(e, what) from e
 
 
-def listed(fn, key: str, what: str, **params) -> list[dict]:
-    """Every item under `key` of a Marker/NextMarker listing; [] when the resource is missing."""
-    out, marker = [], None
+def listed(fn, key: str, what: str, *, paging: tuple = ("Marker", "NextMarker"), **params) -> list[dict]:
+    """Every item under `key` of a paged listing; [] when the resource is missing. `paging`:
+    (the request's token parameter, the response's): Lambda's Marker/NextMarker, or
+    SageMaker's and Application Auto Scaling's NextToken/NextToken."""
+    send, receive = paging
+    out, token = [], None
     while True:
-        page = get(fn, what, **params, **({"Marker": marker} if marker else {}))
-        out += (page or {}).get(key, [])
-        marker = (page or {}).get("NextMarker")
-        if not marker:
+        page = get(fn, what, **params, **({send: token} if token else {})) or {}
+        out += page.get(key, [])
+        token = page.get(receive)
+        if not token:
             return out
 
 

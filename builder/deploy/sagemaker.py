@@ -22,7 +22,7 @@ import re
 
 from builder.deploy.bundle import ServeImage
 from builder.deploy.instances import Instance, check, default_instance, instance
-from builder.deploy.resources import Action, default_repository, ecr_image, fingerprint, get, role_arn
+from builder.deploy.resources import Action, default_repository, ecr_image, fingerprint, get, listed, role_arn
 from builder.errors import DeployError
 from builder.options import EndpointOptions
 from builder.versions import EDGEBUNDLE_VERSION
@@ -101,13 +101,7 @@ class Current:
 
 
 def _pages(fn, key: str, what: str, **params) -> list:
-    out, token = [], None
-    while True:
-        page = get(fn, what, **params, **({"NextToken": token} if token else {})) or {}
-        out += page.get(key, [])
-        token = page.get("NextToken")
-        if not token:
-            return out
+    return listed(fn, key, what, paging=("NextToken", "NextToken"), **params)
 
 
 def tags_of(sm, arn: str, what: str) -> dict:

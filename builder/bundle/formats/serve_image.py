@@ -16,6 +16,7 @@ from pathlib import Path
 from builder.bundle.archive import tree_size
 from builder.bundle.context import image_name, write_context
 from builder.bundle.render import render
+from builder.bundle.sizing import server_memory
 from builder.bundle.stage import pinned
 from builder.compiler.targets import TargetSpec
 from builder.errors import BundleError
@@ -55,11 +56,10 @@ def precheck(target: TargetSpec, options: BuildOptions) -> None:
 
 
 def sizing(target_dir: Path, manifest) -> dict:
-    """Kubernetes requests from the model. Memory: the mapped weights and code count in full
-    once warm, plus 25% for activations of a max batch and 256 MiB for Python, the
-    tokenizer and the server; rounded up to 64 MiB. CPU: 1, or 2 for models above 100 MiB."""
+    """Kubernetes requests from the model. Memory: builder/bundle/sizing.py's server_memory,
+    rounded up to 64 MiB. CPU: 1, or 2 for models above 100 MiB."""
     model_bytes = sum(rec["size"] for rec in manifest.files.values())
-    memory = math.ceil((model_bytes * 1.25 + 256 * MIB) / (64 * MIB)) * 64
+    memory = math.ceil(server_memory(manifest) / (64 * MIB)) * 64
     cpus = 2 if model_bytes > 100 * MIB else 1
     return {"memory": f"{memory}Mi", "cpus": cpus,
             "sizing_note": f"model files {model_bytes / MIB:.0f} MiB -> memory {memory}Mi, cpu {cpus}"}
