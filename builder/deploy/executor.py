@@ -116,19 +116,31 @@ class Pusher:
 
 
 class Executor:
-    OPS = ("create_repository", "push_image", "upload", "publish_layer", "create_function", "update_code",
-           "update_configuration", "publish_version", "create_alias", "update_alias", "create_url", "update_url",
-           "add_permission", "remove_permission", "create_endpoint", "update_endpoint", "delete_endpoint",
-           "delete_scaling_policy", "deregister_scalable_target", "delete_function", "delete_layer_version")
+    # Actions with more to them than one call (waits, pushes, results): a method each.
+    OPS = ("push_image", "upload", "publish_layer", "create_function", "update_code", "update_configuration",
+           "publish_version", "create_url", "update_url", "create_endpoint", "update_endpoint", "delete_endpoint")
     # Actions that are one API call with the action's parameters, and nothing to wait for.
-    CALLS = {"create_model": ("sagemaker", "create_model"),
+    CALLS = {"create_repository": ("ecr", "create_repository"),
+             "create_alias": ("lambda", "create_alias"),
+             "update_alias": ("lambda", "update_alias"),
+             "create_model": ("sagemaker", "create_model"),
              "create_endpoint_config": ("sagemaker", "create_endpoint_config"),
              "delete_endpoint_config": ("sagemaker", "delete_endpoint_config"),
              "delete_model": ("sagemaker", "delete_model"),
              "add_tags": ("sagemaker", "add_tags"),
              "tag_function": ("lambda", "tag_resource"),
              "register_scalable_target": ("application-autoscaling", "register_scalable_target"),
-             "put_scaling_policy": ("application-autoscaling", "put_scaling_policy")}
+             "put_scaling_policy": ("application-autoscaling", "put_scaling_policy"),
+             "delete_layer_version": ("lambda", "delete_layer_version")}
+    # One call each too, whose failure with this code means it is done already: granted by an
+    # earlier deploy (the same statement id), or removed by hand before.
+    DONE_UNLESS = {"add_permission": ("lambda", "add_permission", "ResourceConflictException"),
+                   "remove_permission": ("lambda", "remove_permission", "ResourceNotFoundException"),
+                   "delete_function": ("lambda", "delete_function", "ResourceNotFoundException"),
+                   "delete_scaling_policy": ("application-autoscaling", "delete_scaling_policy",
+                                             "ObjectNotFoundException"),
+                   "deregister_scalable_target": ("application-autoscaling", "deregister_scalable_target",
+                                                  "ObjectNotFoundException")}
 
     def __init__(self, clients, progress, pusher: Pusher | None = None):
         self.clients, self.progress = clients, progress
@@ -138,12 +150,15 @@ class Executor:
     def run(self, plan) -> dict:
         """Carry out the plan; returns what was learnt (version, url, layer_arn)."""
         for action in plan.actions:
-            assert action.op in self.OPS or action.op in self.CALLS, action.op
+            assert action.op in self.OPS or action.op in self.CALLS or action.op in self.DONE_UNLESS, action.op
             with self.progress.step(action.summary):
                 params = self._resolve(action.params)
                 if action.op in self.CALLS:
                     service, method = self.CALLS[action.op]
                     result = self._call(service, method, action.summary, **params)
+                elif action.op in self.DONE_UNLESS:
+                    service, method, code = self.DONE_UNLESS[action.op]
+                    result = self._call_unless(code, method, action.summary, params, service=service)
                 else:
                     result = getattr(self, action.op)(params, action.summary)
             if action.produces:
@@ -180,9 +195,6 @@ class Executor:
                               hint="the alias still points at the previous version; fix the cause and rerun") from None
 
     # -- actions -------------------------------------------------------------------------
-    def create_repository(self, p, what):
-        self._call("ecr", "create_repository", what, **p)
-
     def push_image(self, p, what):
         repo = self._call("ecr", "describe_repositories", what, repositoryNames=[p["repository"]])
         uri = repo["repositories"][0]["repositoryUri"]
@@ -222,26 +234,11 @@ class Executor:
         self._wait("published_version_active", what, FunctionName=p["FunctionName"], Qualifier=version)
         return version
 
-    def create_alias(self, p, what):
-        self._call("lambda", "create_alias", what, **p)
-
-    def update_alias(self, p, what):
-        self._call("lambda", "update_alias", what, **p)
-
     def create_url(self, p, what):
         return self._call("lambda", "create_function_url_config", what, **p)["FunctionUrl"]
 
     def update_url(self, p, what):
         return self._call("lambda", "update_function_url_config", what, **p)["FunctionUrl"]
-
-    def add_permission(self, p, what):
-        # Already granted by an earlier deploy (the same statement id): nothing to add.
-        self._call_unless("ResourceConflictException", "add_permission", what, p)
-
-
-    def remove_permission(self, p, what):
-        # Removed by hand already: nothing to withdraw.
-        self._call_unless("ResourceNotFoundException", "remove_permission", what, p)
 
     def _call_unless(self, code: str, method: str, what: str, params: dict, service: str = "lambda") -> None:
         """A call whose failure with `code` means it is done already."""
@@ -304,18 +301,3 @@ class Executor:
                                   f"{ENDPOINT_WAIT_S // 60} minutes", where=p["EndpointName"],
                                   hint="check it in the SageMaker console and rerun")
             time.sleep(ENDPOINT_POLL_S)
-
-    def delete_scaling_policy(self, p, what):
-        self._call_unless("ObjectNotFoundException", "delete_scaling_policy", what, p,
-                          service="application-autoscaling")
-
-    def deregister_scalable_target(self, p, what):
-        self._call_unless("ObjectNotFoundException", "deregister_scalable_target", what, p,
-                          service="application-autoscaling")
-
-    # -- undeploy (Lambda) -------------------------------------------------------------------
-    def delete_function(self, p, what):
-        self._call_unless("ResourceNotFoundException", "delete_function", what, p)
-
-    def delete_layer_version(self, p, what):
-        self._call("lambda", "delete_layer_version", what, **p)
