@@ -177,6 +177,36 @@ class EndpointOptions(_FromArgs):
     region: str | None = None
     dry_run: bool = False
 
+    def __post_init__(self):
+        """What is wrong with the flags alone, refused before any AWS call."""
+        import re
+
+        from builder.errors import DeployError
+
+        if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", self.endpoint_name):
+            raise DeployError(f"endpoint name {self.endpoint_name!r}: SageMaker allows 1-63 letters, digits and "
+                              "hyphens, starting and ending with a letter or digit", hint="pass another name")
+        if self.instances is not None and self.instances < 1:
+            raise DeployError(f"--instances {self.instances}: at least 1", hint="pass --instances 1 or more")
+        if self.autoscale is not None:
+            low, high = self.autoscale
+            if low < 1 or high < low:
+                raise DeployError(f"--autoscale {low}:{high}: MIN must be at least 1 and MAX at least MIN",
+                                  hint="e.g. --autoscale 1:4")
+            if self.instances is not None and not low <= self.instances <= high:
+                raise DeployError(f"--instances {self.instances} is outside --autoscale {low}:{high}",
+                                  hint="drop --instances (it starts at MIN) or pick one within MIN:MAX")
+        if self.target_invocations is not None and self.target_invocations < 1:
+            raise DeployError("--target-invocations must be at least 1 (invocations per instance per minute)",
+                              hint="e.g. --target-invocations 600")
+        if self.keep < 0:
+            raise DeployError(f"--keep {self.keep}: the unused configs to keep cannot be negative",
+                              hint="--keep 0 removes every unused config; the default 1 keeps one for a rollback")
+        for key, _ in self.environment:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,1023}", key):
+                raise DeployError(f"environment variable {key!r}: a letter or _, then letters, digits and _",
+                                  hint="rename it")
+
 
 @dataclasses.dataclass(frozen=True)
 class UndeployOptions(_FromArgs):
@@ -188,3 +218,10 @@ class UndeployOptions(_FromArgs):
     profile: str | None = None
     region: str | None = None
     dry_run: bool = False
+
+    def __post_init__(self):
+        if bool(self.function_name) == bool(self.endpoint_name):
+            from builder.errors import DeployError
+
+            raise DeployError("undeploy removes one thing: give --function NAME or --sagemaker-endpoint NAME",
+                              hint="edgebundle undeploy --function NAME (or --sagemaker-endpoint NAME) [--dry-run]")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 from builder.deploy.bundle import ServeImage
 from builder.deploy.instances import Instance, check, default_instance, instance
@@ -45,38 +44,10 @@ TAG_MODEL, TAG_FINGERPRINT, TAG_VERSION, TAG_ENDPOINT = (
 # Statuses in which SageMaker is still applying a change (a deploy waits or refuses); every
 # other status is final (InService, Failed, UpdateRollbackFailed, OutOfService).
 IN_PROGRESS = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
 
 
 def resource_id(endpoint: str) -> str:
     return f"endpoint/{endpoint}/variant/{VARIANT}"
-
-
-def check_options(options: EndpointOptions) -> None:
-    """What is wrong with the flags alone, refused before any AWS call."""
-    if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", options.endpoint_name):
-        raise DeployError(f"endpoint name {options.endpoint_name!r}: SageMaker allows 1-63 letters, digits and "
-                          "hyphens, starting and ending with a letter or digit", hint="pass another name")
-    if options.instances is not None and options.instances < 1:
-        raise DeployError(f"--instances {options.instances}: at least 1", hint="pass --instances 1 or more")
-    if options.autoscale is not None:
-        low, high = options.autoscale
-        if low < 1 or high < low:
-            raise DeployError(f"--autoscale {low}:{high}: MIN must be at least 1 and MAX at least MIN",
-                              hint="e.g. --autoscale 1:4")
-        if options.instances is not None and not low <= options.instances <= high:
-            raise DeployError(f"--instances {options.instances} is outside --autoscale {low}:{high}",
-                              hint="drop --instances (it starts at MIN) or pick one within MIN:MAX")
-    if options.target_invocations is not None and options.target_invocations < 1:
-        raise DeployError("--target-invocations must be at least 1 (invocations per instance per minute)",
-                          hint="e.g. --target-invocations 600")
-    if options.keep < 0:
-        raise DeployError(f"--keep {options.keep}: the unused configs to keep cannot be negative",
-                          hint="--keep 0 removes every unused config; the default 1 keeps one for a rollback")
-    for key, _ in options.environment:
-        if not ENV_NAME.fullmatch(key):
-            raise DeployError(f"environment variable {key!r}: a letter or _, then letters, digits and _",
-                              hint="rename it")
 
 
 # -- 1. what is there ------------------------------------------------------------------------
@@ -437,7 +408,6 @@ def diff(cur: Current, want: Desired, image: ServeImage) -> EndpointPlan:
 
 
 def make_plan(image: ServeImage, options: EndpointOptions, clients) -> EndpointPlan:
-    check_options(options)
     # The instance and the scaling target need no AWS to be checked: refused before the first read.
     if options.instance_type:
         inst = instance(options.instance_type)

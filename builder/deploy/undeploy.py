@@ -113,9 +113,6 @@ def plan_endpoint(clients, name: str) -> UndeployPlan:
 
 
 def make_plan(options: UndeployOptions, clients) -> UndeployPlan:
-    if bool(options.function_name) == bool(options.endpoint_name):
-        raise DeployError("undeploy removes one thing: give --function NAME or --sagemaker-endpoint NAME",
-                          hint="edgebundle undeploy --function NAME (or --sagemaker-endpoint NAME) [--dry-run]")
     if options.function_name:
         return plan_function(clients, options.function_name)
     return plan_endpoint(clients, options.endpoint_name)
